@@ -1,0 +1,44 @@
+# pg_mqtt_pub — PGXS build of a Rust extension.
+#
+#   make                      build pg_mqtt_pub.so (runs cargo)
+#   make install              install into the PostgreSQL that PG_CONFIG names
+#   make clean                remove build products (keeps cargo's dependency cache)
+#   make PG_CONFIG=/path/to/pg_config ...   build for another installation
+#
+# The Rust code is a static library linked whole into the shared object: nothing in C calls
+# it, so --whole-archive keeps the exported SQL functions and _PG_init.
+
+EXTENSION  = pg_mqtt_pub
+MODULE_big = pg_mqtt_pub
+OBJS       = src/pg_magic.o
+DATA       = pg_mqtt_pub--1.0.sql
+PGFILEDESC = "pg_mqtt_pub - publish MQTT messages from PostgreSQL"
+
+PG_CONFIG ?= pg_config
+CARGO     ?= cargo
+PG_CONFIG_PATH := $(shell command -v $(PG_CONFIG))
+PG_MAJOR  := $(shell $(PG_CONFIG) --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+RUST_LIB  := target/release/libpg_mqtt_pub.a
+
+SHLIB_LINK = -Wl,--whole-archive $(RUST_LIB) -Wl,--no-whole-archive -lmosquitto -lpthread -ldl -lm
+
+# The C part is one macro; no LLVM bitcode (which would need a matching clang) is useful here.
+override with_llvm = no
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+$(shlib): $(RUST_LIB)
+
+# cargo decides what is up to date; always ask it.
+$(RUST_LIB): FORCE
+	PGRX_PG_CONFIG_PATH=$(PG_CONFIG_PATH) $(CARGO) build --release --locked \
+	    --no-default-features --features pg$(PG_MAJOR)
+
+clean: clean-rust
+clean-rust:
+	rm -f $(RUST_LIB)
+	-$(CARGO) clean --release -p pg_mqtt_pub >/dev/null 2>&1
+
+.PHONY: FORCE clean-rust
+FORCE:

@@ -1,0 +1,8 @@
+//! Build script: the crate itself needs nothing generated (pgrx-pg-sys makes the PostgreSQL
+//! bindings from `PGRX_PG_CONFIG_PATH`). It only makes cargo rebuild when the PostgreSQL we
+//! build against changes, and links libmosquitto for `cargo test` binaries.
+fn main() {
+    println!("cargo:rerun-if-env-changed=PGRX_PG_CONFIG_PATH");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rustc-link-lib=mosquitto");
+}

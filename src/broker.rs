@@ -1,0 +1,295 @@
+//! One MQTT connection: a safe wrapper over a libmosquitto client.
+//!
+//! Invariants:
+//! * libmosquitto runs without threads: the worker drives it with `loop_read`, `loop_write` and
+//!   `loop_misc` from its own WaitEventSet loop (`worker.rs`). Never `mosquitto_loop_start`.
+//! * Callbacks only *record* what happened ([`Event`]s, the last error logged) in a boxed state
+//!   whose address is the client's userdata; they call no PostgreSQL function (a PostgreSQL ERROR
+//!   there would longjmp through libmosquitto's frames) and cannot panic across the C frames
+//!   (each body is wrapped in `catch_unwind`, aborting the process on a bug rather than unwinding
+//!   into C).
+//! * Connecting is asynchronous (`mosquitto_connect_async` / `mosquitto_reconnect_async`): a
+//!   black-holed host never blocks the worker; only host name resolution is synchronous.
+//! * The client object lives across reconnects, because libmosquitto keeps accepted QoS 1/2
+//!   messages in memory and resends them after a reconnect; destroying it would drop them.
+//! * `Drop` destroys the client (closing the socket).
+//!
+//! Nothing here touches PostgreSQL symbols.
+
+use libmosquitto_sys as m;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// CONNACK arrived: 0 = accepted, otherwise the refusal code.
+    Connected(i32),
+    /// The connection ended (0 = we asked for it).
+    Disconnected(i32),
+    /// A publish finished: QoS 0 written to the socket, QoS 1 PUBACK, QoS 2 PUBCOMP.
+    /// `reason` is the MQTT 5 reason code (>= 0x80 = refused by the broker).
+    Published { mid: i32, reason: i32 },
+}
+
+#[derive(Default)]
+struct CallbackState {
+    events: Vec<Event>,
+    last_log_error: Option<String>,
+}
+
+pub struct Client {
+    mosq: *mut m::mosquitto,
+    state: Box<CallbackState>,
+    protocol: i32,
+}
+
+/// Everything needed to create a client.
+pub struct ClientOptions<'a> {
+    pub client_id: &'a str,
+    pub protocol: i32,
+    pub max_inflight: u32,
+    pub username: &'a str,
+    pub password: &'a str,
+    pub use_tls: bool,
+    pub ca_cert: &'a str,
+}
+
+fn cstring(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("value contains a NUL byte: {s:?}"))
+}
+
+fn check(rc: c_int, what: &str) -> Result<(), String> {
+    if rc == m::mosq_err_t::MOSQ_ERR_SUCCESS as c_int {
+        Ok(())
+    } else {
+        Err(format!("{what}: {}", strerror(rc)))
+    }
+}
+
+/// libmosquitto's text for an error code.
+pub fn strerror(rc: c_int) -> String {
+    // SAFETY: mosquitto_strerror returns a static string for any input.
+    unsafe { CStr::from_ptr(m::mosquitto_strerror(rc)) }.to_string_lossy().into_owned()
+}
+
+/// Human text for an MQTT 5 reason code (CONNACK, PUBACK, DISCONNECT).
+pub fn reason_string(code: c_int) -> String {
+    // SAFETY: returns a static string for any input.
+    unsafe { CStr::from_ptr(m::mosquitto_reason_string(code)) }.to_string_lossy().into_owned()
+}
+
+/// Human text for an MQTT 3.1/3.1.1 CONNACK code.
+pub fn connack_string(code: c_int) -> String {
+    // SAFETY: returns a static string for any input.
+    unsafe { CStr::from_ptr(m::mosquitto_connack_string(code)) }.to_string_lossy().into_owned()
+}
+
+/// Result of handing one message to libmosquitto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// Accepted; for QoS 1/2 libmosquitto owns it until its acknowledgement (`mid`), and resends
+    /// it after a reconnect. QoS 0 is written (or queued for writing) on the socket.
+    Accepted { mid: i32 },
+    /// Refused before it was queued (invalid, too large, QoS not supported ...): it will never be
+    /// sent as it is.
+    Refused { rc: i32 },
+    /// Not connected (QoS 0 only: libmosquitto does not queue those); try again later.
+    NotConnected,
+}
+
+unsafe fn state<'a>(obj: *mut c_void) -> &'a mut CallbackState {
+    // SAFETY: obj is the Box<CallbackState> address we registered; the client (and so every
+    // callback) is destroyed before the box.
+    unsafe { &mut *(obj as *mut CallbackState) }
+}
+
+/// Run a callback body; a bug must not unwind into libmosquitto's C frames.
+fn no_unwind(f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        std::process::abort();
+    }
+}
+
+unsafe extern "C" fn on_connect(_: *mut m::mosquitto, obj: *mut c_void, rc: c_int, _flags: c_int, _p: *const m::mosquitto_property) {
+    // SAFETY: see `state`.
+    no_unwind(|| unsafe { state(obj) }.events.push(Event::Connected(rc)));
+}
+
+unsafe extern "C" fn on_disconnect(_: *mut m::mosquitto, obj: *mut c_void, rc: c_int, _p: *const m::mosquitto_property) {
+    // SAFETY: see `state`.
+    no_unwind(|| unsafe { state(obj) }.events.push(Event::Disconnected(rc)));
+}
+
+unsafe extern "C" fn on_publish(_: *mut m::mosquitto, obj: *mut c_void, mid: c_int, reason: c_int, _p: *const m::mosquitto_property) {
+    // SAFETY: see `state`.
+    no_unwind(|| unsafe { state(obj) }.events.push(Event::Published { mid, reason }));
+}
+
+unsafe extern "C" fn on_log(_: *mut m::mosquitto, obj: *mut c_void, level: c_int, msg: *const c_char) {
+    if level as u32 & (m::MOSQ_LOG_ERR | m::MOSQ_LOG_WARNING) == 0 || msg.is_null() {
+        return;
+    }
+    // SAFETY: see `state`; msg is a NUL-terminated string valid during the callback.
+    no_unwind(|| unsafe { state(obj).last_log_error = Some(CStr::from_ptr(msg).to_string_lossy().into_owned()) });
+}
+
+impl Client {
+    pub fn new(o: &ClientOptions<'_>) -> Result<Client, String> {
+        let mut st = Box::<CallbackState>::default();
+        let id = cstring(o.client_id)?;
+        // SAFETY: mosquitto_lib_init was called once by the worker; the userdata pointer stays
+        // valid because the Box lives in the returned Client and outlives the mosquitto object.
+        unsafe {
+            let mosq = m::mosquitto_new(id.as_ptr(), true, &mut *st as *mut CallbackState as *mut c_void);
+            if mosq.is_null() {
+                return Err("could not create an MQTT client (out of memory or invalid client id)".into());
+            }
+            let c = Client { mosq, state: st, protocol: o.protocol };
+            check(m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_PROTOCOL_VERSION, o.protocol), "protocol version")?;
+            check(m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_TCP_NODELAY, 1), "TCP_NODELAY")?;
+            check(m::mosquitto_max_inflight_messages_set(mosq, o.max_inflight), "max inflight")?;
+            if !o.username.is_empty() {
+                let u = cstring(o.username)?;
+                let p = cstring(o.password)?;
+                let pp = if o.password.is_empty() { std::ptr::null() } else { p.as_ptr() };
+                check(m::mosquitto_username_pw_set(mosq, u.as_ptr(), pp), "username/password")?;
+            }
+            if o.use_tls {
+                let ca = cstring(o.ca_cert)?;
+                let ca_ptr = if o.ca_cert.is_empty() { std::ptr::null() } else { ca.as_ptr() };
+                if ca_ptr.is_null() {
+                    // no CA file: trust the operating system's store
+                    check(m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_TLS_USE_OS_CERTS, 1), "TLS OS certificates")?;
+                } else {
+                    check(m::mosquitto_tls_set(mosq, ca_ptr, std::ptr::null(), std::ptr::null(), std::ptr::null(), None), "TLS CA file")?;
+                }
+            }
+            m::mosquitto_connect_v5_callback_set(mosq, Some(on_connect));
+            m::mosquitto_disconnect_v5_callback_set(mosq, Some(on_disconnect));
+            m::mosquitto_publish_v5_callback_set(mosq, Some(on_publish));
+            m::mosquitto_log_callback_set(mosq, Some(on_log));
+            Ok(c)
+        }
+    }
+
+    /// Start connecting (non-blocking; completion arrives as `Event::Connected`).
+    pub fn connect(&mut self, host: &str, port: u16, keepalive: i32) -> Result<(), String> {
+        let h = cstring(host)?;
+        self.state.last_log_error = None;
+        // SAFETY: valid client; host copied by libmosquitto.
+        let rc = unsafe { m::mosquitto_connect_async(self.mosq, h.as_ptr(), port as c_int, keepalive) };
+        check(rc, "connect").map_err(|e| self.with_log(e))
+    }
+
+    /// Reconnect to the same broker, keeping queued QoS 1/2 messages for resending.
+    pub fn reconnect(&mut self) -> Result<(), String> {
+        self.state.last_log_error = None;
+        // SAFETY: valid client that connected before.
+        let rc = unsafe { m::mosquitto_reconnect_async(self.mosq) };
+        check(rc, "reconnect").map_err(|e| self.with_log(e))
+    }
+
+    /// Append libmosquitto's last logged error (TLS details live only there).
+    pub fn with_log(&self, e: String) -> String {
+        match &self.state.last_log_error {
+            Some(l) if !e.contains(l.as_str()) => format!("{e} ({l})"),
+            _ => e,
+        }
+    }
+
+    pub fn socket(&self) -> c_int {
+        // SAFETY: valid client.
+        unsafe { m::mosquitto_socket(self.mosq) }
+    }
+
+    pub fn want_write(&self) -> bool {
+        // SAFETY: valid client.
+        unsafe { m::mosquitto_want_write(self.mosq) }
+    }
+
+    /// Read what the socket has; returns a MOSQ_ERR code (non-zero = connection dropped).
+    pub fn loop_read(&mut self) -> c_int {
+        // SAFETY: valid client, main thread.
+        unsafe { m::mosquitto_loop_read(self.mosq, 1) }
+    }
+
+    pub fn loop_write(&mut self) -> c_int {
+        // SAFETY: valid client, main thread.
+        unsafe { m::mosquitto_loop_write(self.mosq, 1) }
+    }
+
+    /// Keepalive (PINGREQ) and ping-timeout handling.
+    pub fn loop_misc(&mut self) -> c_int {
+        // SAFETY: valid client, main thread.
+        unsafe { m::mosquitto_loop_misc(self.mosq) }
+    }
+
+    /// Hand one message to libmosquitto. `topic_nul` must end with a NUL byte.
+    pub fn publish(&mut self, topic_nul: &[u8], payload: &[u8], qos: u8, retain: bool) -> Handoff {
+        debug_assert_eq!(topic_nul.last(), Some(&0));
+        let mut mid: c_int = 0;
+        // SAFETY: topic is NUL-terminated; libmosquitto copies topic and payload before returning.
+        let rc = unsafe {
+            m::mosquitto_publish_v5(
+                self.mosq,
+                &mut mid,
+                topic_nul.as_ptr() as *const c_char,
+                payload.len() as c_int,
+                payload.as_ptr() as *const c_void,
+                qos as c_int,
+                retain,
+                std::ptr::null(),
+            )
+        };
+        use m::mosq_err_t::*;
+        let refused = [
+            MOSQ_ERR_INVAL, MOSQ_ERR_NOT_SUPPORTED, MOSQ_ERR_QOS_NOT_SUPPORTED, MOSQ_ERR_MALFORMED_UTF8,
+            MOSQ_ERR_PAYLOAD_SIZE, MOSQ_ERR_OVERSIZE_PACKET, MOSQ_ERR_NOMEM,
+        ];
+        if rc == MOSQ_ERR_SUCCESS as c_int {
+            Handoff::Accepted { mid }
+        } else if refused.iter().any(|e| *e as c_int == rc) {
+            Handoff::Refused { rc }
+        } else if qos == 0 {
+            // QoS 0 is never queued by libmosquitto when the write fails.
+            Handoff::NotConnected
+        } else {
+            // QoS 1/2: the message was queued before the send failed (NO_CONN, CONN_LOST,
+            // ERRNO ...); libmosquitto resends it after the reconnect.
+            Handoff::Accepted { mid }
+        }
+    }
+
+    /// Ask for a clean DISCONNECT (completion arrives as `Event::Disconnected(0)`).
+    pub fn disconnect(&mut self) {
+        // SAFETY: valid client; harmless when not connected.
+        unsafe { m::mosquitto_disconnect(self.mosq) };
+    }
+
+    /// The events recorded since the last call, in order.
+    pub fn take_events(&mut self, into: &mut Vec<Event>) {
+        into.clear();
+        std::mem::swap(into, &mut self.state.events);
+    }
+
+    /// Describe a CONNACK refusal code for this client's protocol.
+    pub fn describe_connack(&self, code: i32) -> String {
+        if self.protocol == 5 {
+            format!("broker refused the connection: {} (0x{code:02x})", reason_string(code))
+        } else {
+            format!("broker refused the connection: {} ({code})", connack_string(code))
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // SAFETY: we own the client; after this no callback can reference `state`.
+        unsafe { m::mosquitto_destroy(self.mosq) };
+    }
+}
+
+/// Call once per process before creating clients.
+pub fn lib_init() {
+    // SAFETY: plain library initialisation.
+    unsafe { m::mosquitto_lib_init() };
+}

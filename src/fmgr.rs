@@ -1,0 +1,117 @@
+//! Helpers for version-1 SQL-callable functions: argument access, varlena decoding, encoding.
+//!
+//! Every accessor that can fail raises a [`PgError`](crate::guard::PgError), so it must run
+//! inside [`guard`](crate::guard::guard). Byte slices returned here point into memory allocated
+//! in the function's memory context: valid for the duration of the call, no longer.
+
+use crate::guard::{Code, PgError};
+use pgrx_pg_sys as pg;
+use std::borrow::Cow;
+
+/// Declare `pg_finfo_<name>` so PostgreSQL calls `<name>` with the version-1 convention.
+#[macro_export]
+macro_rules! pg_finfo {
+    ($($finfo:ident),* $(,)?) => {$(
+        #[no_mangle]
+        pub extern "C" fn $finfo() -> &'static pgrx_pg_sys::Pg_finfo_record {
+            static V1: pgrx_pg_sys::Pg_finfo_record = pgrx_pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    )*};
+}
+
+/// The arguments of one call.
+pub struct Args {
+    fcinfo: pg::FunctionCallInfo,
+}
+
+impl Args {
+    /// # Safety
+    /// `fcinfo` is the pointer PostgreSQL passed to the function being executed.
+    pub unsafe fn new(fcinfo: pg::FunctionCallInfo) -> Self {
+        Args { fcinfo }
+    }
+
+    pub fn fcinfo(&self) -> pg::FunctionCallInfo {
+        self.fcinfo
+    }
+
+    pub fn get(&self, i: usize) -> Option<pg::Datum> {
+        // SAFETY: fcinfo is valid for the call; we only read args below nargs.
+        unsafe {
+            let f = &*self.fcinfo;
+            if i >= f.nargs as usize {
+                return None;
+            }
+            let a = &*f.args.as_ptr().add(i);
+            if a.isnull {
+                None
+            } else {
+                Some(a.value)
+            }
+        }
+    }
+
+    /// A non-NULL argument, or ERROR 22004 naming it.
+    pub fn required(&self, i: usize, name: &str) -> pg::Datum {
+        self.get(i).unwrap_or_else(|| {
+            PgError::new(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{name} must not be NULL"))
+                .hint(format!("Pass a value for the argument \"{name}\"."))
+                .raise()
+        })
+    }
+
+    pub fn text(&self, i: usize, name: &str) -> &[u8] {
+        // SAFETY: the argument is declared text/bytea/json (any varlena) in the SQL script.
+        unsafe { varlena_bytes(self.required(i, name)) }
+    }
+
+    pub fn i32(&self, i: usize, name: &str) -> i32 {
+        self.required(i, name).value() as i32
+    }
+
+    pub fn bool(&self, i: usize, name: &str) -> bool {
+        self.required(i, name).value() != 0
+    }
+}
+
+/// The bytes of a varlena datum (detoasted if needed).
+///
+/// # Safety
+/// `d` must be a varlena datum (text, bytea, json, ...).
+pub unsafe fn varlena_bytes<'a>(d: pg::Datum) -> &'a [u8] {
+    // SAFETY: detoasting returns a packed-or-plain in-memory varlena, which we decode with the
+    // VARSIZE_ANY_EXHDR / VARDATA_ANY rules (little-endian layout).
+    unsafe {
+        let p = pg::pg_detoast_datum_packed(d.cast_mut_ptr()) as *const u8;
+        if *p & 0x01 == 0x01 {
+            let len = ((*p >> 1) & 0x7F) as usize;
+            std::slice::from_raw_parts(p.add(1), len - 1)
+        } else {
+            let len = ((p as *const u32).read_unaligned() >> 2) as usize & 0x3FFF_FFFF;
+            std::slice::from_raw_parts(p.add(4), len - 4)
+        }
+    }
+}
+
+#[cfg(target_endian = "big")]
+compile_error!("varlena decoding in fmgr.rs assumes a little-endian platform");
+
+/// Convert text in the database encoding to UTF-8 (what MQTT requires for topics, and what
+/// subscribers expect for text payloads). ASCII and UTF-8 databases cost nothing.
+pub fn to_utf8(bytes: &[u8]) -> Cow<'_, [u8]> {
+    // SAFETY: plain calls; pg_server_to_any raises ERROR on unconvertible input.
+    unsafe {
+        if bytes.is_ascii() || pg::GetDatabaseEncoding() == pg::pg_enc::PG_UTF8 as i32 {
+            return Cow::Borrowed(bytes);
+        }
+        let out = pg::pg_server_to_any(bytes.as_ptr() as *const _, bytes.len() as i32, pg::pg_enc::PG_UTF8 as i32);
+        Cow::Owned(std::ffi::CStr::from_ptr(out).to_bytes().to_vec())
+    }
+}
+
+/// A text datum (palloc'd in the current memory context) holding `s`.
+pub fn text_datum(s: &str) -> pg::Datum {
+    // SAFETY: cstring_to_text_with_len copies `len` bytes.
+    unsafe { pg::Datum::from(pg::cstring_to_text_with_len(s.as_ptr() as *const _, s.len() as i32)) }
+}

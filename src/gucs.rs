@@ -1,0 +1,240 @@
+//! Every `pg_mqtt_pub.*` setting: name, default, context, and where it is read.
+//!
+//! Contexts follow one rule: what sizes shared memory or picks the worker's database is
+//! `PGC_POSTMASTER`; what the worker uses to talk to a broker reloads on SIGHUP (the worker
+//! reconnects when it changes); what describes one caller's transaction is `PGC_USERSET`.
+//! The README's settings table mirrors this file.
+//!
+//! Values live in statics that PostgreSQL writes (the GUC machinery holds pointers to them);
+//! they are read only from the main thread of a backend or worker.
+
+use crate::guard::{guard, Code, PgError};
+use pgrx_pg_sys as pg;
+use std::cell::UnsafeCell;
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+/// A cell whose address is handed to PostgreSQL's GUC machinery.
+pub struct Guc<T>(UnsafeCell<T>);
+// SAFETY: PostgreSQL backends are single-threaded; the GUC machinery and our readers run on the
+// main thread only.
+unsafe impl<T> Sync for Guc<T> {}
+
+impl<T: Copy> Guc<T> {
+    const fn new(v: T) -> Self {
+        Guc(UnsafeCell::new(v))
+    }
+    pub fn get(&self) -> T {
+        // SAFETY: see the Sync impl.
+        unsafe { *self.0.get() }
+    }
+    fn ptr(&self) -> *mut T {
+        self.0.get()
+    }
+}
+
+impl Guc<*mut c_char> {
+    /// The string value ('' when unset).
+    pub fn string(&self) -> String {
+        let p = self.get();
+        if p.is_null() {
+            return String::new();
+        }
+        // SAFETY: GUC strings are NUL-terminated and owned by guc.c.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+pub static BROKER_HOST: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static BROKER_PORT: Guc<c_int> = Guc::new(1883);
+pub static BROKER_USERNAME: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static BROKER_PASSWORD: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static BROKER_USE_TLS: Guc<bool> = Guc::new(false);
+pub static BROKER_CA_CERT: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static CLIENT_ID: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static KEEPALIVE_S: Guc<c_int> = Guc::new(60);
+pub static PROTOCOL_VERSION: Guc<c_int> = Guc::new(5);
+pub static MAX_INFLIGHT: Guc<c_int> = Guc::new(100);
+
+pub static QUEUE_SIZE: Guc<c_int> = Guc::new(65536);
+pub static DATABASE: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static RECONNECT_INTERVAL_MS: Guc<c_int> = Guc::new(5000);
+pub static PUBLISH_TIMEOUT_MS: Guc<c_int> = Guc::new(100);
+pub static WORKER_POLL_INTERVAL_MS: Guc<c_int> = Guc::new(10);
+pub static MAX_MESSAGE_SIZE: Guc<c_int> = Guc::new(1024 * 1024);
+pub static TRANSACTIONAL: Guc<bool> = Guc::new(true);
+
+pub static POISON_MAX_ATTEMPTS: Guc<c_int> = Guc::new(5);
+pub static OUTBOX_BATCH_SIZE: Guc<c_int> = Guc::new(500);
+pub static DEAD_LETTER_RETAIN_DAYS: Guc<c_int> = Guc::new(30);
+
+/// MQTT protocol versions, as `mosquitto.h` numbers them (MQTT_PROTOCOL_V31/V311/V5).
+// SAFETY: the table is immutable; PostgreSQL only reads it.
+struct EnumTable([pg::config_enum_entry; 4]);
+unsafe impl Sync for EnumTable {}
+static PROTOCOL_OPTIONS: EnumTable = EnumTable([
+    pg::config_enum_entry { name: c"5".as_ptr(), val: 5, hidden: false },
+    pg::config_enum_entry { name: c"3.1.1".as_ptr(), val: 4, hidden: false },
+    pg::config_enum_entry { name: c"3.1".as_ptr(), val: 3, hidden: false },
+    pg::config_enum_entry { name: std::ptr::null(), val: 0, hidden: false },
+]);
+
+use pg::GucContext::{PGC_POSTMASTER as POSTMASTER, PGC_SIGHUP as SIGHUP, PGC_USERSET as USERSET};
+
+fn int(name: &CStr, desc: &CStr, v: &Guc<c_int>, min: c_int, max: c_int, ctx: u32, flags: u32) {
+    // SAFETY: called from _PG_init; `v` is a static that outlives the GUC.
+    unsafe {
+        pg::DefineCustomIntVariable(
+            name.as_ptr(), desc.as_ptr(), std::ptr::null(), v.ptr(), v.get(), min, max, ctx,
+            flags as c_int, None, None, None,
+        )
+    }
+}
+
+fn string(name: &CStr, desc: &CStr, v: &Guc<*mut c_char>, boot: &'static CStr, ctx: u32, flags: u32) {
+    // SAFETY: as above; guc.c copies the boot value.
+    unsafe {
+        pg::DefineCustomStringVariable(
+            name.as_ptr(), desc.as_ptr(), std::ptr::null(), v.ptr(), boot.as_ptr(), ctx,
+            flags as c_int, None, None, None,
+        )
+    }
+}
+
+fn boolean(name: &CStr, desc: &CStr, v: &Guc<bool>, ctx: u32) {
+    // SAFETY: as above.
+    unsafe {
+        pg::DefineCustomBoolVariable(
+            name.as_ptr(), desc.as_ptr(), std::ptr::null(), v.ptr(), v.get(), ctx, 0, None, None, None,
+        )
+    }
+}
+
+/// GUC check hook for `queue_size`. At server start a failing check hook only produces a
+/// WARNING and silently keeps the default, so there we accept the value and let `_PG_init`
+/// refuse to start with a clear error (`validate_startup`). Everywhere else (ALTER SYSTEM,
+/// reload) the hook rejects it directly.
+unsafe extern "C-unwind" fn check_queue_size(newval: *mut c_int, _extra: *mut *mut c_void, _source: pg::GucSource::Type) -> bool {
+    guard(|| {
+        // SAFETY: guc.c passes a valid pointer.
+        let v = unsafe { *newval };
+        // SAFETY: plain read of a PostgreSQL global on the main thread.
+        if crate::ring::is_power_of_two(v as i64) || unsafe { pg::process_shared_preload_libraries_in_progress } {
+            return true;
+        }
+        // SAFETY: guc.c reports (and owns) these palloc'd strings.
+        unsafe {
+            pg::GUC_check_errdetail_string =
+                pg::pstrdup(c"pg_mqtt_pub.queue_size must be a power of two.".as_ptr());
+            pg::GUC_check_errhint_string =
+                pg::pstrdup(c"Use a value such as 16384, 65536 or 262144.".as_ptr());
+        }
+        false
+    })
+}
+
+pub fn define() {
+    use pg::{GUC_SUPERUSER_ONLY as SECRET, GUC_UNIT_BYTE as BYTES, GUC_UNIT_MS as MS, GUC_UNIT_S as S};
+
+    string(c"pg_mqtt_pub.broker_host", c"Host name or address of the default MQTT broker.", &BROKER_HOST, c"localhost", SIGHUP, 0);
+    int(c"pg_mqtt_pub.broker_port", c"TCP port of the default MQTT broker.", &BROKER_PORT, 1, 65535, SIGHUP, 0);
+    string(c"pg_mqtt_pub.broker_username", c"User name for the default broker ('' = anonymous).", &BROKER_USERNAME, c"", SIGHUP, 0);
+    string(c"pg_mqtt_pub.broker_password", c"Password for the default broker. Visible to superusers only.", &BROKER_PASSWORD, c"", SIGHUP, SECRET);
+    boolean(c"pg_mqtt_pub.broker_use_tls", c"Connect to the default broker with TLS.", &BROKER_USE_TLS, SIGHUP);
+    string(c"pg_mqtt_pub.broker_ca_cert", c"CA certificate file (PEM) that verifies the default broker.", &BROKER_CA_CERT, c"", SIGHUP, 0);
+    string(c"pg_mqtt_pub.client_id", c"MQTT client id of the worker ('' = pg_mqtt_pub-<system identifier>).", &CLIENT_ID, c"", SIGHUP, 0);
+    int(c"pg_mqtt_pub.keepalive", c"MQTT keepalive interval.", &KEEPALIVE_S, 5, 65535, SIGHUP, S);
+    // SAFETY: DefineCustomEnumVariable keeps a pointer to the static option table.
+    unsafe {
+        pg::DefineCustomEnumVariable(
+            c"pg_mqtt_pub.protocol_version".as_ptr(),
+            c"MQTT protocol version: 5, 3.1.1 or 3.1.".as_ptr(),
+            std::ptr::null(),
+            PROTOCOL_VERSION.ptr(),
+            5,
+            PROTOCOL_OPTIONS.0.as_ptr(),
+            SIGHUP,
+            0,
+            None,
+            None,
+            None,
+        );
+    }
+    int(c"pg_mqtt_pub.max_inflight", c"QoS 1/2 messages the worker keeps unacknowledged per broker.", &MAX_INFLIGHT, 1, 65535, SIGHUP, 0);
+
+    // SAFETY: as in `int`, plus our check hook.
+    unsafe {
+        pg::DefineCustomIntVariable(
+            c"pg_mqtt_pub.queue_size".as_ptr(),
+            c"Slots (512 bytes each) in the shared-memory ring; a power of two.".as_ptr(),
+            std::ptr::null(),
+            QUEUE_SIZE.ptr(),
+            65536,
+            16,
+            1 << 24,
+            POSTMASTER,
+            0,
+            Some(check_queue_size),
+            None,
+            None,
+        );
+    }
+    string(c"pg_mqtt_pub.database", c"Database the background worker connects to; the extension is used there.", &DATABASE, c"postgres", POSTMASTER, 0);
+    int(c"pg_mqtt_pub.reconnect_interval_ms", c"Base of the worker's reconnect backoff.", &RECONNECT_INTERVAL_MS, 10, 3_600_000, SIGHUP, MS);
+    int(c"pg_mqtt_pub.publish_timeout_ms", c"How long a publisher waits for ring space when the ring is full.", &PUBLISH_TIMEOUT_MS, 0, 600_000, USERSET, MS);
+    int(c"pg_mqtt_pub.worker_poll_interval_ms", c"Longest the worker sleeps between outbox checks (the hot path is woken by latch).", &WORKER_POLL_INTERVAL_MS, 1, 60_000, SIGHUP, MS);
+    int(c"pg_mqtt_pub.max_message_size", c"Largest topic + payload accepted by the publish functions.", &MAX_MESSAGE_SIZE, 1024, 256 * 1024 * 1024, SIGHUP, BYTES);
+    boolean(c"pg_mqtt_pub.transactional", c"Publish messages at COMMIT (on) or at call time (off).", &TRANSACTIONAL, USERSET);
+
+    int(c"pg_mqtt_pub.poison_max_attempts", c"Delivery attempts before a message is dead-lettered.", &POISON_MAX_ATTEMPTS, 1, 1000, SIGHUP, 0);
+    int(c"pg_mqtt_pub.outbox_batch_size", c"Outbox rows the worker drains per cycle.", &OUTBOX_BATCH_SIZE, 1, 100_000, SIGHUP, 0);
+    int(c"pg_mqtt_pub.dead_letter_retain_days", c"Days dead letters are kept (0 = forever).", &DEAD_LETTER_RETAIN_DAYS, 0, 36_500, SIGHUP, 0);
+
+    // SAFETY: plain call from _PG_init.
+    unsafe { pg::MarkGUCPrefixReserved(c"pg_mqtt_pub".as_ptr()) };
+}
+
+/// Refuse to start with settings that cannot work (see `check_queue_size`).
+pub fn validate_startup() {
+    let q = QUEUE_SIZE.get();
+    if !crate::ring::is_power_of_two(q as i64) {
+        PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid value for parameter \"pg_mqtt_pub.queue_size\": {q}"))
+            .detail("pg_mqtt_pub.queue_size must be a power of two.")
+            .hint("Use a value such as 16384, 65536 or 262144.")
+            .raise();
+    }
+}
+
+/// Everything the worker needs to connect to the default broker; compared on SIGHUP to decide
+/// whether to reconnect. The password is kept here but never printed (no Debug derive).
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    pub use_tls: bool,
+    pub ca_cert: String,
+    pub client_id: String,
+    pub keepalive: i32,
+    pub protocol: i32,
+    pub max_inflight: u32,
+}
+
+impl BrokerConfig {
+    pub fn default_broker() -> BrokerConfig {
+        BrokerConfig {
+            name: "default".into(),
+            host: BROKER_HOST.string(),
+            port: BROKER_PORT.get() as u16,
+            username: BROKER_USERNAME.string(),
+            password: BROKER_PASSWORD.string(),
+            use_tls: BROKER_USE_TLS.get(),
+            ca_cert: BROKER_CA_CERT.string(),
+            client_id: CLIENT_ID.string(),
+            keepalive: KEEPALIVE_S.get(),
+            protocol: PROTOCOL_VERSION.get(),
+            max_inflight: MAX_INFLIGHT.get() as u32,
+        }
+    }
+}

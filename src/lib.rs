@@ -1,0 +1,82 @@
+//! # pg_mqtt_pub — publish MQTT messages from PostgreSQL
+//!
+//! ## The delivery contract (as of this version)
+//! * Messages published inside a transaction reach the broker only if it commits; ROLLBACK and
+//!   ROLLBACK TO SAVEPOINT discard them (`txn.rs`). `pg_mqtt_pub.transactional = off` publishes
+//!   at call time instead.
+//! * For one session, messages arrive in commit order (and in call order within a transaction).
+//! * A broker outage never makes the caller's statement fail while the ring has room: messages
+//!   wait in shared memory and are sent after the reconnect. When the ring is full the caller
+//!   waits up to `publish_timeout_ms`, then gets an ERROR; nothing is dropped silently.
+//! * QoS 1/2 messages handed to libmosquitto are resent by it after a reconnect. The ring lives in
+//!   shared memory: a PostgreSQL crash or restart loses what is in it (the outbox will fix that).
+//!
+//! ## Data flow
+//! ```text
+//! mqtt_publish() ──validate──▶ pending arena (backend) ──PRE_COMMIT: reserve──▶ ring (shmem)
+//!                                                      ──COMMIT: copy + READY──▶   │
+//!                                 worker ◀──latch (only if sleeping)───────────────┘
+//!                                   └─▶ libmosquitto (non-blocking, driven by WaitEventSet) ─▶ broker
+//! ```
+//!
+//! ## Module map
+//! | file | concern |
+//! |---|---|
+//! | `guard.rs` | the FFI error boundary (panic ⇄ ereport) |
+//! | `fmgr.rs` | SQL-callable function plumbing: arguments, varlena, encoding |
+//! | `gucs.rs` | every `pg_mqtt_pub.*` setting |
+//! | `shmem.rs` | the shared segment, LWLocks, the worker wake-up protocol |
+//! | `ring.rs` | the ring's memory protocol (pure, tested by `cargo test`) |
+//! | `topic.rs` | topic and QoS validation (pure) |
+//! | `backoff.rs` | reconnect backoff (pure) |
+//! | `publish.rs` | `mqtt_publish`, `mqtt_publish_binary` |
+//! | `txn.rs` | COMMIT / ABORT / PREPARE / savepoints |
+//! | `broker.rs` | one libmosquitto client, callbacks that only record |
+//! | `worker.rs` | the launcher and the publishing worker's loop |
+//! | `status.rs` | `mqtt_status()` and the shared counters |
+//!
+//! Modules that call PostgreSQL are compiled only into the extension (`not(test)`): a test
+//! binary cannot link PostgreSQL's symbols.
+
+pub mod backoff;
+pub mod ring;
+pub mod topic;
+
+#[cfg(not(test))]
+pub mod broker;
+#[cfg(not(test))]
+mod fmgr;
+#[cfg(not(test))]
+mod guard;
+#[cfg(not(test))]
+mod gucs;
+#[cfg(not(test))]
+mod publish;
+#[cfg(not(test))]
+mod shmem;
+#[cfg(not(test))]
+mod status;
+#[cfg(not(test))]
+mod txn;
+#[cfg(not(test))]
+mod worker;
+
+/// Library entry point, called when the library is loaded.
+#[cfg(not(test))]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _PG_init() {
+    pgrx_pg_sys::panic::register_pg_guard_panic_hook();
+    guard::guard(|| {
+        // SAFETY: plain read of a PostgreSQL global.
+        if !unsafe { pgrx_pg_sys::process_shared_preload_libraries_in_progress } {
+            // Loaded by CREATE EXTENSION or a function call without preloading: the SQL
+            // functions will say what to do (publish::require_shared).
+            return;
+        }
+        gucs::define();
+        gucs::validate_startup();
+        shmem::install_hooks();
+        txn::register_callbacks();
+        worker::register_launcher();
+    })
+}

@@ -1,0 +1,467 @@
+//! The shared-memory ring that carries committed messages from backends to the worker.
+//!
+//! Pure memory protocol, no PostgreSQL symbols (the lock is taken by the caller, see `shmem.rs`),
+//! so `cargo test` exercises it with many threads standing in for many backends.
+//!
+//! ## Layout
+//! The ring is `nslots` slots of [`SLOT`] = 512 bytes (`nslots` = `pg_mqtt_pub.queue_size`, a power
+//! of two, so a slot position maps to memory with a mask). A message is one *record*: a
+//! [`RecordHeader`] followed by the topic, a NUL, and the payload, occupying as many consecutive
+//! slots as it needs (`slots_for`). A small message (the common trigger case) takes one slot, so
+//! `queue_size` is also "how many small messages fit"; a 256 kB payload takes 513 slots. Records
+//! start on a slot boundary, so a header never straddles the end of the ring; a record's body may
+//! wrap around the end and is then copied in two pieces.
+//!
+//! ## Who touches what
+//! * `head` (next slot to hand out) is advanced only by producers, **under the ring LWLock**
+//!   (`try_reserve`). The first header of a fresh reservation is set to `RESERVED` before `head`
+//!   moves, so the consumer can never mistake stale bytes for a record.
+//! * A reservation belongs to its producer until it publishes each record with a release store of
+//!   `READY` (or marks the whole reservation `CANCELLED`). No lock is needed for that: nobody else
+//!   writes those slots.
+//! * `tail` is advanced only by the single consumer (the worker), after it has finished reading a
+//!   record. Producers read it to compute free space; a stale value only under-estimates space.
+//! * The consumer stops at a `RESERVED` record (head-of-line): records become visible in the order
+//!   they were reserved, which for one session is its commit order.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Bytes per slot.
+pub const SLOT: usize = 512;
+
+/// Record states (first word of the header).
+pub const STATE_RESERVED: u32 = 0x5245_5356; // "RESV"
+pub const STATE_READY: u32 = 0x5245_4459; // "REDY"
+pub const STATE_CANCELLED: u32 = 0x4341_4E43; // "CANC"
+
+/// Control block, lives in shared memory next to the slots.
+#[repr(C)]
+pub struct RingControl {
+    /// Next slot position to reserve (monotonic, never wraps in practice: 2^64 slots).
+    pub head: AtomicU64,
+    /// First slot position not yet released by the consumer (monotonic).
+    pub tail: AtomicU64,
+    /// Capacity in slots (power of two).
+    pub nslots: u64,
+}
+
+/// Header at the start of every record.
+#[repr(C)]
+pub struct RecordHeader {
+    pub state: AtomicU32,
+    /// Slots this record occupies (for a cancelled reservation: the whole reservation).
+    pub nslots: u32,
+    pub topic_len: u32,
+    pub payload_len: u32,
+    pub broker: u16,
+    pub qos: u8,
+    pub retain: u8,
+    pub _reserved: u32,
+}
+
+pub const HEADER: usize = std::mem::size_of::<RecordHeader>();
+
+/// Slots a message with this topic and payload needs.
+pub fn slots_for(topic_len: usize, payload_len: usize) -> u64 {
+    let bytes = HEADER + topic_len + 1 + payload_len;
+    bytes.div_ceil(SLOT) as u64
+}
+
+/// Shared-memory bytes needed for a ring of `nslots` slots (control block + slots).
+pub fn shmem_size(nslots: u64) -> usize {
+    std::mem::size_of::<RingControl>().next_multiple_of(SLOT) + nslots as usize * SLOT
+}
+
+pub fn is_power_of_two(n: i64) -> bool {
+    n > 0 && (n & (n - 1)) == 0
+}
+
+/// A message as a producer hands it to the ring.
+#[derive(Clone, Copy, Debug)]
+pub struct MessageRef<'a> {
+    pub broker: u16,
+    pub qos: u8,
+    pub retain: bool,
+    pub topic: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+impl MessageRef<'_> {
+    pub fn nslots(&self) -> u64 {
+        slots_for(self.topic.len(), self.payload.len())
+    }
+}
+
+/// What the consumer finds at the tail.
+pub enum Peek<'a> {
+    Empty,
+    /// A producer holds a reservation here that is not yet published.
+    NotReady,
+    /// Skip this many slots: an aborted reservation.
+    Cancelled(u64),
+    Ready(RecordView<'a>),
+}
+
+/// A ready record. `topic_nul` is the topic followed by its NUL (what libmosquitto wants).
+pub struct RecordView<'a> {
+    pub nslots: u64,
+    pub broker: u16,
+    pub qos: u8,
+    pub retain: bool,
+    pub topic_nul: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+impl RecordView<'_> {
+    pub fn topic(&self) -> &[u8] {
+        &self.topic_nul[..self.topic_nul.len() - 1]
+    }
+}
+
+/// A handle on a ring: a control block and its slots. Copyable; all methods are `unsafe`
+/// because their correctness depends on the caller's role (see the module comment).
+#[derive(Clone, Copy)]
+pub struct Ring {
+    ctl: *const RingControl,
+    data: *mut u8,
+}
+
+// SAFETY: the ring is designed for concurrent use from many processes/threads; every shared word
+// is atomic and the remaining accesses are partitioned by ownership as the module comment says.
+unsafe impl Send for Ring {}
+unsafe impl Sync for Ring {}
+
+impl Ring {
+    /// Initialise a ring in `mem` (at least `shmem_size(nslots)` bytes, 8-byte aligned).
+    ///
+    /// # Safety
+    /// `mem` must be valid for writes of `shmem_size(nslots)` bytes and not in use.
+    pub unsafe fn init(mem: *mut u8, nslots: u64) -> Ring {
+        assert!(is_power_of_two(nslots as i64));
+        let ctl = mem as *mut RingControl;
+        // SAFETY: caller guarantees `mem` is ours and big enough.
+        unsafe {
+            ctl.write(RingControl { head: AtomicU64::new(0), tail: AtomicU64::new(0), nslots });
+            Ring::attach(mem)
+        }
+    }
+
+    /// Attach to a ring initialised by `init` (in this or another process).
+    ///
+    /// # Safety
+    /// `mem` must point at a ring set up by `init`.
+    pub unsafe fn attach(mem: *mut u8) -> Ring {
+        let off = std::mem::size_of::<RingControl>().next_multiple_of(SLOT);
+        // SAFETY: the slots start right after the (slot-aligned) control block.
+        Ring { ctl: mem as *const RingControl, data: unsafe { mem.add(off) } }
+    }
+
+    fn ctl(&self) -> &RingControl {
+        // SAFETY: `ctl` points at a live control block for the lifetime of the mapping.
+        unsafe { &*self.ctl }
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.ctl().nslots
+    }
+
+    /// Slots currently reserved or unconsumed.
+    pub fn used_slots(&self) -> u64 {
+        let c = self.ctl();
+        c.head.load(Ordering::Acquire).saturating_sub(c.tail.load(Ordering::Acquire))
+    }
+
+    fn header(&self, pos: u64) -> *mut RecordHeader {
+        let idx = (pos & (self.capacity() - 1)) as usize;
+        // SAFETY: idx < nslots, so the header lies inside the slot area.
+        unsafe { self.data.add(idx * SLOT) as *mut RecordHeader }
+    }
+
+    /// Reserve `n` consecutive slots, or `None` if they are not free.
+    ///
+    /// # Safety
+    /// The caller holds the ring lock (producers are serialised here).
+    pub unsafe fn try_reserve(&self, n: u64) -> Option<u64> {
+        let c = self.ctl();
+        let head = c.head.load(Ordering::Relaxed);
+        let tail = c.tail.load(Ordering::Acquire);
+        if n == 0 || head - tail + n > c.nslots {
+            return None;
+        }
+        // SAFETY: slots [head, head+n) are free (checked above) and now ours.
+        unsafe { self.mark_reserved(head, n) };
+        c.head.store(head + n, Ordering::Release);
+        Some(head)
+    }
+
+    /// Set the header at `pos` to RESERVED. Used for every record of a multi-record reservation
+    /// before any of them is published, so the consumer never reads a stale header.
+    ///
+    /// # Safety
+    /// `pos` is the start of a record inside a reservation owned by the caller.
+    pub unsafe fn mark_reserved(&self, pos: u64, nslots: u64) {
+        let h = self.header(pos);
+        // SAFETY: we own this slot (reservation); the state word is atomic for the consumer.
+        unsafe {
+            (*h).nslots = nslots as u32;
+            (*h).state.store(STATE_RESERVED, Ordering::Release);
+        }
+    }
+
+    /// Copy a message into its reserved slots starting at `pos` and publish it (READY).
+    ///
+    /// # Safety
+    /// `[pos, pos + msg.nslots())` is part of a reservation owned by the caller, and its header
+    /// is already RESERVED.
+    pub unsafe fn publish(&self, pos: u64, msg: &MessageRef<'_>) {
+        let h = self.header(pos);
+        let body = pos * SLOT as u64 + HEADER as u64;
+        // SAFETY: the slots are ours until the READY store below hands them to the consumer.
+        unsafe {
+            (*h).nslots = msg.nslots() as u32;
+            (*h).topic_len = msg.topic.len() as u32;
+            (*h).payload_len = msg.payload.len() as u32;
+            (*h).broker = msg.broker;
+            (*h).qos = msg.qos;
+            (*h).retain = msg.retain as u8;
+            self.copy_in(body, msg.topic);
+            self.copy_in(body + msg.topic.len() as u64, &[0]);
+            self.copy_in(body + msg.topic.len() as u64 + 1, msg.payload);
+            (*h).state.store(STATE_READY, Ordering::Release);
+        }
+    }
+
+    /// Give up a reservation (transaction aborted after PRE_COMMIT): the consumer skips it.
+    ///
+    /// # Safety
+    /// `[pos, pos + nslots)` is a whole reservation owned by the caller, none of it published.
+    pub unsafe fn cancel(&self, pos: u64, nslots: u64) {
+        let h = self.header(pos);
+        // SAFETY: we own the reservation.
+        unsafe {
+            (*h).nslots = nslots as u32;
+            (*h).state.store(STATE_CANCELLED, Ordering::Release);
+        }
+    }
+
+    unsafe fn copy_in(&self, logical: u64, src: &[u8]) {
+        let total = (self.capacity() as usize) * SLOT;
+        let off = (logical % total as u64) as usize;
+        let first = src.len().min(total - off);
+        // SAFETY: both pieces lie inside the slot area; the caller owns these bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(off), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data, src.len() - first);
+        }
+    }
+
+    /// Look at the record at the tail. A record whose body wraps is copied into `scratch`.
+    ///
+    /// # Safety
+    /// Only the single consumer may call this; the view is valid until `release`.
+    pub unsafe fn peek<'a>(&'a self, scratch: &'a mut Vec<u8>) -> Peek<'a> {
+        let c = self.ctl();
+        let tail = c.tail.load(Ordering::Relaxed);
+        if tail == c.head.load(Ordering::Acquire) {
+            return Peek::Empty;
+        }
+        let h = self.header(tail);
+        // SAFETY: tail < head, so a header was written there before head moved (Acquire above);
+        // fields other than `state` are read only after the Acquire load of READY.
+        unsafe {
+            match (*h).state.load(Ordering::Acquire) {
+                STATE_READY => {}
+                STATE_CANCELLED => return Peek::Cancelled((*h).nslots as u64),
+                _ => return Peek::NotReady,
+            }
+            let tl = (*h).topic_len as usize;
+            let pl = (*h).payload_len as usize;
+            let len = tl + 1 + pl;
+            let total = (self.capacity() as usize) * SLOT;
+            let off = ((tail * SLOT as u64 + HEADER as u64) % total as u64) as usize;
+            let bytes: &[u8] = if off + len <= total {
+                std::slice::from_raw_parts(self.data.add(off), len)
+            } else {
+                scratch.clear();
+                let first = total - off;
+                scratch.extend_from_slice(std::slice::from_raw_parts(self.data.add(off), first));
+                scratch.extend_from_slice(std::slice::from_raw_parts(self.data, len - first));
+                &scratch[..]
+            };
+            Peek::Ready(RecordView {
+                nslots: (*h).nslots as u64,
+                broker: (*h).broker,
+                qos: (*h).qos,
+                retain: (*h).retain != 0,
+                topic_nul: &bytes[..tl + 1],
+                payload: &bytes[tl + 1..],
+            })
+        }
+    }
+
+    /// Consumer: the record (or cancelled run) at the tail is done; free its slots.
+    ///
+    /// # Safety
+    /// Only the single consumer may call this, with the `nslots` it just peeked.
+    pub unsafe fn release(&self, nslots: u64) {
+        let c = self.ctl();
+        let tail = c.tail.load(Ordering::Relaxed);
+        c.tail.store(tail + nslots, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    struct TestRing {
+        _mem: Vec<u64>,
+        ring: Ring,
+    }
+
+    fn ring(nslots: u64) -> TestRing {
+        let mut mem = vec![0u64; shmem_size(nslots) / 8 + 1];
+        // SAFETY: freshly allocated, big enough, 8-byte aligned.
+        let ring = unsafe { Ring::init(mem.as_mut_ptr() as *mut u8, nslots) };
+        TestRing { _mem: mem, ring }
+    }
+
+    fn msg<'a>(topic: &'a [u8], payload: &'a [u8]) -> MessageRef<'a> {
+        MessageRef { broker: 0, qos: 1, retain: false, topic, payload }
+    }
+
+    fn take(r: &Ring) -> Option<(Vec<u8>, Vec<u8>)> {
+        let mut scratch = Vec::new();
+        loop {
+            // SAFETY: single consumer in these tests.
+            match unsafe { r.peek(&mut scratch) } {
+                Peek::Empty | Peek::NotReady => return None,
+                Peek::Cancelled(n) => unsafe { r.release(n) },
+                Peek::Ready(v) => {
+                    let out = (v.topic().to_vec(), v.payload.to_vec());
+                    let n = v.nslots;
+                    unsafe { r.release(n) };
+                    return Some(out);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(HEADER, 24);
+        assert_eq!(slots_for(10, 100), 1);
+        assert_eq!(slots_for(0, SLOT - HEADER - 1), 1);
+        assert_eq!(slots_for(0, SLOT - HEADER), 2);
+        assert_eq!(slots_for(10, 256 * 1024), 513);
+        // default settings: 65536 slots = 32 MiB of slots, under the 64 MB budget
+        assert!(shmem_size(65536) <= 33 * 1024 * 1024);
+        assert!(is_power_of_two(65536) && !is_power_of_two(1000) && !is_power_of_two(0));
+    }
+
+    #[test]
+    fn fifo_with_wraparound_and_full() {
+        let t = ring(8);
+        let r = &t.ring;
+        let big = vec![7u8; 3 * SLOT - HEADER - 3]; // 3 slots with a 2-byte topic
+        for round in 0..20u8 {
+            let p = [round; 5];
+            let m1 = msg(b"ab", &big);
+            let m2 = msg(b"t/1", &p);
+            unsafe {
+                let a = r.try_reserve(m1.nslots()).unwrap();
+                r.publish(a, &m1);
+                let b = r.try_reserve(m2.nslots()).unwrap();
+                r.publish(b, &m2);
+                // 4 of 8 used: a 5-slot message does not fit
+                assert!(r.try_reserve(5).is_none());
+            }
+            assert_eq!(take(r).unwrap(), (b"ab".to_vec(), big.clone()));
+            assert_eq!(take(r).unwrap(), (b"t/1".to_vec(), p.to_vec()));
+            assert!(take(r).is_none());
+        }
+    }
+
+    #[test]
+    fn reserved_blocks_and_cancelled_is_skipped() {
+        let t = ring(16);
+        let r = &t.ring;
+        let m = msg(b"x", b"1");
+        unsafe {
+            let a = r.try_reserve(3).unwrap(); // a three-message transaction, not yet committed
+            r.mark_reserved(a + 1, 1);
+            r.mark_reserved(a + 2, 1);
+            let b = r.try_reserve(1).unwrap();
+            r.publish(b, &msg(b"later", b"2"));
+            assert!(take(r).is_none(), "must wait behind the reservation");
+            r.publish(a, &m);
+            assert_eq!(take(r).unwrap().0, b"x");
+            assert!(take(r).is_none(), "second record of the reservation not ready yet");
+            r.publish(a + 1, &m);
+            r.publish(a + 2, &m);
+            assert_eq!(take(r).unwrap().0, b"x");
+            assert_eq!(take(r).unwrap().0, b"x");
+            assert_eq!(take(r).unwrap().0, b"later");
+            let c = r.try_reserve(4).unwrap();
+            let d = r.try_reserve(1).unwrap();
+            r.publish(d, &msg(b"after", b""));
+            r.cancel(c, 4);
+            assert_eq!(take(r).unwrap().0, b"after");
+            assert_eq!(r.used_slots(), 0);
+        }
+    }
+
+    /// Many producers, one consumer: every message arrives once, each producer's in order.
+    #[test]
+    fn concurrent_producers_keep_per_producer_order() {
+        let t = Arc::new(ring(64));
+        let lock = Arc::new(Mutex::new(()));
+        const PRODUCERS: u32 = 4;
+        const EACH: u32 = 5000;
+        let mut handles = Vec::new();
+        for p in 0..PRODUCERS {
+            let t = Arc::clone(&t);
+            let lock = Arc::clone(&lock);
+            handles.push(std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let payload = format!("{p}:{i}:{}", "z".repeat((i % 700) as usize));
+                    let topic = format!("p/{p}");
+                    let m = msg(topic.as_bytes(), payload.as_bytes());
+                    let pos = loop {
+                        let g = lock.lock().unwrap();
+                        if let Some(pos) = unsafe { t.ring.try_reserve(m.nslots()) } {
+                            drop(g);
+                            break pos;
+                        }
+                        drop(g);
+                        std::thread::yield_now();
+                    };
+                    unsafe { t.ring.publish(pos, &m) };
+                }
+            }));
+        }
+        let mut next = vec![0u32; PRODUCERS as usize];
+        let mut got = 0;
+        while got < PRODUCERS * EACH {
+            match take(&t.ring) {
+                None => std::thread::yield_now(),
+                Some((topic, payload)) => {
+                    let s = String::from_utf8(payload).unwrap();
+                    let mut it = s.split(':');
+                    let p: usize = it.next().unwrap().parse().unwrap();
+                    let i: u32 = it.next().unwrap().parse().unwrap();
+                    assert_eq!(topic, format!("p/{p}").into_bytes());
+                    assert_eq!(i, next[p], "producer {p} out of order");
+                    assert_eq!(it.next().unwrap().len(), (i % 700) as usize);
+                    next[p] += 1;
+                    got += 1;
+                }
+            }
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(take(&t.ring).is_none());
+    }
+}

@@ -1,0 +1,149 @@
+//! Shared memory: what lives there, how it is sized, created and attached.
+//!
+//! One named segment, "pg_mqtt_pub", sized once at postmaster start from `queue_size`:
+//! ```text
+//!   Shared   worker latch/pid/sleeping flag, per-broker status (status.rs)
+//!   Ring     control block + queue_size × 512-byte slots (ring.rs)
+//! ```
+//! Locks (one named LWLock tranche, "pg_mqtt_pub"):
+//! * `RING_LOCK` serialises producers' reservations (a few loads and stores; never held across
+//!   anything that allocates, logs or can fail).
+//! * `STATUS_LOCK` protects the text fields of the broker status (host, last error); counters are
+//!   atomics and need no lock.
+//!
+//! Wake-ups follow the "sleeping flag" protocol so a busy worker costs producers nothing:
+//! the worker sets `worker_sleeping`, re-checks the ring, then waits on its latch; a producer
+//! publishes its records, then sets the worker's latch only if `worker_sleeping` is set. Both sides
+//! put a SeqCst fence between their write and their read, so one of them always sees the other.
+
+use crate::gucs;
+use crate::ring::{self, Ring};
+use crate::status::BrokerShared;
+use pgrx_pg_sys as pg;
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, Ordering};
+
+/// Brokers the status table can hold. Only `default` exists until named brokers arrive.
+pub const MAX_BROKERS: usize = 16;
+
+pub const RING_LOCK: usize = 0;
+pub const STATUS_LOCK: usize = 1;
+const NUM_LOCKS: i32 = 2;
+const NAME: &std::ffi::CStr = c"pg_mqtt_pub";
+
+#[repr(C)]
+pub struct Shared {
+    pub worker_latch: AtomicPtr<pg::Latch>,
+    pub worker_pid: AtomicI32,
+    pub worker_sleeping: AtomicBool,
+    pub brokers: [BrokerShared; MAX_BROKERS],
+}
+
+// Process-local pointers into the segment, set by the startup hook (inherited across fork).
+static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
+static RING_MEM: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+static LOCKS: AtomicPtr<pg::LWLockPadded> = AtomicPtr::new(std::ptr::null_mut());
+
+static mut PREV_REQUEST_HOOK: pg::shmem_request_hook_type = None;
+static mut PREV_STARTUP_HOOK: pg::shmem_startup_hook_type = None;
+
+fn shared_size() -> usize {
+    std::mem::size_of::<Shared>().next_multiple_of(ring::SLOT)
+}
+
+/// Total bytes requested from the postmaster.
+pub fn segment_size() -> usize {
+    shared_size() + ring::shmem_size(gucs::QUEUE_SIZE.get() as u64)
+}
+
+/// Install the shmem hooks; called from `_PG_init` while preloading.
+pub fn install_hooks() {
+    // SAFETY: _PG_init runs single-threaded in the postmaster; we chain the previous hooks.
+    unsafe {
+        PREV_REQUEST_HOOK = pg::shmem_request_hook;
+        pg::shmem_request_hook = Some(shmem_request);
+        PREV_STARTUP_HOOK = pg::shmem_startup_hook;
+        pg::shmem_startup_hook = Some(shmem_startup);
+    }
+}
+
+unsafe extern "C-unwind" fn shmem_request() {
+    crate::guard::guard(|| {
+        // SAFETY: called by the postmaster at the one point where requests are allowed.
+        unsafe {
+            if let Some(prev) = PREV_REQUEST_HOOK {
+                prev();
+            }
+            pg::RequestAddinShmemSpace(segment_size());
+            pg::RequestNamedLWLockTranche(NAME.as_ptr(), NUM_LOCKS);
+        }
+    })
+}
+
+unsafe extern "C-unwind" fn shmem_startup() {
+    crate::guard::guard(|| {
+        // SAFETY: the documented recipe (pg_stat_statements): create or attach under
+        // AddinShmemInitLock; initialise only if we created it.
+        unsafe {
+            if let Some(prev) = PREV_STARTUP_HOOK {
+                prev();
+            }
+            let init_lock = &mut (*pg::MainLWLockArray.add(21)).lock as *mut pg::LWLock; // AddinShmemInitLock
+            pg::LWLockAcquire(init_lock, pg::LWLockMode::LW_EXCLUSIVE);
+            let mut found = false;
+            let base = pg::ShmemInitStruct(NAME.as_ptr(), segment_size(), &mut found) as *mut u8;
+            let ring_mem = base.add(shared_size());
+            if !found {
+                std::ptr::write_bytes(base, 0, shared_size());
+                Ring::init(ring_mem, gucs::QUEUE_SIZE.get() as u64);
+            }
+            SHARED.store(base as *mut Shared, Ordering::Release);
+            RING_MEM.store(ring_mem, Ordering::Release);
+            LOCKS.store(pg::GetNamedLWLockTranche(NAME.as_ptr()), Ordering::Release);
+            pg::LWLockRelease(init_lock);
+        }
+    })
+}
+
+/// The shared state, or `None` when the library was not preloaded.
+pub fn shared() -> Option<&'static Shared> {
+    let p = SHARED.load(Ordering::Acquire);
+    // SAFETY: once set, the pointer stays valid for the life of the process.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// The ring. Only call after `shared()` returned `Some`.
+pub fn ring() -> Ring {
+    let p = RING_MEM.load(Ordering::Acquire);
+    assert!(!p.is_null(), "pg_mqtt_pub shared memory is not attached");
+    // SAFETY: `p` was set up by Ring::init in the startup hook.
+    unsafe { Ring::attach(p) }
+}
+
+/// Run `f` holding LWLock `which` in `mode`. `f` must not raise errors or allocate much.
+pub fn with_lock<R>(which: usize, mode: pg::LWLockMode::Type, f: impl FnOnce() -> R) -> R {
+    let locks = LOCKS.load(Ordering::Acquire);
+    assert!(!locks.is_null(), "pg_mqtt_pub locks are not attached");
+    // SAFETY: `which` < NUM_LOCKS; the tranche lives in shared memory. If `f` panicked the lock
+    // would be released by LWLockReleaseAll during abort, but `f` is kept trivial by contract.
+    unsafe {
+        let lock = &mut (*locks.add(which)).lock as *mut pg::LWLock;
+        pg::LWLockAcquire(lock, mode);
+        let r = f();
+        pg::LWLockRelease(lock);
+        r
+    }
+}
+
+/// Producer side of the wake-up protocol: call after publishing records to the ring.
+pub fn wake_worker() {
+    let Some(s) = shared() else { return };
+    fence(Ordering::SeqCst);
+    if s.worker_sleeping.load(Ordering::SeqCst) {
+        let latch = s.worker_latch.load(Ordering::Acquire);
+        if !latch.is_null() {
+            // SAFETY: the latch is the worker's PGPROC latch in shared memory; setting a latch
+            // whose owner has exited is harmless.
+            unsafe { pg::SetLatch(latch) };
+        }
+    }
+}

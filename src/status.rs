@@ -1,0 +1,158 @@
+//! `mqtt_status()` and the per-broker shared counters behind it.
+//!
+//! The worker is the only writer of a [`BrokerShared`]; backends only read it. Counters and flags
+//! are atomics (readers may see a counter a moment stale, never torn). Text fields (host, last
+//! error) are written and read under `STATUS_LOCK`, copied out before any PostgreSQL call.
+//! All-zero memory is a valid initial state (empty strings, counters 0, not connected, hot).
+
+use crate::fmgr::{text_datum, Args};
+use crate::guard::guard;
+use crate::shmem::{self, MAX_BROKERS, STATUS_LOCK};
+use pgrx_pg_sys as pg;
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+/// `BrokerShared::mode` values: 0 = hot (ring), this = cold (outbox).
+pub const MODE_COLD: u32 = 1;
+
+#[repr(C)]
+struct BrokerText {
+    name: [u8; 64],
+    host: [u8; 256],
+    last_error: [u8; 512],
+}
+
+#[repr(C)]
+pub struct BrokerShared {
+    pub in_use: AtomicBool,
+    pub connected: AtomicBool,
+    pub mode: AtomicU32,
+    pub inflight: AtomicU32,
+    pub port: AtomicI32,
+    pub messages_sent: AtomicU64,
+    pub messages_failed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// TimestampTz, 0 = never.
+    pub last_connected_at: AtomicI64,
+    pub last_error_at: AtomicI64,
+    text: UnsafeCell<BrokerText>,
+}
+
+fn put(dst: &mut [u8], s: &str) {
+    // keep one byte for the terminating NUL and cut on a char boundary
+    let mut n = s.len().min(dst.len() - 1);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+    dst[n] = 0;
+}
+
+fn get(src: &[u8]) -> String {
+    let n = src.iter().position(|&b| b == 0).unwrap_or(src.len());
+    String::from_utf8_lossy(&src[..n]).into_owned()
+}
+
+fn now() -> i64 {
+    // SAFETY: plain call.
+    unsafe { pg::GetCurrentTimestamp() }
+}
+
+impl BrokerShared {
+    /// Worker: (re)describe this broker slot.
+    pub fn set_identity(&self, name: &str, host: &str, port: u16) {
+        shmem::with_lock(STATUS_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            // SAFETY: text fields are only touched under STATUS_LOCK.
+            let t = unsafe { &mut *self.text.get() };
+            put(&mut t.name, name);
+            put(&mut t.host, host);
+        });
+        self.port.store(port as i32, Ordering::Relaxed);
+        self.in_use.store(true, Ordering::Release);
+    }
+
+    /// Worker: record an error a human should see in `mqtt_status().last_error`.
+    pub fn set_error(&self, msg: &str) {
+        shmem::with_lock(STATUS_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            // SAFETY: under STATUS_LOCK.
+            put(unsafe { &mut (*self.text.get()).last_error }, msg);
+        });
+        self.last_error_at.store(now(), Ordering::Relaxed);
+    }
+
+    pub fn set_connected(&self, up: bool) {
+        if up {
+            self.last_connected_at.store(now(), Ordering::Relaxed);
+        }
+        self.connected.store(up, Ordering::Release);
+    }
+
+    fn text(&self) -> (String, String, String) {
+        shmem::with_lock(STATUS_LOCK, pg::LWLockMode::LW_SHARED, || {
+            // SAFETY: under STATUS_LOCK.
+            let t = unsafe { &*self.text.get() };
+            (get(&t.name), get(&t.host), get(&t.last_error))
+        })
+    }
+}
+
+/// Status slot of a broker by index.
+pub fn broker(idx: usize) -> &'static BrokerShared {
+    &crate::publish::require_shared().brokers[idx]
+}
+
+crate::pg_finfo!(pg_finfo_mqtt_status);
+
+/// `mqtt_status()`: one row per broker.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    guard(|| {
+        let s = crate::publish::require_shared();
+        // SAFETY: fcinfo is valid for this call.
+        let args = unsafe { Args::new(fcinfo) };
+        let ring = shmem::ring();
+        let ring_bytes = (ring.used_slots() * crate::ring::SLOT as u64) as i64;
+        // SAFETY: the documented materialize-mode SRF recipe.
+        unsafe {
+            pg::InitMaterializedSRF(args.fcinfo(), 0);
+            let rsinfo = (*args.fcinfo()).resultinfo as *mut pg::ReturnSetInfo;
+            for (i, b) in s.brokers.iter().enumerate().take(MAX_BROKERS) {
+                let in_use = b.in_use.load(Ordering::Acquire);
+                if !in_use && i != 0 {
+                    continue;
+                }
+                let (mut name, mut host, last_error) = b.text();
+                let mut port = b.port.load(Ordering::Relaxed);
+                if !in_use {
+                    // the worker has not started yet: show what it will use
+                    let cfg = crate::gucs::BrokerConfig::default_broker();
+                    name = cfg.name;
+                    host = cfg.host;
+                    port = cfg.port as i32;
+                }
+                let ts = |v: i64| (pg::Datum::from(v), v == 0);
+                let mode = if b.mode.load(Ordering::Relaxed) == MODE_COLD { "cold" } else { "hot" };
+                let cols: [(pg::Datum, bool); 14] = [
+                    (text_datum(&name), false),
+                    (text_datum(&host), false),
+                    (pg::Datum::from(port), false),
+                    (pg::Datum::from(b.connected.load(Ordering::Acquire)), false),
+                    (text_datum(mode), false),
+                    (pg::Datum::from(b.messages_sent.load(Ordering::Relaxed) as i64), false),
+                    (pg::Datum::from(b.messages_failed.load(Ordering::Relaxed) as i64), false),
+                    (pg::Datum::from(b.dead_lettered.load(Ordering::Relaxed) as i64), false),
+                    (pg::Datum::from(0i64), false),
+                    (text_datum(&last_error), last_error.is_empty()),
+                    ts(b.last_connected_at.load(Ordering::Relaxed)),
+                    ts(b.last_error_at.load(Ordering::Relaxed)),
+                    (pg::Datum::from(b.inflight.load(Ordering::Relaxed) as i32), false),
+                    (pg::Datum::from(ring_bytes), false),
+                ];
+                let mut values: Vec<pg::Datum> = cols.iter().map(|c| c.0).collect();
+                let mut nulls: Vec<bool> = cols.iter().map(|c| c.1).collect();
+                pg::tuplestore_putvalues((*rsinfo).setResult, (*rsinfo).setDesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            }
+        }
+        pg::Datum::from(0usize)
+    })
+}

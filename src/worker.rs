@@ -1,0 +1,715 @@
+//! The background workers: a launcher, and the worker that publishes.
+//!
+//! **Launcher** (static, registered in `_PG_init`). Connects to no database (shared catalogs
+//! only), waits until `pg_mqtt_pub.database` exists, then starts the worker as a dynamic
+//! background worker and supervises it: restarts it after it exits (1 s, doubling up to 30 s if
+//! it keeps dying young). This is why a missing database never makes anything crash-loop.
+//!
+//! **Worker** (dynamic). Connects to `pg_mqtt_pub.database`. While the extension is not installed
+//! there it idles (checking once a second); once it is, it connects to the broker and runs the
+//! loop below. After `DROP EXTENSION` it delivers what is left in the ring and goes idle again.
+//!
+//! The loop, one iteration:
+//! 1. signals: SIGTERM → disconnect cleanly and exit; SIGHUP → reload, reconnect if the broker
+//!    settings changed (after the in-flight window drains, at most 5 s);
+//! 2. connection: (re)connect asynchronously when due, with backoff (`backoff.rs`);
+//! 3. socket: `mosquitto_loop_read` / `loop_write` / `loop_misc` as the WaitEventSet reported;
+//! 4. events recorded by the libmosquitto callbacks: CONNACK, disconnect, acknowledgements;
+//! 5. ring: hand READY records to libmosquitto while connected and the in-flight window
+//!    (`max_inflight`, QoS 1/2 messages not yet acknowledged) has room;
+//! 6. wait on latch + postmaster death + socket. Before sleeping the worker raises
+//!    `worker_sleeping` and re-checks the ring, so producers only `SetLatch` when it sleeps.
+//!
+//! While the broker is down, messages stay in the ring (nothing is taken out that cannot be
+//! sent); producers wait up to `publish_timeout_ms` when it is full and then get an ERROR.
+//! QoS 1/2 messages already handed to libmosquitto when the connection drops are kept and resent
+//! by libmosquitto after the reconnect.
+
+use crate::backoff::reconnect_delay_ms;
+use crate::broker::{Client, ClientOptions, Event, Handoff};
+use crate::guard::{self, guard, Level};
+use crate::gucs::{self, BrokerConfig};
+use crate::ring::{Peek, Ring};
+use crate::shmem;
+use crate::status::BrokerShared;
+use pgrx_pg_sys as pg;
+use std::collections::HashMap;
+use std::ffi::{c_int, CString};
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+// The raw C signal handlers (the pgrx wrappers are Rust functions and cannot be installed).
+extern "C-unwind" {
+    #[link_name = "SignalHandlerForConfigReload"]
+    fn sighup_handler(arg: c_int);
+    #[link_name = "SignalHandlerForShutdownRequest"]
+    fn sigterm_handler(arg: c_int);
+}
+
+const LIB: &str = "pg_mqtt_pub";
+/// Records handed to libmosquitto per loop iteration before the socket is serviced again.
+const BATCH: usize = 1024;
+/// How long a SIGHUP broker switch or a shutdown waits for in-flight acknowledgements.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+fn fill(dst: &mut [std::ffi::c_char], s: &str) {
+    let n = s.len().min(dst.len() - 1);
+    for (d, b) in dst.iter_mut().zip(s.as_bytes()[..n].iter()) {
+        *d = *b as std::ffi::c_char;
+    }
+    dst[n] = 0;
+}
+
+fn worker_struct(name: &str, function: &str, flags: u32, restart: i32) -> pg::BackgroundWorker {
+    // SAFETY: BackgroundWorker is plain C data; all-zero is a valid starting point.
+    let mut w: pg::BackgroundWorker = unsafe { std::mem::zeroed() };
+    fill(&mut w.bgw_name, name);
+    fill(&mut w.bgw_type, name);
+    fill(&mut w.bgw_library_name, LIB);
+    fill(&mut w.bgw_function_name, function);
+    w.bgw_flags = flags as c_int;
+    w.bgw_start_time = pg::BgWorkerStartTime::BgWorkerStart_RecoveryFinished;
+    w.bgw_restart_time = restart;
+    w
+}
+
+/// Register the launcher (from `_PG_init`, while preloading).
+pub fn register_launcher() {
+    let mut w = worker_struct(
+        "pg_mqtt_pub launcher",
+        "pg_mqtt_pub_launcher_main",
+        pg::BGWORKER_SHMEM_ACCESS | pg::BGWORKER_BACKEND_DATABASE_CONNECTION,
+        5,
+    );
+    // SAFETY: called from _PG_init in the postmaster.
+    unsafe { pg::RegisterBackgroundWorker(&mut w) };
+}
+
+fn install_signals() {
+    // SAFETY: standard background-worker setup, before signals are unblocked.
+    unsafe {
+        pg::pqsignal(libc::SIGHUP, Some(sighup_handler));
+        pg::pqsignal(libc::SIGTERM, Some(sigterm_handler));
+        // A broker closing the socket must not kill the worker.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        pg::BackgroundWorkerUnblockSignals();
+    }
+}
+
+fn shutdown_requested() -> bool {
+    // SAFETY: sig_atomic_t flag set by the signal handler.
+    unsafe { pg::ShutdownRequestPending != 0 }
+}
+
+fn take_reload() -> bool {
+    // SAFETY: as above; ProcessConfigFile runs on the main thread outside any transaction.
+    unsafe {
+        if pg::ConfigReloadPending == 0 {
+            return false;
+        }
+        pg::ConfigReloadPending = 0;
+        pg::ProcessConfigFile(pg::GucContext::PGC_SIGHUP);
+        true
+    }
+}
+
+/// Sleep on our latch (also woken by signals), exiting if the postmaster dies.
+fn nap(ms: i64) {
+    // SAFETY: standard latch wait.
+    unsafe {
+        pg::WaitLatch(pg::MyLatch, (pg::WL_LATCH_SET | pg::WL_TIMEOUT | pg::WL_EXIT_ON_PM_DEATH) as i32, ms, pg::PG_WAIT_EXTENSION);
+        pg::ResetLatch(pg::MyLatch);
+    }
+}
+
+fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: the worker is between transactions whenever it calls this.
+    unsafe {
+        pg::SetCurrentStatementStartTimestamp();
+        pg::StartTransactionCommand();
+        let r = f();
+        pg::CommitTransactionCommand();
+        r
+    }
+}
+
+/// Does the database exist? A heap scan of pg_database, as the autovacuum launcher does: an
+/// index lookup would need pg_class, which a process without a database cannot read.
+fn database_exists(name: &str) -> bool {
+    in_transaction(|| {
+        // SAFETY: pg_database is a shared catalog; the scan runs inside a transaction with a
+        // snapshot, and each tuple's fixed part is read as FormData_pg_database (GETSTRUCT).
+        unsafe {
+            pg::GetTransactionSnapshot();
+            let rel = pg::table_open(pg::DatabaseRelationId, pg::AccessShareLock as i32);
+            let scan = pg::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+            let mut found = false;
+            loop {
+                let tup = pg::heap_getnext(scan, pg::ScanDirection::ForwardScanDirection);
+                if tup.is_null() {
+                    break;
+                }
+                let hdr = (*tup).t_data;
+                let form = (hdr as *const u8).add((*hdr).t_hoff as usize) as *const pg::FormData_pg_database;
+                let datname = std::ffi::CStr::from_ptr((*form).datname.data.as_ptr());
+                if datname.to_bytes() == name.as_bytes() {
+                    found = true;
+                    break;
+                }
+            }
+            pg::heap_endscan(scan);
+            pg::table_close(rel, pg::AccessShareLock as i32);
+            found
+        }
+    })
+}
+
+fn extension_present() -> bool {
+    // SAFETY: catalog lookup inside a transaction.
+    in_transaction(|| unsafe { pg::get_extension_oid(c"pg_mqtt_pub".as_ptr(), true) } != pg::InvalidOid)
+}
+
+/// Launcher entry point.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
+    guard(|| {
+        install_signals();
+        // SAFETY: connect to no database: only shared catalogs are needed here.
+        unsafe { pg::BackgroundWorkerInitializeConnection(std::ptr::null(), std::ptr::null(), 0) };
+        let db = gucs::DATABASE.string();
+        let mut waiting_logged = false;
+        let mut restart_delay = Duration::from_secs(1);
+        loop {
+            if shutdown_requested() {
+                // SAFETY: exits the process.
+                unsafe { pg::proc_exit(1) };
+            }
+            take_reload();
+            if !database_exists(&db) {
+                if !waiting_logged {
+                    guard::log(Level::LOG, format!("pg_mqtt_pub: waiting for database \"{db}\" (pg_mqtt_pub.database) to be created"));
+                    waiting_logged = true;
+                }
+                nap(1000);
+                continue;
+            }
+            waiting_logged = false;
+            let started = Instant::now();
+            supervise_worker();
+            // Restart quickly after a long healthy run, back off if it keeps dying young.
+            restart_delay = if started.elapsed() > Duration::from_secs(60) {
+                Duration::from_secs(1)
+            } else {
+                (restart_delay * 2).min(Duration::from_secs(30))
+            };
+            let until = Instant::now() + restart_delay;
+            while Instant::now() < until && !shutdown_requested() {
+                nap(100);
+            }
+        }
+    })
+}
+
+/// Start the worker and wait until it stops (or we are told to stop).
+fn supervise_worker() {
+    let mut w = worker_struct(
+        "pg_mqtt_pub worker",
+        "pg_mqtt_pub_worker_main",
+        pg::BGWORKER_SHMEM_ACCESS | pg::BGWORKER_BACKEND_DATABASE_CONNECTION,
+        pg::BGW_NEVER_RESTART,
+    );
+    // SAFETY: MyProcPid is ours; the postmaster signals us when the worker changes state.
+    w.bgw_notify_pid = unsafe { pg::MyProcPid };
+    let mut handle: *mut pg::BackgroundWorkerHandle = std::ptr::null_mut();
+    // SAFETY: plain registration.
+    if !unsafe { pg::RegisterDynamicBackgroundWorker(&mut w, &mut handle) } {
+        guard::log(Level::WARNING, "pg_mqtt_pub: could not start the worker: no background worker slot free; raise max_worker_processes");
+        nap(5000);
+        return;
+    }
+    loop {
+        let mut pid: pg::pid_t = 0;
+        // SAFETY: handle from RegisterDynamicBackgroundWorker.
+        let st = unsafe { pg::GetBackgroundWorkerPid(handle, &mut pid) };
+        if st == pg::BgwHandleStatus::BGWH_STOPPED || st == pg::BgwHandleStatus::BGWH_POSTMASTER_DIED {
+            return;
+        }
+        if shutdown_requested() {
+            // SAFETY: handle is valid; then exit.
+            unsafe {
+                pg::TerminateBackgroundWorker(handle);
+                pg::proc_exit(1);
+            }
+        }
+        take_reload();
+        nap(1000);
+    }
+}
+
+/// Worker entry point.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn pg_mqtt_pub_worker_main(_arg: pg::Datum) {
+    guard(|| {
+        install_signals();
+        let db = CString::new(gucs::DATABASE.string()).unwrap_or_default();
+        // SAFETY: standard connection; FATAL if the database vanished meanwhile (the launcher
+        // then waits for it again).
+        unsafe { pg::BackgroundWorkerInitializeConnection(db.as_ptr(), std::ptr::null(), 0) };
+        let s = crate::publish::require_shared();
+        // SAFETY: MyLatch is our PGPROC latch, in shared memory, valid until we exit.
+        unsafe {
+            s.worker_latch.store(pg::MyLatch, Ordering::Release);
+            s.worker_pid.store(pg::MyProcPid, Ordering::Release);
+            pg::on_shmem_exit(Some(forget_latch), pg::Datum::from(0usize));
+        }
+        crate::broker::lib_init();
+        Worker::new().run()
+    })
+}
+
+unsafe extern "C-unwind" fn forget_latch(_code: c_int, _arg: pg::Datum) {
+    if let Some(s) = shmem::shared() {
+        s.worker_latch.store(std::ptr::null_mut(), Ordering::Release);
+        s.worker_pid.store(0, Ordering::Release);
+        s.worker_sleeping.store(false, Ordering::Release);
+        s.brokers[0].connected.store(false, Ordering::Release);
+        s.brokers[0].inflight.store(0, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ConnState {
+    /// No client (extension absent, or before the first connect).
+    Idle,
+    Connecting { since: Instant },
+    Connected,
+    Retry { at: Instant },
+}
+
+/// The WaitEventSet for latch + postmaster death + (optionally) the broker socket.
+struct Waiter {
+    set: *mut pg::WaitEventSet,
+    fd: c_int,
+    sock_pos: c_int,
+    write_interest: bool,
+}
+
+impl Waiter {
+    fn new(fd: c_int) -> Waiter {
+        // SAFETY: standard WaitEventSet construction in a long-lived context.
+        unsafe {
+            let set = pg::CreateWaitEventSet(pg::TopMemoryContext, 3);
+            pg::AddWaitEventToSet(set, pg::WL_LATCH_SET, -1, pg::MyLatch, std::ptr::null_mut());
+            pg::AddWaitEventToSet(set, pg::WL_EXIT_ON_PM_DEATH, -1, std::ptr::null_mut(), std::ptr::null_mut());
+            let sock_pos = if fd >= 0 {
+                pg::AddWaitEventToSet(set, pg::WL_SOCKET_READABLE, fd, std::ptr::null_mut(), std::ptr::null_mut())
+            } else {
+                -1
+            };
+            Waiter { set, fd, sock_pos, write_interest: false }
+        }
+    }
+
+    fn want_write(&mut self, w: bool) {
+        if self.sock_pos >= 0 && w != self.write_interest {
+            let ev = pg::WL_SOCKET_READABLE | if w { pg::WL_SOCKET_WRITEABLE } else { 0 };
+            // SAFETY: sock_pos is a socket event of this set.
+            unsafe { pg::ModifyWaitEvent(self.set, self.sock_pos, ev, std::ptr::null_mut()) };
+            self.write_interest = w;
+        }
+    }
+
+    /// Wait; returns (latch set, socket readable, socket writable).
+    fn wait(&mut self, timeout_ms: i64) -> (bool, bool, bool) {
+        // SAFETY: WaitEvent is plain data.
+        let mut evs: [pg::WaitEvent; 3] = unsafe { std::mem::zeroed() };
+        // SAFETY: valid set; the array has room for 3 events.
+        let n = unsafe { pg::WaitEventSetWait(self.set, timeout_ms, evs.as_mut_ptr(), 3, pg::PG_WAIT_EXTENSION) };
+        let (mut l, mut r, mut w) = (false, false, false);
+        for e in &evs[..n.max(0) as usize] {
+            l |= e.events & pg::WL_LATCH_SET != 0;
+            r |= e.events & pg::WL_SOCKET_READABLE != 0;
+            w |= e.events & pg::WL_SOCKET_WRITEABLE != 0;
+        }
+        (l, r, w)
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // SAFETY: we own the set.
+        unsafe { pg::FreeWaitEventSet(self.set) };
+    }
+}
+
+struct Worker {
+    ring: Ring,
+    scratch: Vec<u8>,
+    events: Vec<Event>,
+    status: &'static BrokerShared,
+    cfg: BrokerConfig,
+    client: Option<Client>,
+    state: ConnState,
+    failures: u32,
+    /// QoS 1/2 messages handed to libmosquitto and not yet acknowledged: mid -> qos.
+    inflight: HashMap<i32, u8>,
+    /// A broker settings change waiting for the in-flight window to drain.
+    switch_to: Option<(BrokerConfig, Instant)>,
+    refusal: Option<String>,
+    waiter: Option<Waiter>,
+    rebuild_waiter: bool,
+    ext_present: bool,
+    next_ext_check: Instant,
+}
+
+impl Worker {
+    fn new() -> Worker {
+        let status = &crate::publish::require_shared().brokers[0];
+        let cfg = BrokerConfig::default_broker();
+        status.set_identity(&cfg.name, &cfg.host, cfg.port);
+        Worker {
+            ring: shmem::ring(),
+            scratch: Vec::new(),
+            events: Vec::new(),
+            status,
+            cfg,
+            client: None,
+            state: ConnState::Idle,
+            failures: 0,
+            inflight: HashMap::new(),
+            switch_to: None,
+            refusal: None,
+            waiter: None,
+            rebuild_waiter: true,
+            ext_present: false,
+            next_ext_check: Instant::now(),
+        }
+    }
+
+    fn run(mut self) -> ! {
+        loop {
+            if shutdown_requested() {
+                self.shutdown();
+            }
+            if take_reload() {
+                self.reloaded();
+            }
+            if Instant::now() >= self.next_ext_check {
+                let was = self.ext_present;
+                self.ext_present = extension_present();
+                if self.ext_present != was {
+                    let msg = if self.ext_present { "extension found, starting to publish" } else { "extension not installed; idle" };
+                    guard::log(Level::LOG, format!("pg_mqtt_pub worker: {msg}"));
+                }
+                let every = if self.ext_present { 10 } else { 1 };
+                self.next_ext_check = Instant::now() + Duration::from_secs(every);
+            }
+            self.manage_connection();
+            self.service_socket(false, false);
+            self.handle_events();
+            let more = self.drain_ring();
+            self.handle_events();
+            self.maybe_switch();
+            self.wait(more);
+        }
+    }
+
+    /// Is there anything for a broker connection to do?
+    fn active(&self) -> bool {
+        self.ext_present || self.ring.used_slots() > 0 || !self.inflight.is_empty()
+    }
+
+    fn manage_connection(&mut self) {
+        let now = Instant::now();
+        match self.state {
+            ConnState::Idle if self.active() => self.connect(),
+            ConnState::Idle => {}
+            ConnState::Retry { at } if now >= at => self.connect(),
+            ConnState::Connecting { since } => {
+                let limit = Duration::from_secs(self.cfg.keepalive.max(10) as u64);
+                if now.duration_since(since) > limit {
+                    self.fail(format!("connecting to {}:{} timed out after {} s", self.cfg.host, self.cfg.port, limit.as_secs()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn client_id(&self) -> String {
+        if !self.cfg.client_id.is_empty() {
+            return self.cfg.client_id.clone();
+        }
+        // SAFETY: plain call; unique per cluster, stable across restarts.
+        format!("pg_mqtt_pub-{}", unsafe { pg::GetSystemIdentifier() })
+    }
+
+    fn connect(&mut self) {
+        self.rebuild_waiter = true;
+        self.status.set_identity(&self.cfg.name, &self.cfg.host, self.cfg.port);
+        let result = match self.client.as_mut() {
+            Some(c) => c.reconnect(),
+            None => {
+                let id = self.client_id();
+                let opts = ClientOptions {
+                    client_id: &id,
+                    protocol: self.cfg.protocol,
+                    max_inflight: self.cfg.max_inflight,
+                    username: &self.cfg.username,
+                    password: &self.cfg.password,
+                    use_tls: self.cfg.use_tls,
+                    ca_cert: &self.cfg.ca_cert,
+                };
+                Client::new(&opts).and_then(|mut c| {
+                    let r = c.connect(&self.cfg.host, self.cfg.port, self.cfg.keepalive);
+                    self.client = Some(c);
+                    r
+                })
+            }
+        };
+        match result {
+            Ok(()) => self.state = ConnState::Connecting { since: Instant::now() },
+            Err(e) => self.fail(format!("cannot connect to {}:{}: {e}", self.cfg.host, self.cfg.port)),
+        }
+    }
+
+    /// A connection attempt failed or the connection dropped: record why, schedule a retry.
+    fn fail(&mut self, why: String) {
+        let was_connected = self.state == ConnState::Connected;
+        self.status.set_connected(false);
+        self.status.set_error(&why);
+        if was_connected {
+            guard::log(Level::WARNING, format!("pg_mqtt_pub: lost connection to broker \"{}\": {why}", self.cfg.name));
+            self.failures = 0;
+        } else if self.failures == 0 {
+            guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
+        }
+        let delay = reconnect_delay_ms(gucs::RECONNECT_INTERVAL_MS.get() as u64, self.failures);
+        self.failures = self.failures.saturating_add(1);
+        self.state = ConnState::Retry { at: Instant::now() + Duration::from_millis(delay) };
+        self.rebuild_waiter = true;
+    }
+
+    fn service_socket(&mut self, readable: bool, writable: bool) {
+        let Some(c) = self.client.as_mut() else { return };
+        if c.socket() < 0 {
+            return;
+        }
+        if readable {
+            c.loop_read();
+        }
+        if c.socket() >= 0 && (writable || c.want_write()) {
+            c.loop_write();
+        }
+        if c.socket() >= 0 {
+            c.loop_misc();
+        }
+    }
+
+    fn handle_events(&mut self) {
+        let Some(c) = self.client.as_mut() else { return };
+        let mut events = std::mem::take(&mut self.events);
+        c.take_events(&mut events);
+        for ev in events.iter().copied() {
+            match ev {
+                Event::Connected(0) => {
+                    self.state = ConnState::Connected;
+                    self.failures = 0;
+                    self.refusal = None;
+                    self.status.set_connected(true);
+                    guard::log(Level::LOG, format!("pg_mqtt_pub: connected to broker \"{}\" at {}:{}", self.cfg.name, self.cfg.host, self.cfg.port));
+                }
+                Event::Connected(code) => {
+                    let why = self.client.as_ref().map(|c| c.describe_connack(code)).unwrap_or_default();
+                    self.refusal = Some(why);
+                }
+                Event::Disconnected(rc) => {
+                    if matches!(self.state, ConnState::Connected | ConnState::Connecting { .. }) {
+                        let why = self.refusal.take().unwrap_or_else(|| {
+                            let base = if rc == 0 {
+                                "disconnected".to_string()
+                            } else if rc >= 0x80 {
+                                format!("broker closed the connection: {} (0x{rc:02x})", crate::broker::reason_string(rc))
+                            } else {
+                                format!("connection lost: {}", crate::broker::strerror(rc))
+                            };
+                            self.client.as_ref().map(|c| c.with_log(base.clone())).unwrap_or(base)
+                        });
+                        self.fail(why);
+                    }
+                }
+                Event::Published { mid, reason } => {
+                    if self.inflight.remove(&mid).is_some() {
+                        if reason >= 0x80 {
+                            self.status.messages_failed.fetch_add(1, Ordering::Relaxed);
+                            let why = format!("broker refused a message: {} (0x{reason:02x})", crate::broker::reason_string(reason));
+                            self.status.set_error(&why);
+                            guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
+                        } else {
+                            self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        self.status.inflight.store(self.inflight.len() as u32, Ordering::Relaxed);
+        self.events = events;
+    }
+
+    fn window_open(&self) -> bool {
+        self.state == ConnState::Connected
+            && self.switch_to.is_none()
+            && self.inflight.len() < self.cfg.max_inflight as usize
+    }
+
+    /// Hand ready records to libmosquitto. Returns true if more could be sent right away.
+    fn drain_ring(&mut self) -> bool {
+        for _ in 0..BATCH {
+            if !self.window_open() {
+                return false;
+            }
+            let Some(c) = self.client.as_mut() else { return false };
+            // SAFETY: this process is the ring's only consumer.
+            let (n, outcome) = match unsafe { self.ring.peek(&mut self.scratch) } {
+                Peek::Empty | Peek::NotReady => return false,
+                Peek::Cancelled(n) => (n, None),
+                Peek::Ready(r) => {
+                    let h = c.publish(r.topic_nul, r.payload, r.qos, r.retain);
+                    if h == Handoff::NotConnected {
+                        return false;
+                    }
+                    let topic = String::from_utf8_lossy(r.topic()).into_owned();
+                    (r.nslots, Some((h, r.qos, topic)))
+                }
+            };
+            // SAFETY: we just finished with the record at the tail.
+            unsafe { self.ring.release(n) };
+            match outcome {
+                Some((Handoff::Accepted { mid }, qos, _)) => {
+                    if qos == 0 {
+                        self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.inflight.insert(mid, qos);
+                    }
+                }
+                Some((Handoff::Refused { rc }, _, topic)) => {
+                    self.status.messages_failed.fetch_add(1, Ordering::Relaxed);
+                    let why = format!("message to \"{topic}\" refused by the MQTT client library: {}", crate::broker::strerror(rc));
+                    self.status.set_error(&why);
+                    guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
+                }
+                _ => {}
+            }
+        }
+        self.status.inflight.store(self.inflight.len() as u32, Ordering::Relaxed);
+        true
+    }
+
+    fn reloaded(&mut self) {
+        let new = BrokerConfig::default_broker();
+        if new == self.cfg {
+            return;
+        }
+        guard::log(Level::LOG, format!("pg_mqtt_pub: broker \"{}\" settings changed, reconnecting to {}:{}", new.name, new.host, new.port));
+        self.switch_to = Some((new, Instant::now() + DRAIN_GRACE));
+    }
+
+    /// Complete a pending settings switch once in-flight messages are acknowledged.
+    fn maybe_switch(&mut self) {
+        let Some((_, deadline)) = &self.switch_to else { return };
+        let connected = self.state == ConnState::Connected;
+        if connected && !self.inflight.is_empty() && Instant::now() < *deadline {
+            return;
+        }
+        if !self.inflight.is_empty() {
+            guard::log(Level::WARNING, format!(
+                "pg_mqtt_pub: {} QoS 1/2 messages to broker \"{}\" were not acknowledged before its settings changed; they may not have been delivered",
+                self.inflight.len(), self.cfg.name
+            ));
+            self.status.messages_failed.fetch_add(self.inflight.len() as u64, Ordering::Relaxed);
+            self.inflight.clear();
+        }
+        let (new, _) = self.switch_to.take().expect("checked above");
+        if let Some(mut c) = self.client.take() {
+            c.disconnect();
+            c.loop_write();
+        }
+        self.cfg = new;
+        self.status.set_connected(false);
+        self.state = ConnState::Idle;
+        self.failures = 0;
+        self.rebuild_waiter = true;
+    }
+
+    fn ring_ready(&mut self) -> bool {
+        // SAFETY: only consumer; the view is dropped immediately.
+        matches!(unsafe { self.ring.peek(&mut self.scratch) }, Peek::Ready(_) | Peek::Cancelled(_))
+    }
+
+    fn wait(&mut self, more: bool) {
+        let fd = self.client.as_ref().map(|c| c.socket()).unwrap_or(-1);
+        if self.rebuild_waiter || self.waiter.as_ref().is_none_or(|w| w.fd != fd) {
+            self.waiter = Some(Waiter::new(fd));
+            self.rebuild_waiter = false;
+        }
+        let want_write = self.client.as_ref().is_some_and(|c| c.socket() >= 0 && c.want_write());
+        let mut timeout: i64 = 1000; // keepalive handling granularity
+        if let ConnState::Retry { at } = self.state {
+            timeout = timeout.min(at.saturating_duration_since(Instant::now()).as_millis() as i64);
+        }
+        if !self.ext_present {
+            timeout = timeout.min(self.next_ext_check.saturating_duration_since(Instant::now()).as_millis() as i64);
+        }
+        let shared = crate::publish::require_shared();
+        let mut sleeping = false;
+        if more {
+            timeout = 0;
+        } else {
+            // The wake-up protocol (shmem.rs): announce, then re-check, then sleep.
+            shared.worker_sleeping.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            sleeping = true;
+            if self.window_open() && self.ring_ready() {
+                timeout = 0;
+            }
+        }
+        let w = self.waiter.as_mut().expect("waiter built above");
+        w.want_write(want_write);
+        let (latch, readable, writable) = w.wait(timeout.max(0));
+        if sleeping {
+            shared.worker_sleeping.store(false, Ordering::SeqCst);
+        }
+        if latch {
+            // SAFETY: our own latch.
+            unsafe { pg::ResetLatch(pg::MyLatch) };
+        }
+        guard::check_for_interrupts();
+        if readable || writable {
+            self.service_socket(readable, writable);
+        }
+    }
+
+    fn shutdown(&mut self) -> ! {
+        if self.state == ConnState::Connected {
+            let until = Instant::now() + SHUTDOWN_GRACE;
+            while !self.inflight.is_empty() && Instant::now() < until && self.state == ConnState::Connected {
+                self.service_socket(true, true);
+                self.handle_events();
+                nap(10);
+            }
+            if let Some(c) = self.client.as_mut() {
+                c.disconnect();
+                c.loop_write();
+            }
+        }
+        if !self.inflight.is_empty() {
+            guard::log(Level::WARNING, format!(
+                "pg_mqtt_pub: worker stopping with {} QoS 1/2 messages not yet acknowledged by broker \"{}\"",
+                self.inflight.len(), self.cfg.name
+            ));
+        }
+        self.client = None;
+        // SAFETY: exits the process.
+        unsafe { pg::proc_exit(0) }
+    }
+}

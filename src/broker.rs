@@ -109,17 +109,34 @@ fn no_unwind(f: impl FnOnce()) {
     }
 }
 
-unsafe extern "C" fn on_connect(_: *mut m::mosquitto, obj: *mut c_void, rc: c_int, _flags: c_int, _p: *const m::mosquitto_property) {
+unsafe extern "C" fn on_connect(
+    _: *mut m::mosquitto,
+    obj: *mut c_void,
+    rc: c_int,
+    _flags: c_int,
+    _p: *const m::mosquitto_property,
+) {
     // SAFETY: see `state`.
     no_unwind(|| unsafe { state(obj) }.events.push(Event::Connected(rc)));
 }
 
-unsafe extern "C" fn on_disconnect(_: *mut m::mosquitto, obj: *mut c_void, rc: c_int, _p: *const m::mosquitto_property) {
+unsafe extern "C" fn on_disconnect(
+    _: *mut m::mosquitto,
+    obj: *mut c_void,
+    rc: c_int,
+    _p: *const m::mosquitto_property,
+) {
     // SAFETY: see `state`.
     no_unwind(|| unsafe { state(obj) }.events.push(Event::Disconnected(rc)));
 }
 
-unsafe extern "C" fn on_publish(_: *mut m::mosquitto, obj: *mut c_void, mid: c_int, reason: c_int, _p: *const m::mosquitto_property) {
+unsafe extern "C" fn on_publish(
+    _: *mut m::mosquitto,
+    obj: *mut c_void,
+    mid: c_int,
+    reason: c_int,
+    _p: *const m::mosquitto_property,
+) {
     // SAFETY: see `state`.
     no_unwind(|| unsafe { state(obj) }.events.push(Event::Published { mid, reason }));
 }
@@ -144,7 +161,10 @@ impl Client {
                 return Err("could not create an MQTT client (out of memory or invalid client id)".into());
             }
             let c = Client { mosq, state: st, protocol: o.protocol };
-            check(m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_PROTOCOL_VERSION, o.protocol), "protocol version")?;
+            check(
+                m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_PROTOCOL_VERSION, o.protocol),
+                "protocol version",
+            )?;
             check(m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_TCP_NODELAY, 1), "TCP_NODELAY")?;
             check(m::mosquitto_max_inflight_messages_set(mosq, o.max_inflight), "max inflight")?;
             if !o.username.is_empty() {
@@ -158,9 +178,15 @@ impl Client {
                 let ca_ptr = if o.ca_cert.is_empty() { std::ptr::null() } else { ca.as_ptr() };
                 if ca_ptr.is_null() {
                     // no CA file: trust the operating system's store
-                    check(m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_TLS_USE_OS_CERTS, 1), "TLS OS certificates")?;
+                    check(
+                        m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_TLS_USE_OS_CERTS, 1),
+                        "TLS OS certificates",
+                    )?;
                 } else {
-                    check(m::mosquitto_tls_set(mosq, ca_ptr, std::ptr::null(), std::ptr::null(), std::ptr::null(), None), "TLS CA file")?;
+                    check(
+                        m::mosquitto_tls_set(mosq, ca_ptr, std::ptr::null(), std::ptr::null(), std::ptr::null(), None),
+                        "TLS CA file",
+                    )?;
                 }
             }
             m::mosquitto_connect_v5_callback_set(mosq, Some(on_connect));
@@ -242,8 +268,13 @@ impl Client {
         };
         use m::mosq_err_t::*;
         let refused = [
-            MOSQ_ERR_INVAL, MOSQ_ERR_NOT_SUPPORTED, MOSQ_ERR_QOS_NOT_SUPPORTED, MOSQ_ERR_MALFORMED_UTF8,
-            MOSQ_ERR_PAYLOAD_SIZE, MOSQ_ERR_OVERSIZE_PACKET, MOSQ_ERR_NOMEM,
+            MOSQ_ERR_INVAL,
+            MOSQ_ERR_NOT_SUPPORTED,
+            MOSQ_ERR_QOS_NOT_SUPPORTED,
+            MOSQ_ERR_MALFORMED_UTF8,
+            MOSQ_ERR_PAYLOAD_SIZE,
+            MOSQ_ERR_OVERSIZE_PACKET,
+            MOSQ_ERR_NOMEM,
         ];
         if rc == MOSQ_ERR_SUCCESS as c_int {
             Handoff::Accepted { mid }

@@ -14,10 +14,10 @@
 //!
 //! Nothing here may be called off the main thread; libmosquitto runs without threads.
 
-use pgrx_pg_sys as pg;
 use pg::elog::PgLogLevel;
 use pg::errcodes::PgSqlErrorCode;
 use pg::panic::ErrorReport;
+use pgrx_pg_sys as pg;
 
 pub use pg::errcodes::PgSqlErrorCode as Code;
 
@@ -49,6 +49,7 @@ impl PgError {
         self.hint = Some(h.into());
         self
     }
+    #[track_caller]
     fn report_at(self, level: PgLogLevel) {
         let mut r = ErrorReport::new(self.code, self.message, "pg_mqtt_pub");
         if let Some(d) = self.detail {
@@ -60,11 +61,13 @@ impl PgError {
         r.report(level);
     }
     /// Raise as ERROR: unwinds to the nearest [`guard`], which reports it.
+    #[track_caller]
     pub fn raise(self) -> ! {
         self.report_at(PgLogLevel::ERROR);
         unreachable!("ERROR returned")
     }
     /// Emit at a non-error level (WARNING, LOG, ...).
+    #[track_caller]
     pub fn emit(self, level: PgLogLevel) {
         debug_assert!(level < PgLogLevel::ERROR);
         self.report_at(level);
@@ -72,6 +75,7 @@ impl PgError {
 }
 
 /// Log a line at `level` (below ERROR).
+#[track_caller]
 pub fn log(level: PgLogLevel, msg: impl Into<String>) {
     PgError::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, msg).emit(level);
 }

@@ -84,8 +84,18 @@ fn int(name: &CStr, desc: &CStr, v: &Guc<c_int>, min: c_int, max: c_int, ctx: u3
     // SAFETY: called from _PG_init; `v` is a static that outlives the GUC.
     unsafe {
         pg::DefineCustomIntVariable(
-            name.as_ptr(), desc.as_ptr(), std::ptr::null(), v.ptr(), v.get(), min, max, ctx,
-            flags as c_int, None, None, None,
+            name.as_ptr(),
+            desc.as_ptr(),
+            std::ptr::null(),
+            v.ptr(),
+            v.get(),
+            min,
+            max,
+            ctx,
+            flags as c_int,
+            None,
+            None,
+            None,
         )
     }
 }
@@ -94,8 +104,16 @@ fn string(name: &CStr, desc: &CStr, v: &Guc<*mut c_char>, boot: &'static CStr, c
     // SAFETY: as above; guc.c copies the boot value.
     unsafe {
         pg::DefineCustomStringVariable(
-            name.as_ptr(), desc.as_ptr(), std::ptr::null(), v.ptr(), boot.as_ptr(), ctx,
-            flags as c_int, None, None, None,
+            name.as_ptr(),
+            desc.as_ptr(),
+            std::ptr::null(),
+            v.ptr(),
+            boot.as_ptr(),
+            ctx,
+            flags as c_int,
+            None,
+            None,
+            None,
         )
     }
 }
@@ -104,7 +122,16 @@ fn boolean(name: &CStr, desc: &CStr, v: &Guc<bool>, ctx: u32) {
     // SAFETY: as above.
     unsafe {
         pg::DefineCustomBoolVariable(
-            name.as_ptr(), desc.as_ptr(), std::ptr::null(), v.ptr(), v.get(), ctx, 0, None, None, None,
+            name.as_ptr(),
+            desc.as_ptr(),
+            std::ptr::null(),
+            v.ptr(),
+            v.get(),
+            ctx,
+            0,
+            None,
+            None,
+            None,
         )
     }
 }
@@ -113,7 +140,11 @@ fn boolean(name: &CStr, desc: &CStr, v: &Guc<bool>, ctx: u32) {
 /// WARNING and silently keeps the default, so there we accept the value and let `_PG_init`
 /// refuse to start with a clear error (`validate_startup`). Everywhere else (ALTER SYSTEM,
 /// reload) the hook rejects it directly.
-unsafe extern "C-unwind" fn check_queue_size(newval: *mut c_int, _extra: *mut *mut c_void, _source: pg::GucSource::Type) -> bool {
+unsafe extern "C-unwind" fn check_queue_size(
+    newval: *mut c_int,
+    _extra: *mut *mut c_void,
+    _source: pg::GucSource::Type,
+) -> bool {
     guard(|| {
         // SAFETY: guc.c passes a valid pointer.
         let v = unsafe { *newval };
@@ -123,10 +154,8 @@ unsafe extern "C-unwind" fn check_queue_size(newval: *mut c_int, _extra: *mut *m
         }
         // SAFETY: guc.c reports (and owns) these palloc'd strings.
         unsafe {
-            pg::GUC_check_errdetail_string =
-                pg::pstrdup(c"pg_mqtt_pub.queue_size must be a power of two.".as_ptr());
-            pg::GUC_check_errhint_string =
-                pg::pstrdup(c"Use a value such as 16384, 65536 or 262144.".as_ptr());
+            pg::GUC_check_errdetail_string = pg::pstrdup(c"pg_mqtt_pub.queue_size must be a power of two.".as_ptr());
+            pg::GUC_check_errhint_string = pg::pstrdup(c"Use a value such as 16384, 65536 or 262144.".as_ptr());
         }
         false
     })
@@ -135,13 +164,48 @@ unsafe extern "C-unwind" fn check_queue_size(newval: *mut c_int, _extra: *mut *m
 pub fn define() {
     use pg::{GUC_SUPERUSER_ONLY as SECRET, GUC_UNIT_BYTE as BYTES, GUC_UNIT_MS as MS, GUC_UNIT_S as S};
 
-    string(c"pg_mqtt_pub.broker_host", c"Host name or address of the default MQTT broker.", &BROKER_HOST, c"localhost", SIGHUP, 0);
+    string(
+        c"pg_mqtt_pub.broker_host",
+        c"Host name or address of the default MQTT broker.",
+        &BROKER_HOST,
+        c"localhost",
+        SIGHUP,
+        0,
+    );
     int(c"pg_mqtt_pub.broker_port", c"TCP port of the default MQTT broker.", &BROKER_PORT, 1, 65535, SIGHUP, 0);
-    string(c"pg_mqtt_pub.broker_username", c"User name for the default broker ('' = anonymous).", &BROKER_USERNAME, c"", SIGHUP, 0);
-    string(c"pg_mqtt_pub.broker_password", c"Password for the default broker. Visible to superusers only.", &BROKER_PASSWORD, c"", SIGHUP, SECRET);
+    string(
+        c"pg_mqtt_pub.broker_username",
+        c"User name for the default broker ('' = anonymous).",
+        &BROKER_USERNAME,
+        c"",
+        SIGHUP,
+        0,
+    );
+    string(
+        c"pg_mqtt_pub.broker_password",
+        c"Password for the default broker. Visible to superusers only.",
+        &BROKER_PASSWORD,
+        c"",
+        SIGHUP,
+        SECRET,
+    );
     boolean(c"pg_mqtt_pub.broker_use_tls", c"Connect to the default broker with TLS.", &BROKER_USE_TLS, SIGHUP);
-    string(c"pg_mqtt_pub.broker_ca_cert", c"CA certificate file (PEM) that verifies the default broker.", &BROKER_CA_CERT, c"", SIGHUP, 0);
-    string(c"pg_mqtt_pub.client_id", c"MQTT client id of the worker ('' = pg_mqtt_pub-<system identifier>).", &CLIENT_ID, c"", SIGHUP, 0);
+    string(
+        c"pg_mqtt_pub.broker_ca_cert",
+        c"CA certificate file (PEM) that verifies the default broker.",
+        &BROKER_CA_CERT,
+        c"",
+        SIGHUP,
+        0,
+    );
+    string(
+        c"pg_mqtt_pub.client_id",
+        c"MQTT client id of the worker ('' = pg_mqtt_pub-<system identifier>).",
+        &CLIENT_ID,
+        c"",
+        SIGHUP,
+        0,
+    );
     int(c"pg_mqtt_pub.keepalive", c"MQTT keepalive interval.", &KEEPALIVE_S, 5, 65535, SIGHUP, S);
     // SAFETY: DefineCustomEnumVariable keeps a pointer to the static option table.
     unsafe {
@@ -159,7 +223,15 @@ pub fn define() {
             None,
         );
     }
-    int(c"pg_mqtt_pub.max_inflight", c"QoS 1/2 messages the worker keeps unacknowledged per broker.", &MAX_INFLIGHT, 1, 65535, SIGHUP, 0);
+    int(
+        c"pg_mqtt_pub.max_inflight",
+        c"QoS 1/2 messages the worker keeps unacknowledged per broker.",
+        &MAX_INFLIGHT,
+        1,
+        65535,
+        SIGHUP,
+        0,
+    );
 
     // SAFETY: as in `int`, plus our check hook.
     unsafe {
@@ -178,16 +250,84 @@ pub fn define() {
             None,
         );
     }
-    string(c"pg_mqtt_pub.database", c"Database the background worker connects to; the extension is used there.", &DATABASE, c"postgres", POSTMASTER, 0);
-    int(c"pg_mqtt_pub.reconnect_interval_ms", c"Base of the worker's reconnect backoff.", &RECONNECT_INTERVAL_MS, 10, 3_600_000, SIGHUP, MS);
-    int(c"pg_mqtt_pub.publish_timeout_ms", c"How long a publisher waits for ring space when the ring is full.", &PUBLISH_TIMEOUT_MS, 0, 600_000, USERSET, MS);
-    int(c"pg_mqtt_pub.worker_poll_interval_ms", c"Longest the worker sleeps between outbox checks (the hot path is woken by latch).", &WORKER_POLL_INTERVAL_MS, 1, 60_000, SIGHUP, MS);
-    int(c"pg_mqtt_pub.max_message_size", c"Largest topic + payload accepted by the publish functions.", &MAX_MESSAGE_SIZE, 1024, 256 * 1024 * 1024, SIGHUP, BYTES);
-    boolean(c"pg_mqtt_pub.transactional", c"Publish messages at COMMIT (on) or at call time (off).", &TRANSACTIONAL, USERSET);
+    string(
+        c"pg_mqtt_pub.database",
+        c"Database the background worker connects to; the extension is used there.",
+        &DATABASE,
+        c"postgres",
+        POSTMASTER,
+        0,
+    );
+    int(
+        c"pg_mqtt_pub.reconnect_interval_ms",
+        c"Base of the worker's reconnect backoff.",
+        &RECONNECT_INTERVAL_MS,
+        10,
+        3_600_000,
+        SIGHUP,
+        MS,
+    );
+    int(
+        c"pg_mqtt_pub.publish_timeout_ms",
+        c"How long a publisher waits for ring space when the ring is full.",
+        &PUBLISH_TIMEOUT_MS,
+        0,
+        600_000,
+        USERSET,
+        MS,
+    );
+    int(
+        c"pg_mqtt_pub.worker_poll_interval_ms",
+        c"Longest the worker sleeps between outbox checks (the hot path is woken by latch).",
+        &WORKER_POLL_INTERVAL_MS,
+        1,
+        60_000,
+        SIGHUP,
+        MS,
+    );
+    int(
+        c"pg_mqtt_pub.max_message_size",
+        c"Largest topic + payload accepted by the publish functions.",
+        &MAX_MESSAGE_SIZE,
+        1024,
+        256 * 1024 * 1024,
+        SIGHUP,
+        BYTES,
+    );
+    boolean(
+        c"pg_mqtt_pub.transactional",
+        c"Publish messages at COMMIT (on) or at call time (off).",
+        &TRANSACTIONAL,
+        USERSET,
+    );
 
-    int(c"pg_mqtt_pub.poison_max_attempts", c"Delivery attempts before a message is dead-lettered.", &POISON_MAX_ATTEMPTS, 1, 1000, SIGHUP, 0);
-    int(c"pg_mqtt_pub.outbox_batch_size", c"Outbox rows the worker drains per cycle.", &OUTBOX_BATCH_SIZE, 1, 100_000, SIGHUP, 0);
-    int(c"pg_mqtt_pub.dead_letter_retain_days", c"Days dead letters are kept (0 = forever).", &DEAD_LETTER_RETAIN_DAYS, 0, 36_500, SIGHUP, 0);
+    int(
+        c"pg_mqtt_pub.poison_max_attempts",
+        c"Delivery attempts before a message is dead-lettered.",
+        &POISON_MAX_ATTEMPTS,
+        1,
+        1000,
+        SIGHUP,
+        0,
+    );
+    int(
+        c"pg_mqtt_pub.outbox_batch_size",
+        c"Outbox rows the worker drains per cycle.",
+        &OUTBOX_BATCH_SIZE,
+        1,
+        100_000,
+        SIGHUP,
+        0,
+    );
+    int(
+        c"pg_mqtt_pub.dead_letter_retain_days",
+        c"Days dead letters are kept (0 = forever).",
+        &DEAD_LETTER_RETAIN_DAYS,
+        0,
+        36_500,
+        SIGHUP,
+        0,
+    );
 
     // SAFETY: plain call from _PG_init.
     unsafe { pg::MarkGUCPrefixReserved(c"pg_mqtt_pub".as_ptr()) };
@@ -197,10 +337,13 @@ pub fn define() {
 pub fn validate_startup() {
     let q = QUEUE_SIZE.get();
     if !crate::ring::is_power_of_two(q as i64) {
-        PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid value for parameter \"pg_mqtt_pub.queue_size\": {q}"))
-            .detail("pg_mqtt_pub.queue_size must be a power of two.")
-            .hint("Use a value such as 16384, 65536 or 262144.")
-            .raise();
+        PgError::new(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid value for parameter \"pg_mqtt_pub.queue_size\": {q}"),
+        )
+        .detail("pg_mqtt_pub.queue_size must be a power of two.")
+        .hint("Use a value such as 16384, 65536 or 262144.")
+        .raise();
     }
 }
 

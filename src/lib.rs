@@ -62,6 +62,9 @@ mod txn;
 mod worker;
 
 /// Library entry point, called when the library is loaded.
+///
+/// # Safety
+/// Called by PostgreSQL only, once per process, on the main thread.
 #[cfg(not(test))]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _PG_init() {

@@ -19,9 +19,12 @@ use std::cell::Cell;
 /// Shared state, or the "not preloaded" ERROR with the hint that fixes it.
 pub fn require_shared() -> &'static Shared {
     shmem::shared().unwrap_or_else(|| {
-        PgError::new(Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "pg_mqtt_pub must be loaded via shared_preload_libraries")
-            .hint("Add pg_mqtt_pub to shared_preload_libraries in postgresql.conf and restart PostgreSQL.")
-            .raise()
+        PgError::new(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pg_mqtt_pub must be loaded via shared_preload_libraries",
+        )
+        .hint("Add pg_mqtt_pub to shared_preload_libraries in postgresql.conf and restart PostgreSQL.")
+        .raise()
     })
 }
 
@@ -73,9 +76,12 @@ pub fn broker_index(name: &[u8]) -> u16 {
     if name == b"default" {
         return 0;
     }
-    PgError::new(Code::ERRCODE_UNDEFINED_OBJECT, format!("MQTT broker \"{}\" does not exist", String::from_utf8_lossy(name)))
-        .hint("Use the broker \"default\", configured by pg_mqtt_pub.broker_host and pg_mqtt_pub.broker_port.")
-        .raise()
+    PgError::new(
+        Code::ERRCODE_UNDEFINED_OBJECT,
+        format!("MQTT broker \"{}\" does not exist", String::from_utf8_lossy(name)),
+    )
+    .hint("Use the broker \"default\", configured by pg_mqtt_pub.broker_host and pg_mqtt_pub.broker_port.")
+    .raise()
 }
 
 /// Validate and publish one message. `payload` is already in its final (UTF-8 or binary) form.
@@ -83,7 +89,10 @@ pub fn publish_one(topic_bytes: &[u8], payload: &[u8], qos: i32, retain: bool, b
     let topic = to_utf8(topic_bytes);
     if let Err(e) = topic::validate_topic(&topic) {
         let shown = String::from_utf8_lossy(&topic);
-        PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, e.message(&shown)).detail(e.detail()).hint(e.hint()).raise();
+        PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, e.message(&shown))
+            .detail(e.detail())
+            .hint(e.hint())
+            .raise();
     }
     let qos = topic::validate_qos(qos).unwrap_or_else(|m| {
         PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, m)

@@ -150,7 +150,12 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                 ];
                 let mut values: Vec<pg::Datum> = cols.iter().map(|c| c.0).collect();
                 let mut nulls: Vec<bool> = cols.iter().map(|c| c.1).collect();
-                pg::tuplestore_putvalues((*rsinfo).setResult, (*rsinfo).setDesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                pg::tuplestore_putvalues(
+                    (*rsinfo).setResult,
+                    (*rsinfo).setDesc,
+                    values.as_mut_ptr(),
+                    nulls.as_mut_ptr(),
+                );
             }
         }
         pg::Datum::from(0usize)

@@ -40,9 +40,7 @@ impl TopicError {
             TopicError::Wildcard(_) => "Topic names used for publishing must not contain the \
                                         wildcards \"+\" or \"#\"."
                 .into(),
-            TopicError::Reserved => {
-                "Topics beginning with \"$\" are reserved for the broker's own use.".into()
-            }
+            TopicError::Reserved => "Topics beginning with \"$\" are reserved for the broker's own use.".into(),
             TopicError::InvalidUtf8 => "The topic is not valid UTF-8.".into(),
             TopicError::ForbiddenChar { ch, at } => format!(
                 "The topic contains the character U+{:04X} at byte {at}; MQTT forbids control \
@@ -58,9 +56,7 @@ impl TopicError {
                 "Wildcards are for subscriptions; publish to one concrete topic such as \"a/b/c\"."
             }
             TopicError::Reserved => "Choose a topic that does not start with \"$\".",
-            TopicError::Empty | TopicError::TooLong(_) => {
-                "Use a topic such as \"sensors/room1/temperature\"."
-            }
+            TopicError::Empty | TopicError::TooLong(_) => "Use a topic such as \"sensors/room1/temperature\".",
             TopicError::InvalidUtf8 | TopicError::ForbiddenChar { .. } => {
                 "Remove the offending character from the topic."
             }
@@ -69,16 +65,22 @@ impl TopicError {
 }
 
 /// Shorten a topic for an error message: a 60 kB topic must not produce a 60 kB error line.
+/// Control characters are shown escaped (`\u{1}`) so the message itself stays printable.
 fn shorten(s: &str) -> String {
     const MAX: usize = 80;
-    if s.len() <= MAX {
-        return s.to_string();
+    let mut out = String::new();
+    for c in s.chars() {
+        if out.len() >= MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
     }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    out
 }
 
 /// Characters MQTT topic names must not contain (besides U+0000): C0/C1 controls and the
@@ -155,6 +157,12 @@ mod tests {
         let long = format!("{}+", "y".repeat(1000));
         let e = validate_topic(long.as_bytes()).unwrap_err();
         assert!(e.message(&long).len() < 120);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_messages() {
+        let e = validate_topic(b"a\x01b").unwrap_err();
+        assert_eq!(e.message("a\u{1}b"), "invalid MQTT topic \"a\\u{1}b\"");
     }
 
     #[test]

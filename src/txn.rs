@@ -145,16 +145,20 @@ pub fn publish(msg: MessageRef<'_>) {
 fn reserve_waiting(n: u64) -> u64 {
     let ring = shmem::ring();
     if n > ring.capacity() {
-        PgError::new(Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED, "MQTT messages of this transaction do not fit in the shared ring")
-            .detail(format!("They need {} kB; the ring holds {} kB.", n * 512 / 1024, ring.capacity() * 512 / 1024))
-            .hint("Raise pg_mqtt_pub.queue_size (needs a restart), or publish fewer or smaller messages per transaction.")
-            .raise();
+        PgError::new(
+            Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            "MQTT messages of this transaction do not fit in the shared ring",
+        )
+        .detail(format!("They need {} kB; the ring holds {} kB.", n * 512 / 1024, ring.capacity() * 512 / 1024))
+        .hint("Raise pg_mqtt_pub.queue_size (needs a restart), or publish fewer or smaller messages per transaction.")
+        .raise();
     }
     let timeout = Duration::from_millis(gucs::PUBLISH_TIMEOUT_MS.get() as u64);
     let start = Instant::now();
     loop {
         // SAFETY: try_reserve requires the ring lock, which with_lock holds.
-        if let Some(pos) = shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || unsafe { ring.try_reserve(n) }) {
+        if let Some(pos) = shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || unsafe { ring.try_reserve(n) })
+        {
             return pos;
         }
         if start.elapsed() >= timeout {
@@ -239,12 +243,15 @@ unsafe extern "C-unwind" fn xact_callback(event: pg::XactEvent::Type, _arg: *mut
         XACT_EVENT_PRE_COMMIT => pre_commit(),
         XACT_EVENT_COMMIT => commit(),
         XACT_EVENT_ABORT => abort(),
-        XACT_EVENT_PRE_PREPARE => {
-            if !pending().msgs.is_empty() {
-                PgError::new(Code::ERRCODE_FEATURE_NOT_SUPPORTED, "cannot PREPARE a transaction that has published MQTT messages")
-                    .hint("Publish outside the prepared transaction, or set pg_mqtt_pub.transactional = off for these messages.")
-                    .raise();
-            }
+        XACT_EVENT_PRE_PREPARE if !pending().msgs.is_empty() => {
+            PgError::new(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "cannot PREPARE a transaction that has published MQTT messages",
+            )
+            .hint(
+                "Publish outside the prepared transaction, or set pg_mqtt_pub.transactional = off for these messages.",
+            )
+            .raise();
         }
         _ => {}
     })

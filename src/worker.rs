@@ -114,13 +114,21 @@ fn take_reload() -> bool {
     }
 }
 
-/// Sleep on our latch (also woken by signals), exiting if the postmaster dies.
+/// Sleep on our latch (also woken by signals), exiting if the postmaster dies, then absorb
+/// interrupts: without CHECK_FOR_INTERRUPTS a process never accepts a ProcSignalBarrier, and
+/// DROP DATABASE (among others) waits for every process to accept one.
 fn nap(ms: i64) {
     // SAFETY: standard latch wait.
     unsafe {
-        pg::WaitLatch(pg::MyLatch, (pg::WL_LATCH_SET | pg::WL_TIMEOUT | pg::WL_EXIT_ON_PM_DEATH) as i32, ms, pg::PG_WAIT_EXTENSION);
+        pg::WaitLatch(
+            pg::MyLatch,
+            (pg::WL_LATCH_SET | pg::WL_TIMEOUT | pg::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg::PG_WAIT_EXTENSION,
+        );
         pg::ResetLatch(pg::MyLatch);
     }
+    guard::check_for_interrupts();
 }
 
 fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
@@ -188,7 +196,10 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
             take_reload();
             if !database_exists(&db) {
                 if !waiting_logged {
-                    guard::log(Level::LOG, format!("pg_mqtt_pub: waiting for database \"{db}\" (pg_mqtt_pub.database) to be created"));
+                    guard::log(
+                        Level::LOG,
+                        format!("pg_mqtt_pub: waiting for database \"{db}\" (pg_mqtt_pub.database) to be created"),
+                    );
                     waiting_logged = true;
                 }
                 nap(1000);
@@ -224,7 +235,10 @@ fn supervise_worker() {
     let mut handle: *mut pg::BackgroundWorkerHandle = std::ptr::null_mut();
     // SAFETY: plain registration.
     if !unsafe { pg::RegisterDynamicBackgroundWorker(&mut w, &mut handle) } {
-        guard::log(Level::WARNING, "pg_mqtt_pub: could not start the worker: no background worker slot free; raise max_worker_processes");
+        guard::log(
+            Level::WARNING,
+            "pg_mqtt_pub: could not start the worker: no background worker slot free; raise max_worker_processes",
+        );
         nap(5000);
         return;
     }
@@ -282,9 +296,13 @@ unsafe extern "C-unwind" fn forget_latch(_code: c_int, _arg: pg::Datum) {
 enum ConnState {
     /// No client (extension absent, or before the first connect).
     Idle,
-    Connecting { since: Instant },
+    Connecting {
+        since: Instant,
+    },
     Connected,
-    Retry { at: Instant },
+    Retry {
+        at: Instant,
+    },
 }
 
 /// The WaitEventSet for latch + postmaster death + (optionally) the broker socket.
@@ -399,7 +417,11 @@ impl Worker {
                 let was = self.ext_present;
                 self.ext_present = extension_present();
                 if self.ext_present != was {
-                    let msg = if self.ext_present { "extension found, starting to publish" } else { "extension not installed; idle" };
+                    let msg = if self.ext_present {
+                        "extension found, starting to publish"
+                    } else {
+                        "extension not installed; idle"
+                    };
                     guard::log(Level::LOG, format!("pg_mqtt_pub worker: {msg}"));
                 }
                 let every = if self.ext_present { 10 } else { 1 };
@@ -422,6 +444,18 @@ impl Worker {
 
     fn manage_connection(&mut self) {
         let now = Instant::now();
+        if !self.active() && self.state != ConnState::Idle {
+            // Extension dropped and nothing left to deliver: let go of the broker.
+            if let Some(mut c) = self.client.take() {
+                c.disconnect();
+                c.loop_write();
+            }
+            self.state = ConnState::Idle;
+            self.status.set_connected(false);
+            self.rebuild_waiter = true;
+            guard::log(Level::LOG, format!("pg_mqtt_pub: idle, disconnected from broker \"{}\"", self.cfg.name));
+            return;
+        }
         match self.state {
             ConnState::Idle if self.active() => self.connect(),
             ConnState::Idle => {}
@@ -429,7 +463,12 @@ impl Worker {
             ConnState::Connecting { since } => {
                 let limit = Duration::from_secs(self.cfg.keepalive.max(10) as u64);
                 if now.duration_since(since) > limit {
-                    self.fail(format!("connecting to {}:{} timed out after {} s", self.cfg.host, self.cfg.port, limit.as_secs()));
+                    self.fail(format!(
+                        "connecting to {}:{} timed out after {} s",
+                        self.cfg.host,
+                        self.cfg.port,
+                        limit.as_secs()
+                    ));
                 }
             }
             _ => {}
@@ -517,7 +556,13 @@ impl Worker {
                     self.failures = 0;
                     self.refusal = None;
                     self.status.set_connected(true);
-                    guard::log(Level::LOG, format!("pg_mqtt_pub: connected to broker \"{}\" at {}:{}", self.cfg.name, self.cfg.host, self.cfg.port));
+                    guard::log(
+                        Level::LOG,
+                        format!(
+                            "pg_mqtt_pub: connected to broker \"{}\" at {}:{}",
+                            self.cfg.name, self.cfg.host, self.cfg.port
+                        ),
+                    );
                 }
                 Event::Connected(code) => {
                     let why = self.client.as_ref().map(|c| c.describe_connack(code)).unwrap_or_default();
@@ -529,7 +574,10 @@ impl Worker {
                             let base = if rc == 0 {
                                 "disconnected".to_string()
                             } else if rc >= 0x80 {
-                                format!("broker closed the connection: {} (0x{rc:02x})", crate::broker::reason_string(rc))
+                                format!(
+                                    "broker closed the connection: {} (0x{rc:02x})",
+                                    crate::broker::reason_string(rc)
+                                )
                             } else {
                                 format!("connection lost: {}", crate::broker::strerror(rc))
                             };
@@ -542,7 +590,10 @@ impl Worker {
                     if self.inflight.remove(&mid).is_some() {
                         if reason >= 0x80 {
                             self.status.messages_failed.fetch_add(1, Ordering::Relaxed);
-                            let why = format!("broker refused a message: {} (0x{reason:02x})", crate::broker::reason_string(reason));
+                            let why = format!(
+                                "broker refused a message: {} (0x{reason:02x})",
+                                crate::broker::reason_string(reason)
+                            );
                             self.status.set_error(&why);
                             guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
                         } else {
@@ -594,7 +645,10 @@ impl Worker {
                 }
                 Some((Handoff::Refused { rc }, _, topic)) => {
                     self.status.messages_failed.fetch_add(1, Ordering::Relaxed);
-                    let why = format!("message to \"{topic}\" refused by the MQTT client library: {}", crate::broker::strerror(rc));
+                    let why = format!(
+                        "message to \"{topic}\" refused by the MQTT client library: {}",
+                        crate::broker::strerror(rc)
+                    );
                     self.status.set_error(&why);
                     guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
                 }
@@ -610,7 +664,10 @@ impl Worker {
         if new == self.cfg {
             return;
         }
-        guard::log(Level::LOG, format!("pg_mqtt_pub: broker \"{}\" settings changed, reconnecting to {}:{}", new.name, new.host, new.port));
+        guard::log(
+            Level::LOG,
+            format!("pg_mqtt_pub: broker \"{}\" settings changed, reconnecting to {}:{}", new.name, new.host, new.port),
+        );
         self.switch_to = Some((new, Instant::now() + DRAIN_GRACE));
     }
 
@@ -703,10 +760,14 @@ impl Worker {
             }
         }
         if !self.inflight.is_empty() {
-            guard::log(Level::WARNING, format!(
-                "pg_mqtt_pub: worker stopping with {} QoS 1/2 messages not yet acknowledged by broker \"{}\"",
-                self.inflight.len(), self.cfg.name
-            ));
+            guard::log(
+                Level::WARNING,
+                format!(
+                    "pg_mqtt_pub: worker stopping with {} QoS 1/2 messages not yet acknowledged by broker \"{}\"",
+                    self.inflight.len(),
+                    self.cfg.name
+                ),
+            );
         }
         self.client = None;
         // SAFETY: exits the process.

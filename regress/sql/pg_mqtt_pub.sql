@@ -1,0 +1,126 @@
+-- pg_mqtt_pub: the SQL surface. Every function, every argument error (with its SQLSTATE),
+-- the settings, mqtt_status()'s columns, privileges. The broker is unreachable in this cluster:
+-- nothing here depends on delivery (the end-to-end tests check what a subscriber receives).
+\set SHOW_CONTEXT never
+CREATE EXTENSION pg_mqtt_pub;
+
+-- the functions and their signatures
+SELECT p.oid::regprocedure AS function, p.provolatile, p.proparallel, p.proisstrict
+FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
+WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_mqtt_pub')
+ORDER BY 1::text;
+
+-- publishing: positional, named, defaults, binary
+SELECT mqtt_publish('regress/a', 'hello');
+SELECT mqtt_publish('regress/a');
+SELECT mqtt_publish(topic := 'regress/b', payload := '{"value": 23.5}', qos := 1, retain := false, broker := 'default');
+SELECT mqtt_publish('regress/c', 'x', 2, true);
+SELECT mqtt_publish_binary('regress/bin', '\x00ff00'::bytea, 1);
+SELECT mqtt_publish('regress/ünïcode/温度', 'ü');
+SELECT mqtt_publish(repeat('t', 65535), '');
+
+-- argument errors: each with its SQLSTATE; the session keeps working afterwards
+SELECT mqtt_publish(NULL, 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('t', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('t', 'x', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('t', 'x', 0, NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('t', 'x', 0, false, NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('', 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('a/+/b', 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('a/#', 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('$SYS/broker', 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish(repeat('t', 65536), 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish(E'bell\x07', 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish(E'nel\u0085', 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('t', 'x', 3);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('t', 'x', -1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('t', 'x', broker := 'cloud');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish_binary('t', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SET pg_mqtt_pub.max_message_size = '2kB';
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('t', repeat('x', 2000000));
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('still/working', 'yes');
+
+-- transactions: commit, rollback, savepoints, PREPARE (not supported by the hot path yet)
+BEGIN;
+SELECT mqtt_publish('regress/tx', '1');
+SAVEPOINT s1;
+SELECT mqtt_publish('regress/tx', '2');
+ROLLBACK TO SAVEPOINT s1;
+SELECT mqtt_publish('regress/tx', '3');
+COMMIT;
+BEGIN;
+SELECT mqtt_publish('regress/tx', 'rolled back');
+ROLLBACK;
+BEGIN;
+SELECT mqtt_publish('regress/2pc', 'x');
+PREPARE TRANSACTION 'mqtt_2pc';
+\echo :LAST_ERROR_SQLSTATE
+BEGIN;
+PREPARE TRANSACTION 'no_messages';
+COMMIT PREPARED 'no_messages';
+SET pg_mqtt_pub.transactional = off;
+BEGIN;
+SELECT mqtt_publish('regress/now', 'x');
+ROLLBACK;
+RESET pg_mqtt_pub.transactional;
+
+-- settings: names, defaults, contexts
+SELECT name, setting, unit, context, vartype
+FROM pg_settings WHERE name LIKE 'pg_mqtt_pub.%' AND name <> 'pg_mqtt_pub.database'
+ORDER BY name;
+SET pg_mqtt_pub.queue_size = 1024;
+\echo :LAST_ERROR_SQLSTATE
+SET pg_mqtt_pub.protocol_version = '4';
+\echo :LAST_ERROR_SQLSTATE
+SET pg_mqtt_pub.no_such_setting = 1;
+\echo :LAST_ERROR_SQLSTATE
+ALTER SYSTEM SET pg_mqtt_pub.queue_size = 1000;
+\echo :LAST_ERROR_SQLSTATE
+SET pg_mqtt_pub.publish_timeout_ms = 0;
+RESET pg_mqtt_pub.publish_timeout_ms;
+
+-- mqtt_status(): the columns, and the one broker that exists
+SELECT column_name, data_type FROM (
+  SELECT unnest(proargnames) AS column_name, unnest(proallargtypes)::regtype::text AS data_type,
+         unnest(proargmodes) AS mode
+  FROM pg_proc WHERE proname = 'mqtt_status') s
+WHERE mode = 'o';
+SELECT broker_name, host, port, connected, delivery_mode, dead_lettered, outbox_pending
+FROM mqtt_status();
+
+-- privileges: publishing is granted, not public; the password is superuser-only
+CREATE ROLE mqtt_regress_app LOGIN;
+SET ROLE mqtt_regress_app;
+SELECT mqtt_publish('regress/priv', 'x');
+\echo :LAST_ERROR_SQLSTATE
+SHOW pg_mqtt_pub.broker_password;
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM pg_settings WHERE name = 'pg_mqtt_pub.broker_password';
+SELECT broker_name FROM mqtt_status();
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) TO mqtt_regress_app;
+SET ROLE mqtt_regress_app;
+SELECT mqtt_publish('regress/priv', 'granted');
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) FROM mqtt_regress_app;
+DROP ROLE mqtt_regress_app;
+
+DROP EXTENSION pg_mqtt_pub;

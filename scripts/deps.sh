@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what building, the demo and the tests need, on Debian bookworm, as root.
+# Idempotent: installs only what is missing. Rust (cargo) must already be on the PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(
+  postgresql-15 postgresql-server-dev-15 postgresql-15-cron   # server, headers, pg_cron
+  libmosquitto-dev mosquitto mosquitto-clients                 # client library, broker, CLI
+  clang libclang-dev                                           # bindgen (pgrx-pg-sys bindings)
+  build-essential pkg-config openssl procps
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "== installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Debian package may start a cluster and a broker of its own on the default ports;
+# ours use other ports, so they do not interfere.
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
+
+if ! python3 -c "import paho.mqtt, psycopg, pytest" 2>/dev/null; then
+  echo "== installing Python test dependencies"
+  python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+fi

@@ -1,0 +1,44 @@
+"""Shared servers for the end-to-end tests: one mosquitto, one PostgreSQL cluster whose worker
+publishes to it (database `mqtt_test`), and one subscriber listening to everything."""
+import pytest
+
+from harness import Broker, Cluster, Subscriber, wait_until
+
+BROKER_PORT = 18831
+PG_PORT = 55433
+DB = "mqtt_test"
+
+
+@pytest.fixture(scope="session")
+def broker():
+    b = Broker("main", BROKER_PORT).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(broker):
+    c = Cluster("main", PG_PORT, {
+        "pg_mqtt_pub.database": f"'{DB}'",
+        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
+        "pg_mqtt_pub.broker_port": BROKER_PORT,
+        "pg_mqtt_pub.reconnect_interval_ms": 200,
+    }).start()
+    c.sql(f"CREATE DATABASE {DB}")
+    c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
+    wait_until(lambda: c.sql("SELECT connected FROM mqtt_status()", dbname=DB)[0][0], 20, "worker connected")
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def sub(broker):
+    s = Subscriber(BROKER_PORT)
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def db(cluster):
+    with cluster.connect(DB) as conn:
+        yield conn

@@ -1,0 +1,209 @@
+"""Real servers for the tests: PostgreSQL clusters, mosquitto brokers, an MQTT subscriber.
+
+Everything runs on loopback ports under one scratch directory. PostgreSQL runs as the
+`postgres` OS user (initdb refuses root); mosquitto drops to its own user. Nothing is mocked:
+a test asserts what a subscriber really received.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+WORK = os.environ.get("PG_MQTT_PUB_TEST_DIR", "/tmp/pg_mqtt_pub_test")
+PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
+PGBIN = subprocess.check_output([PG_CONFIG, "--bindir"], text=True).strip()
+
+
+def as_postgres(args, **kw):
+    return subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, **kw)
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def wait_until(pred, timeout=10.0, what="condition", interval=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def scratch(name):
+    d = os.path.join(WORK, name)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    shutil.chown(WORK, "postgres")
+    shutil.chown(d, "postgres")
+    return d
+
+
+class Broker:
+    """A mosquitto broker on a loopback port."""
+
+    def __init__(self, name, port, extra_conf=""):
+        self.port = port
+        self.dir = scratch(f"mosquitto-{name}")
+        self.conf = os.path.join(self.dir, "mosquitto.conf")
+        shutil.chown(self.dir, "mosquitto")
+        # Persistence with a 1 s autosave keeps subscribers' sessions across a broker restart,
+        # even a SIGKILL: messages that arrive before a subscriber reconnects are queued for it.
+        with open(self.conf, "w") as f:
+            f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    f"persistence true\npersistence_location {self.dir}/\nautosave_interval 1\n"
+                    f"max_queued_messages 0\nqueue_qos0_messages true\n{extra_conf}\n")
+        self.log = os.path.join(self.dir, "mosquitto.log")
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        return self
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+    def stop(self):
+        self.kill(signal.SIGTERM)
+
+
+class Cluster:
+    """A scratch PostgreSQL cluster with pg_mqtt_pub preloaded (unless preload=False)."""
+
+    def __init__(self, name, port, settings=None, preload=True):
+        self.port = port
+        self.dir = scratch(f"pg-{name}")
+        self.data = os.path.join(self.dir, "data")
+        self.log = os.path.join(self.dir, "postgresql.log")
+        as_postgres([f"{PGBIN}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync"], stdout=subprocess.DEVNULL)
+        conf = {
+            "port": port,
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.dir}'",
+            "fsync": "off",
+            "max_prepared_transactions": 10,
+            "log_min_messages": "log",
+        }
+        if preload:
+            conf["shared_preload_libraries"] = "'pg_mqtt_pub'"
+        conf.update(settings or {})
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            for k, v in conf.items():
+                f.write(f"{k} = {v}\n")
+
+    def pg_ctl(self, *args):
+        as_postgres([f"{PGBIN}/pg_ctl", "-D", self.data, "-l", self.log, "-w", *args], stdout=subprocess.DEVNULL)
+
+    def start(self):
+        self.pg_ctl("start")
+        return self
+
+    def stop(self, mode="fast"):
+        self.pg_ctl("stop", "-m", mode)
+
+    def connect(self, dbname="postgres", autocommit=True, **kw):
+        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname, autocommit=autocommit, **kw)
+
+    def sql(self, query, params=None, dbname="postgres"):
+        with self.connect(dbname) as c:
+            cur = c.execute(query, params)
+            return cur.fetchall() if cur.description else None
+
+    def log_text(self):
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def reload_with(self, dbname, **settings):
+        with self.connect(dbname) as c:
+            for k, v in settings.items():
+                c.execute(f"ALTER SYSTEM SET pg_mqtt_pub.{k} = {v}")
+            c.execute("SELECT pg_reload_conf()")
+
+
+@dataclass
+class Msg:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    at: float
+
+
+class Subscriber:
+    """A real MQTT 5 client (paho-mqtt) that records everything it receives.
+
+    It subscribes at QoS 2 (so each message arrives at the QoS it was published with) and with
+    Retain As Published (so the retain flag of live messages is visible). Its session persists on
+    the broker (clean_start False, one hour expiry) and it reconnects within half a second, so a
+    broker restart does not make it miss messages.
+    """
+
+    count = 0
+
+    def __init__(self, port, topic="#"):
+        Subscriber.count += 1
+        self.port = port
+        self.messages = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}-{Subscriber.count}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, options=SubscribeOptions(qos=2, retainAsPublished=True))
+        props = Properties(PacketTypes.CONNECT)
+        props.ReceiveMaximum = 65535
+        props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, keepalive=30, clean_start=False, properties=props)
+        self.client.loop_start()
+        if not self.subscribed.wait(10):
+            raise TimeoutError("subscriber could not subscribe")
+
+    def _on_message(self, client, userdata, m):
+        with self.lock:
+            self.messages.append(Msg(m.topic, bytes(m.payload), m.qos, bool(m.retain), time.time()))
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.messages)
+
+    def matching(self, prefix):
+        return [m for m in self.snapshot() if m.topic.startswith(prefix)]
+
+    def wait_for(self, prefix, count, timeout=30.0):
+        """Wait until `count` messages under `prefix` arrived; return them."""
+        wait_until(lambda: len(self.matching(prefix)) >= count, timeout, f"{count} messages under {prefix!r} (have {len(self.matching(prefix))})")
+        time.sleep(0.2)  # anything extra (duplicates, stragglers) shows up too
+        return self.matching(prefix)
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def status(cluster, dbname):
+    rows = cluster.sql("SELECT broker_name, host, port, connected, messages_sent, last_error FROM mqtt_status()", dbname=dbname)
+    return rows[0]

@@ -1,0 +1,61 @@
+"""Loading and lifecycle: what happens without shared_preload_libraries, before the worker's
+database or the extension exist, and after DROP EXTENSION. Each test has its own cluster."""
+import time
+
+import psycopg
+import pytest
+
+from harness import Broker, Cluster, Subscriber, wait_until
+
+
+def test_functions_say_how_to_preload():
+    c = Cluster("nopreload", 55435, preload=False).start()
+    try:
+        c.sql("CREATE EXTENSION pg_mqtt_pub")
+        for q in ("SELECT mqtt_publish('a', 'b')", "SELECT * FROM mqtt_status()"):
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+                c.sql(q)
+            assert "shared_preload_libraries" in str(e.value)
+            assert "Add pg_mqtt_pub to shared_preload_libraries" in e.value.diag.message_hint
+    finally:
+        c.stop()
+
+
+def test_bad_queue_size_refuses_to_start():
+    c = Cluster("badqueue", 55437, {"pg_mqtt_pub.queue_size": 1000})
+    with pytest.raises(Exception):
+        c.start()
+    assert "pg_mqtt_pub.queue_size must be a power of two" in c.log_text()
+
+
+def test_worker_waits_for_database_and_extension_then_goes_idle():
+    broker = Broker("lifecycle", 18833).start()
+    c = Cluster("lifecycle", 55436, {
+        "pg_mqtt_pub.database": "'later'",
+        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
+        "pg_mqtt_pub.broker_port": broker.port,
+    }).start()
+    sub = Subscriber(broker.port)
+    try:
+        time.sleep(3)
+        log = c.log_text()
+        assert log.count('waiting for database "later"') == 1, "says so once"
+        assert "exited with exit code" not in log, "nothing crash-loops"
+
+        c.sql("CREATE DATABASE later")
+        wait_until(lambda: c.sql("SELECT 1 FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'"), 15, "worker started")
+        time.sleep(1.5)
+        assert "connected to broker" not in c.log_text(), "no broker connection without the extension"
+
+        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="later")
+        wait_until(lambda: c.sql("SELECT connected FROM mqtt_status()", dbname="later")[0][0], 15, "connected")
+        c.sql("SELECT mqtt_publish('life/x', 'hello', 1)", dbname="later")
+        assert [m.payload for m in sub.wait_for("life/", 1)] == [b"hello"]
+
+        c.sql("DROP EXTENSION pg_mqtt_pub", dbname="later")
+        wait_until(lambda: "idle, disconnected from broker" in c.log_text(), 20, "worker idle after DROP EXTENSION")
+        assert "exited with exit code" not in c.log_text()
+    finally:
+        sub.close()
+        c.stop()
+        broker.stop()

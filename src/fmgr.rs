@@ -110,6 +110,18 @@ pub fn to_utf8(bytes: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
+/// Convert UTF-8 back to the database encoding (for text stored in tables).
+pub fn from_utf8(bytes: &[u8]) -> Cow<'_, [u8]> {
+    // SAFETY: plain calls; pg_any_to_server raises ERROR on unconvertible input.
+    unsafe {
+        if bytes.is_ascii() || pg::GetDatabaseEncoding() == pg::pg_enc::PG_UTF8 as i32 {
+            return Cow::Borrowed(bytes);
+        }
+        let out = pg::pg_any_to_server(bytes.as_ptr() as *const _, bytes.len() as i32, pg::pg_enc::PG_UTF8 as i32);
+        Cow::Owned(std::ffi::CStr::from_ptr(out).to_bytes().to_vec())
+    }
+}
+
 /// A text datum (palloc'd in the current memory context) holding `s`.
 pub fn text_datum(s: &str) -> pg::Datum {
     // SAFETY: cstring_to_text_with_len copies `len` bytes.

@@ -62,6 +62,8 @@ pub static PUBLISH_TIMEOUT_MS: Guc<c_int> = Guc::new(100);
 pub static WORKER_POLL_INTERVAL_MS: Guc<c_int> = Guc::new(10);
 pub static MAX_MESSAGE_SIZE: Guc<c_int> = Guc::new(1024 * 1024);
 pub static TRANSACTIONAL: Guc<bool> = Guc::new(true);
+pub static DURABLE: Guc<bool> = Guc::new(false);
+pub static ACK_TIMEOUT_MS: Guc<c_int> = Guc::new(30_000);
 
 pub static POISON_MAX_ATTEMPTS: Guc<c_int> = Guc::new(5);
 pub static OUTBOX_BATCH_SIZE: Guc<c_int> = Guc::new(500);
@@ -278,7 +280,7 @@ pub fn define() {
     );
     int(
         c"pg_mqtt_pub.worker_poll_interval_ms",
-        c"Longest the worker sleeps between outbox checks (the hot path is woken by latch).",
+        c"Longest the worker sleeps while a broker is cold and its outbox drains (the hot path is woken by latch).",
         &WORKER_POLL_INTERVAL_MS,
         1,
         60_000,
@@ -299,6 +301,21 @@ pub fn define() {
         c"Publish messages at COMMIT (on) or at call time (off).",
         &TRANSACTIONAL,
         USERSET,
+    );
+    boolean(
+        c"pg_mqtt_pub.durable",
+        c"Send messages through the WAL-logged outbox even when the broker is hot (crash-safe).",
+        &DURABLE,
+        USERSET,
+    );
+    int(
+        c"pg_mqtt_pub.ack_timeout_ms",
+        c"Reconnect when nothing in flight has been acknowledged for this long.",
+        &ACK_TIMEOUT_MS,
+        100,
+        3_600_000,
+        SIGHUP,
+        MS,
     );
 
     int(

@@ -1,22 +1,23 @@
 //! # pg_mqtt_pub — publish MQTT messages from PostgreSQL
 //!
-//! ## The delivery contract (as of this version)
+//! ## The delivery contract
 //! * Messages published inside a transaction reach the broker only if it commits; ROLLBACK and
-//!   ROLLBACK TO SAVEPOINT discard them (`txn.rs`). `pg_mqtt_pub.transactional = off` publishes
-//!   at call time instead.
-//! * For one session, messages arrive in commit order (and in call order within a transaction).
-//! * A broker outage never makes the caller's statement fail while the ring has room: messages
-//!   wait in shared memory and are sent after the reconnect. When the ring is full the caller
-//!   waits up to `publish_timeout_ms`, then gets an ERROR; nothing is dropped silently.
-//! * QoS 1/2 messages handed to libmosquitto are resent by it after a reconnect. The ring lives in
-//!   shared memory: a PostgreSQL crash or restart loses what is in it (the outbox will fix that).
+//!   ROLLBACK TO SAVEPOINT discard them; PREPARE / COMMIT PREPARED work (`txn.rs`).
+//! * Each broker is hot (shared-memory ring) or cold (WAL-logged `mqtt_pub.outbox`). Outages,
+//!   a full ring, big transactions and `durable = on` use the outbox; the caller's DML never
+//!   fails because of a broker.
+//! * For one broker, one session's messages arrive in commit order across every hot/cold switch
+//!   (ADR-003).
+//! * QoS 1/2 are at least once: ring slots are released and outbox rows deleted only after the
+//!   broker's acknowledgement. Only a PostgreSQL crash loses unacknowledged hot messages.
 //!
 //! ## Data flow
 //! ```text
-//! mqtt_publish() ──validate──▶ pending arena (backend) ──PRE_COMMIT: reserve──▶ ring (shmem)
-//!                                                      ──COMMIT: copy + READY──▶   │
-//!                                 worker ◀──latch (only if sleeping)───────────────┘
-//!                                   └─▶ libmosquitto (non-blocking, driven by WaitEventSet) ─▶ broker
+//! mqtt_publish() ──validate──▶ pending arena (backend) ──PRE_COMMIT, hot: reserve──▶ ring (shmem)
+//!        │                                         │   ──COMMIT: copy + READY──────▶   │
+//!        └── cold broker / durable ──▶ outbox ◀────┘ cold, spill, PREPARE             │
+//!                                        │          worker ◀──latch (only if sleeping)─┘
+//!                                        └──────▶   └─▶ libmosquitto (WaitEventSet-driven) ─▶ broker
 //! ```
 //!
 //! ## Module map
@@ -30,7 +31,8 @@
 //! | `topic.rs` | topic and QoS validation (pure) |
 //! | `backoff.rs` | reconnect backoff (pure) |
 //! | `publish.rs` | `mqtt_publish`, `mqtt_publish_binary` |
-//! | `txn.rs` | COMMIT / ABORT / PREPARE / savepoints |
+//! | `txn.rs` | COMMIT / ABORT / PREPARE / savepoints; ring or outbox per broker |
+//! | `outbox.rs` | SPI access to `mqtt_pub.outbox` |
 //! | `broker.rs` | one libmosquitto client, callbacks that only record |
 //! | `worker.rs` | the launcher and the publishing worker's loop |
 //! | `status.rs` | `mqtt_status()` and the shared counters |
@@ -50,6 +52,8 @@ mod fmgr;
 mod guard;
 #[cfg(not(test))]
 mod gucs;
+#[cfg(not(test))]
+mod outbox;
 #[cfg(not(test))]
 mod publish;
 #[cfg(not(test))]

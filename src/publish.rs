@@ -71,6 +71,14 @@ fn require_publishable() {
     }
 }
 
+/// Name of a broker by index (the outbox stores names).
+pub fn broker_name(idx: u16) -> &'static str {
+    match idx {
+        0 => "default",
+        _ => unreachable!("only the default broker exists"),
+    }
+}
+
 /// Index of a broker by name.
 pub fn broker_index(name: &[u8]) -> u16 {
     if name == b"default" {

@@ -255,13 +255,34 @@ impl Ring {
         }
     }
 
+    /// First slot not yet released.
+    pub fn tail(&self) -> u64 {
+        self.ctl().tail.load(Ordering::Acquire)
+    }
+
+    /// Next slot a producer will reserve. Read under the ring lock to get a stable boundary.
+    pub fn head(&self) -> u64 {
+        self.ctl().head.load(Ordering::Acquire)
+    }
+
     /// Look at the record at the tail. A record whose body wraps is copied into `scratch`.
     ///
     /// # Safety
     /// Only the single consumer may call this; the view is valid until `release`.
     pub unsafe fn peek<'a>(&'a self, scratch: &'a mut Vec<u8>) -> Peek<'a> {
+        // SAFETY: forwarded contract.
+        unsafe { self.peek_at(self.ctl().tail.load(Ordering::Relaxed), scratch) }
+    }
+
+    /// Look at the record at `pos`, a record boundary between the tail and the head: the
+    /// consumer scans ahead of the tail and releases records only once they are delivered.
+    ///
+    /// # Safety
+    /// Only the single consumer may call this, with `tail <= pos` on a record boundary; the view
+    /// is valid until the record is released.
+    pub unsafe fn peek_at<'a>(&'a self, pos: u64, scratch: &'a mut Vec<u8>) -> Peek<'a> {
         let c = self.ctl();
-        let tail = c.tail.load(Ordering::Relaxed);
+        let tail = pos;
         if tail == c.head.load(Ordering::Acquire) {
             return Peek::Empty;
         }
@@ -308,6 +329,14 @@ impl Ring {
         let tail = c.tail.load(Ordering::Relaxed);
         c.tail.store(tail + nslots, Ordering::Release);
     }
+
+    /// Consumer: every record before `pos` is done; free their slots.
+    ///
+    /// # Safety
+    /// Only the single consumer may call this, with `tail <= pos <= head` on a record boundary.
+    pub unsafe fn release_to(&self, pos: u64) {
+        self.ctl().tail.store(pos, Ordering::Release);
+    }
 }
 
 #[cfg(test)]
@@ -345,6 +374,33 @@ mod tests {
                     return Some(out);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn scan_ahead_then_release() {
+        let t = ring(8);
+        let r = &t.ring;
+        let mut scratch = Vec::new();
+        unsafe {
+            for p in [b"1", b"2", b"3"] {
+                let m = msg(b"t", p);
+                let pos = r.try_reserve(m.nslots()).unwrap();
+                r.publish(pos, &m);
+            }
+            let mut cur = r.tail();
+            let mut seen = Vec::new();
+            while let Peek::Ready(v) = r.peek_at(cur, &mut scratch) {
+                seen.push(v.payload.to_vec());
+                cur += v.nslots;
+            }
+            assert_eq!(seen, vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
+            assert_eq!(r.used_slots(), 3, "nothing released while unacknowledged");
+            r.release_to(cur - 1);
+            assert_eq!(r.used_slots(), 1);
+            assert!(matches!(r.peek(&mut scratch), Peek::Ready(v) if v.payload == b"3"));
+            r.release_to(cur);
+            assert_eq!(r.used_slots(), 0);
         }
     }
 

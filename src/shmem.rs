@@ -95,6 +95,13 @@ unsafe extern "C-unwind" fn shmem_startup() {
             if !found {
                 std::ptr::write_bytes(base, 0, shared_size());
                 Ring::init(ring_mem, gucs::QUEUE_SIZE.get() as u64);
+                // Every broker starts cold: after a restart the outbox may hold messages that
+                // must go out before anything new; the worker turns a broker hot once it has
+                // drained them.
+                let shared = &*(base as *const Shared);
+                for b in &shared.brokers {
+                    b.mode.store(crate::status::MODE_COLD, Ordering::Relaxed);
+                }
             }
             SHARED.store(base as *mut Shared, Ordering::Release);
             RING_MEM.store(ring_mem, Ordering::Release);
@@ -119,7 +126,8 @@ pub fn ring() -> Ring {
     unsafe { Ring::attach(p) }
 }
 
-/// Run `f` holding LWLock `which` in `mode`. `f` must not raise errors or allocate much.
+/// Run `f` holding LWLock `which` in `mode`. Keep `f` short. Should it raise an ERROR, the lock
+/// is released by the transaction abort (LWLockReleaseAll), not here.
 pub fn with_lock<R>(which: usize, mode: pg::LWLockMode::Type, f: impl FnOnce() -> R) -> R {
     let locks = LOCKS.load(Ordering::Acquire);
     assert!(!locks.is_null(), "pg_mqtt_pub locks are not attached");

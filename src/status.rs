@@ -26,7 +26,14 @@ struct BrokerText {
 pub struct BrokerShared {
     pub in_use: AtomicBool,
     pub connected: AtomicBool,
+    /// Delivery mode (0 hot, MODE_COLD). Changed only under RING_LOCK, so a publisher's choice
+    /// between ring and outbox is atomic with its ring reservation (txn.rs, worker.rs).
     pub mode: AtomicU32,
+    /// Transactions in progress that wrote (or will write at pre-commit) outbox rows for this
+    /// broker. The worker returns the broker to hot only when this is 0 and the outbox is empty.
+    pub cold_writers: AtomicU32,
+    /// Ring head when the broker last went cold: ring records for it can exist only before this.
+    pub flip_head: AtomicU64,
     pub inflight: AtomicU32,
     pub port: AtomicI32,
     pub messages_sent: AtomicU64,
@@ -141,7 +148,7 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                     (pg::Datum::from(b.messages_sent.load(Ordering::Relaxed) as i64), false),
                     (pg::Datum::from(b.messages_failed.load(Ordering::Relaxed) as i64), false),
                     (pg::Datum::from(b.dead_lettered.load(Ordering::Relaxed) as i64), false),
-                    (pg::Datum::from(0i64), false),
+                    (pg::Datum::from(crate::outbox::pending(&name)), false),
                     (text_datum(&last_error), last_error.is_empty()),
                     ts(b.last_connected_at.load(Ordering::Relaxed)),
                     ts(b.last_error_at.load(Ordering::Relaxed)),

@@ -1,34 +1,63 @@
-//! What happens to published messages at COMMIT, ABORT, PREPARE and savepoint rollback.
+//! What happens to published messages at COMMIT, ABORT, PREPARE and savepoint rollback, and
+//! which path (ring or outbox) each one takes.
 //!
-//! Contract: messages published inside a transaction reach the worker only if it commits; ROLLBACK
-//! discards them, and ROLLBACK TO SAVEPOINT discards those published after the savepoint.
+//! Contract: messages published inside a transaction reach a broker only if it commits; ROLLBACK
+//! discards them, ROLLBACK TO SAVEPOINT discards those published after the savepoint. For one
+//! session and one broker, messages are delivered in commit order (call order within a
+//! transaction), whichever path they take.
 //!
-//! Until then they wait in this backend's memory ([`Pending`]: one byte arena plus an index, so a
-//! publish costs one copy and no per-message allocation). The hand-off to the ring is split so the
-//! step that runs after the commit record is written cannot fail:
-//! * `PRE_COMMIT` (still allowed to raise ERROR, which aborts the transaction): reserve ring space
-//!   for all pending messages in one contiguous run, waiting up to `publish_timeout_ms` if the
-//!   ring is full, and mark every record header in it RESERVED.
-//! * `COMMIT` (must not fail): copy the messages into the reservation, mark them READY in order,
-//!   wake the worker if it sleeps. Only memcpy and atomic stores.
-//! * `ABORT` (including an error between PRE_COMMIT and COMMIT): mark the reservation CANCELLED so
-//!   the worker skips it; drop the pending messages.
-//! * `PRE_PREPARE` with pending messages: ERROR (two-phase commit is not supported by the hot path).
+//! ## Where a message waits
+//! * **In this backend's memory** ([`Pending`]: one byte arena plus an index; one copy, no
+//!   per-message allocation) — the normal case. At `PRE_COMMIT` each broker's messages go either
+//!   to the ring (broker hot) or to the outbox (broker cold, `durable = on`, or no ring space
+//!   after `publish_timeout_ms`: a *spill*).
+//! * **In the outbox at call time** — when the broker is cold (or `durable = on`) and this
+//!   transaction holds no earlier in-memory message for it. If it does, the new message stays in
+//!   memory too, so the transaction's messages keep their order.
 //!
-//! Savepoints use sub-transaction ids, which grow monotonically inside a top-level transaction:
-//! everything published since sub-transaction S began has an id >= S and forms a suffix of the
-//! pending list. A small stack of marks (subid, position) finds that suffix on ABORT_SUB; on
-//! COMMIT_SUB the child's marks collapse into one, so the stack stays as deep as the nesting.
+//! ## The ring hand-off cannot fail after the commit record
+//! `PRE_COMMIT` (may still ERROR, aborting the transaction): decide per broker and reserve ring
+//! space in one contiguous run, **under the ring lock, together with reading the brokers'
+//! modes**; write outbox rows; mark every record header RESERVED. `COMMIT`: copy messages into
+//! the reservation and mark them READY — memcpy and atomic stores only. `ABORT`: mark the
+//! reservation CANCELLED.
 //!
-//! With `pg_mqtt_pub.transactional = off` a message skips all this and is made visible at once.
+//! ## Cold writers
+//! A transaction that writes outbox rows for a broker registers itself in that broker's
+//! `cold_writers` (under the ring lock) until it ends. A spill or a durable write also turns a hot
+//! broker cold. The worker turns a broker hot again only under the ring lock, with no cold writer
+//! and an empty outbox — so no later hot message can overtake a cold one (see ADR-001).
+//!
+//! ## Savepoints
+//! Sub-transaction ids grow monotonically in a top-level transaction: everything published since
+//! sub-transaction S began has an id >= S and forms a suffix of the pending list. A stack of marks
+//! finds that suffix on ABORT_SUB; on COMMIT_SUB a child's marks fold into one.
+//!
+//! ## Bounded memory
+//! Past [`PENDING_LIMIT`] bytes the pending messages are written to the outbox (brokers turned
+//! cold), provided all of them belong to the current sub-transaction or its committed children
+//! (an outbox row written now would otherwise be removed by a rollback to a savepoint taken
+//! after it was published).
+//!
+//! `PREPARE TRANSACTION`: pending messages are written to the outbox as part of the prepared
+//! transaction and delivered only if it is COMMIT PREPARED.
+//! `transactional = off`: the message is made visible at once (ring), or written to the outbox in
+//! the current transaction when the broker is cold.
 
-use crate::guard::{self, guard, Code, PgError};
+use crate::guard::{self, guard};
 use crate::gucs;
-use crate::ring::{MessageRef, Ring};
-use crate::shmem::{self, RING_LOCK};
+use crate::outbox::{self, NewRow, LANE_PUBLISHED};
+use crate::publish::broker_name;
+use crate::ring::MessageRef;
+use crate::shmem::{self, MAX_BROKERS, RING_LOCK};
+use crate::status::{BrokerShared, MODE_COLD};
 use pgrx_pg_sys as pg;
 use std::cell::UnsafeCell;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// Pending bytes a transaction keeps in memory before writing them to the outbox.
+pub const PENDING_LIMIT: usize = 8 << 20;
 
 struct PendingMsg {
     off: usize,
@@ -37,24 +66,31 @@ struct PendingMsg {
     broker: u16,
     qos: u8,
     retain: bool,
-    nslots: u64,
+    subid: pg::SubTransactionId,
 }
 
 struct Mark {
     subid: pg::SubTransactionId,
     msgs: usize,
     arena: usize,
-    slots: u64,
+    per_broker: [u32; MAX_BROKERS],
 }
 
 #[derive(Default)]
 struct Pending {
     arena: Vec<u8>,
     msgs: Vec<PendingMsg>,
-    slots: u64,
     marks: Vec<Mark>,
-    /// Start of the PRE_COMMIT reservation (covers `slots` slots).
-    reserved: Option<u64>,
+    /// In-memory messages per broker.
+    per_broker: [u32; MAX_BROKERS],
+    /// Brokers whose `cold_writers` this transaction is counted in (bit per broker).
+    cold_registered: u32,
+    /// The PRE_COMMIT ring reservation: start and length in slots.
+    reserved: Option<(u64, u64)>,
+    /// Brokers whose messages go to the ring at COMMIT (bit per broker).
+    hot_at_commit: u32,
+    /// Next arena size at which a spill is considered.
+    spill_check_at: usize,
 }
 
 impl Pending {
@@ -70,23 +106,38 @@ impl Pending {
         }
     }
 
-    fn truncate(&mut self, msgs: usize, arena: usize, slots: u64) {
-        self.msgs.truncate(msgs);
-        self.arena.truncate(arena);
-        self.slots = slots;
+    fn clear_messages(&mut self) {
+        self.arena.clear();
+        self.msgs.clear();
+        self.marks.clear();
+        self.per_broker = [0; MAX_BROKERS];
     }
 
-    fn clear(&mut self) {
-        // Give memory back after a big transaction; keep a small arena for the next one.
+    fn reset(&mut self) {
         if self.arena.capacity() > 1 << 20 {
+            // give memory back after a big transaction
             *self = Pending::default();
         } else {
-            self.arena.clear();
-            self.msgs.clear();
-            self.marks.clear();
-            self.slots = 0;
+            self.clear_messages();
+            self.cold_registered = 0;
             self.reserved = None;
+            self.hot_at_commit = 0;
+            self.spill_check_at = 0;
         }
+    }
+
+    /// Write messages (all, or those of one broker) to the outbox, in order.
+    fn write_to_outbox(&self, only: Option<u16>) {
+        let mut rows =
+            (0..self.msgs.len()).map(|i| self.msg(i)).filter(|m| only.is_none_or(|b| m.broker == b)).map(|m| NewRow {
+                broker: broker_name(m.broker),
+                topic_utf8: m.topic,
+                payload: m.payload,
+                qos: m.qos,
+                retain: m.retain,
+                lane: LANE_PUBLISHED,
+            });
+        outbox::insert(&mut rows);
     }
 }
 
@@ -100,6 +151,51 @@ fn pending() -> &'static mut Pending {
     unsafe { (*PENDING.0.get()).get_or_insert_with(Pending::default) }
 }
 
+fn broker_shared(b: u16) -> &'static BrokerShared {
+    crate::status::broker(b as usize)
+}
+
+fn is_cold(b: u16) -> bool {
+    broker_shared(b).mode.load(Ordering::Acquire) == MODE_COLD
+}
+
+/// Register this transaction as a cold writer of `b`, turning `b` cold first if `force`.
+/// Returns whether `b` is cold (if not and not forced, the caller uses the ring instead).
+/// Caller holds RING_LOCK.
+fn register_cold_locked(p: &mut Pending, b: u16, force: bool) -> bool {
+    let s = broker_shared(b);
+    if s.mode.load(Ordering::Acquire) != MODE_COLD {
+        if !force {
+            return false;
+        }
+        s.flip_head.store(shmem::ring().head(), Ordering::Release);
+        s.mode.store(MODE_COLD, Ordering::Release);
+    }
+    if p.cold_registered & (1 << b) == 0 {
+        s.cold_writers.fetch_add(1, Ordering::AcqRel);
+        p.cold_registered |= 1 << b;
+    }
+    true
+}
+
+fn register_cold(p: &mut Pending, b: u16, force: bool) -> bool {
+    shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || register_cold_locked(p, b, force))
+}
+
+/// Drop this transaction's cold-writer registrations (transaction end).
+fn unregister_cold(p: &mut Pending) {
+    if p.cold_registered == 0 {
+        return;
+    }
+    for b in 0..MAX_BROKERS as u16 {
+        if p.cold_registered & (1 << b) != 0 {
+            broker_shared(b).cold_writers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    p.cold_registered = 0;
+    shmem::wake_worker(); // it may be waiting for us to turn the broker hot again
+}
+
 /// Register the transaction callbacks (from `_PG_init`; inherited by every backend).
 pub fn register_callbacks() {
     // SAFETY: plain registration of static functions.
@@ -109,83 +205,121 @@ pub fn register_callbacks() {
     }
 }
 
-/// Publish one validated message: queue it for COMMIT, or send it now when not transactional.
+fn write_one(m: &MessageRef<'_>) {
+    let mut row = std::iter::once(NewRow {
+        broker: broker_name(m.broker),
+        topic_utf8: m.topic,
+        payload: m.payload,
+        qos: m.qos,
+        retain: m.retain,
+        lane: LANE_PUBLISHED,
+    });
+    outbox::insert(&mut row);
+}
+
+/// Publish one validated message.
 pub fn publish(msg: MessageRef<'_>) {
+    let p = pending();
+    let b = msg.broker;
+    let durable = gucs::DURABLE.get();
     if !gucs::TRANSACTIONAL.get() {
-        let n = msg.nslots();
-        let pos = reserve_waiting(n);
-        // SAFETY: [pos, pos+n) was just reserved by us.
-        unsafe { shmem::ring().publish(pos, &msg) };
-        shmem::wake_worker();
+        if !durable && try_publish_now(&msg) {
+            return;
+        }
+        register_cold(p, b, true);
+        write_one(&msg);
         return;
     }
-    let p = pending();
+    if (durable || is_cold(b)) && p.per_broker[b as usize] == 0 && register_cold(p, b, durable) {
+        write_one(&msg);
+        return;
+    }
     // SAFETY: plain read of transaction state.
     let subid = unsafe { pg::GetCurrentSubTransactionId() };
     if subid > 1 && p.marks.last().is_none_or(|m| subid > m.subid) {
-        p.marks.push(Mark { subid, msgs: p.msgs.len(), arena: p.arena.len(), slots: p.slots });
+        p.marks.push(Mark { subid, msgs: p.msgs.len(), arena: p.arena.len(), per_broker: p.per_broker });
     }
     let off = p.arena.len();
     p.arena.extend_from_slice(msg.topic);
     p.arena.extend_from_slice(msg.payload);
-    let nslots = msg.nslots();
-    p.slots += nslots;
     p.msgs.push(PendingMsg {
         off,
         topic_len: msg.topic.len() as u32,
         payload_len: msg.payload.len() as u32,
-        broker: msg.broker,
+        broker: b,
         qos: msg.qos,
         retain: msg.retain,
-        nslots,
+        subid,
     });
+    p.per_broker[b as usize] += 1;
+    if p.arena.len() > PENDING_LIMIT.max(p.spill_check_at) {
+        spill_if_safe(p, subid);
+    }
 }
 
-/// Reserve `n` slots, waiting up to `publish_timeout_ms` for the worker to make room.
-fn reserve_waiting(n: u64) -> u64 {
+/// Memory bound: write everything pending to the outbox if no savepoint rollback could later
+/// remove rows for messages published before that savepoint.
+fn spill_if_safe(p: &mut Pending, current: pg::SubTransactionId) {
+    if p.msgs.iter().any(|m| m.subid < current) {
+        p.spill_check_at = p.arena.len() * 2; // keep growing; look again later
+        return;
+    }
+    let brokers: Vec<u16> = (0..MAX_BROKERS as u16).filter(|b| p.per_broker[*b as usize] > 0).collect();
+    shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+        for b in &brokers {
+            register_cold_locked(p, *b, true);
+        }
+    });
+    p.write_to_outbox(None);
+    p.clear_messages();
+    p.spill_check_at = 0;
+}
+
+/// Non-transactional publish: straight into the ring if the broker is hot and there is room
+/// within `publish_timeout_ms`. False means "use the outbox".
+fn try_publish_now(msg: &MessageRef<'_>) -> bool {
+    let n = msg.nslots();
     let ring = shmem::ring();
     if n > ring.capacity() {
-        PgError::new(
-            Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            "MQTT messages of this transaction do not fit in the shared ring",
-        )
-        .detail(format!("They need {} kB; the ring holds {} kB.", n * 512 / 1024, ring.capacity() * 512 / 1024))
-        .hint("Raise pg_mqtt_pub.queue_size (needs a restart), or publish fewer or smaller messages per transaction.")
-        .raise();
+        return false;
     }
-    let timeout = Duration::from_millis(gucs::PUBLISH_TIMEOUT_MS.get() as u64);
     let start = Instant::now();
+    let timeout = Duration::from_millis(gucs::PUBLISH_TIMEOUT_MS.get() as u64);
     loop {
-        // SAFETY: try_reserve requires the ring lock, which with_lock holds.
-        if let Some(pos) = shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || unsafe { ring.try_reserve(n) })
-        {
-            return pos;
+        let got = shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            if is_cold(msg.broker) {
+                return Err(());
+            }
+            // SAFETY: under the ring lock.
+            Ok(unsafe { ring.try_reserve(n) })
+        });
+        match got {
+            Err(()) => return false,
+            Ok(Some(pos)) => {
+                // SAFETY: [pos, pos+n) is our fresh reservation.
+                unsafe { ring.publish(pos, msg) };
+                shmem::wake_worker();
+                return true;
+            }
+            Ok(None) if start.elapsed() >= timeout => return false,
+            Ok(None) => wait_for_space(),
         }
-        if start.elapsed() >= timeout {
-            let connected = crate::status::broker(0).connected.load(std::sync::atomic::Ordering::Relaxed);
-            PgError::new(Code::ERRCODE_INSUFFICIENT_RESOURCES, "pg_mqtt_pub ring is full")
-                .detail(format!(
-                    "Waited {} ms for {} kB of ring space; the broker is {}.",
-                    timeout.as_millis(),
-                    n * 512 / 1024,
-                    if connected { "connected but not keeping up" } else { "not connected" }
-                ))
-                .hint("Check SELECT * FROM mqtt_status(); raise pg_mqtt_pub.queue_size or pg_mqtt_pub.publish_timeout_ms.")
-                .raise();
-        }
-        shmem::wake_worker();
-        // SAFETY: waiting on our own latch with a short timeout; interrupts are checked after.
-        unsafe {
-            pg::WaitLatch(
-                pg::MyLatch,
-                (pg::WL_LATCH_SET | pg::WL_TIMEOUT | pg::WL_EXIT_ON_PM_DEATH) as i32,
-                1,
-                pg::PG_WAIT_EXTENSION,
-            );
-            pg::ResetLatch(pg::MyLatch);
-        }
-        guard::check_for_interrupts();
     }
+}
+
+fn wait_for_space() {
+    shmem::wake_worker();
+    // SAFETY: waiting on our own latch with a short timeout; interrupts are checked after.
+    unsafe {
+        pg::WaitLatch(
+            pg::MyLatch,
+            (pg::WL_LATCH_SET | pg::WL_TIMEOUT | pg::WL_EXIT_ON_PM_DEATH) as i32,
+            1,
+            pg::PG_WAIT_EXTENSION,
+        );
+        pg::ResetLatch(pg::MyLatch);
+    }
+    guard::check_for_interrupts();
 }
 
 fn pre_commit() {
@@ -193,48 +327,102 @@ fn pre_commit() {
     if p.msgs.is_empty() {
         return;
     }
-    let start = reserve_waiting(p.slots);
     let ring = shmem::ring();
-    let mut pos = start;
-    for m in &p.msgs {
-        // SAFETY: every record start inside our fresh reservation; the first one is already
-        // RESERVED, the others must be before anything becomes READY (see ring.rs).
-        unsafe { ring.mark_reserved(pos, m.nslots) };
-        pos += m.nslots;
+    let durable = gucs::DURABLE.get();
+    let timeout = Duration::from_millis(gucs::PUBLISH_TIMEOUT_MS.get() as u64);
+    let start = Instant::now();
+    let brokers: Vec<u16> = (0..MAX_BROKERS as u16).filter(|b| p.per_broker[*b as usize] > 0).collect();
+    let mut spill = false;
+    enum Step {
+        Done,
+        Full,
+        TooBig,
     }
-    p.reserved = Some(start);
+    loop {
+        // Decide every broker's path and reserve, atomically with respect to mode changes.
+        let done = shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            let mut hot = 0u32;
+            for &b in &brokers {
+                if !register_cold_locked(p, b, durable || spill) {
+                    hot |= 1 << b;
+                }
+            }
+            let slots: u64 = p.msgs.iter().filter(|m| hot & (1 << m.broker) != 0).map(slots_of).sum();
+            if slots == 0 {
+                p.hot_at_commit = 0;
+                return Step::Done;
+            }
+            if slots > ring.capacity() {
+                return Step::TooBig;
+            }
+            // SAFETY: under the ring lock.
+            match unsafe { ring.try_reserve(slots) } {
+                Some(pos) => {
+                    p.reserved = Some((pos, slots));
+                    p.hot_at_commit = hot;
+                    Step::Done
+                }
+                None => Step::Full,
+            }
+        });
+        match done {
+            Step::Done => break,
+            // larger than the whole ring, or no room within publish_timeout_ms: spill
+            Step::TooBig => spill = true,
+            Step::Full if start.elapsed() >= timeout => spill = true,
+            Step::Full => wait_for_space(),
+        }
+    }
+    for &b in &brokers {
+        if p.hot_at_commit & (1 << b) == 0 {
+            p.write_to_outbox(Some(b));
+        }
+    }
+    if let Some((start, _)) = p.reserved {
+        let mut pos = start;
+        for m in p.msgs.iter().filter(|m| p.hot_at_commit & (1 << m.broker) != 0) {
+            let n = slots_of(m);
+            // SAFETY: record starts inside our fresh reservation; the first is already RESERVED,
+            // the others must be before anything becomes READY (ring.rs).
+            unsafe { ring.mark_reserved(pos, n) };
+            pos += n;
+        }
+    }
+}
+
+fn slots_of(m: &PendingMsg) -> u64 {
+    crate::ring::slots_for(m.topic_len as usize, m.payload_len as usize)
 }
 
 fn commit() {
     let p = pending();
-    if let Some(start) = p.reserved {
-        let ring: Ring = shmem::ring();
+    if let Some((start, _)) = p.reserved {
+        let ring = shmem::ring();
         let mut pos = start;
         for i in 0..p.msgs.len() {
             let m = p.msg(i);
-            // SAFETY: the reservation made at PRE_COMMIT is ours; records are published in order.
+            if p.hot_at_commit & (1 << m.broker) == 0 {
+                continue;
+            }
+            // SAFETY: the PRE_COMMIT reservation is ours; records are published in order.
             unsafe { ring.publish(pos, &m) };
             pos += m.nslots();
         }
         shmem::wake_worker();
-    } else if !p.msgs.is_empty() {
-        // Only reachable if something published after PRE_COMMIT ran; say so loudly.
-        guard::log(
-            guard::Level::WARNING,
-            format!("pg_mqtt_pub: {} MQTT messages published after pre-commit were not sent", p.msgs.len()),
-        );
     }
-    p.clear();
+    unregister_cold(p);
+    p.reset();
 }
 
 fn abort() {
     let p = pending();
-    if let Some(start) = p.reserved {
+    if let Some((start, slots)) = p.reserved {
         // SAFETY: the whole reservation is ours and nothing in it was published.
-        unsafe { shmem::ring().cancel(start, p.slots) };
+        unsafe { shmem::ring().cancel(start, slots) };
         shmem::wake_worker();
     }
-    p.clear();
+    unregister_cold(p);
+    p.reset();
 }
 
 unsafe extern "C-unwind" fn xact_callback(event: pg::XactEvent::Type, _arg: *mut std::ffi::c_void) {
@@ -243,15 +431,19 @@ unsafe extern "C-unwind" fn xact_callback(event: pg::XactEvent::Type, _arg: *mut
         XACT_EVENT_PRE_COMMIT => pre_commit(),
         XACT_EVENT_COMMIT => commit(),
         XACT_EVENT_ABORT => abort(),
-        XACT_EVENT_PRE_PREPARE if !pending().msgs.is_empty() => {
-            PgError::new(
-                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "cannot PREPARE a transaction that has published MQTT messages",
-            )
-            .hint(
-                "Publish outside the prepared transaction, or set pg_mqtt_pub.transactional = off for these messages.",
-            )
-            .raise();
+        XACT_EVENT_PRE_PREPARE => {
+            // The messages become part of the prepared transaction: delivered only if it is
+            // COMMIT PREPARED. No mode change: the broker's worker finds them when they appear.
+            let p = pending();
+            if !p.msgs.is_empty() {
+                p.write_to_outbox(None);
+                p.clear_messages();
+            }
+        }
+        XACT_EVENT_PREPARE => {
+            let p = pending();
+            unregister_cold(p);
+            p.reset();
         }
         _ => {}
     })
@@ -273,7 +465,9 @@ unsafe extern "C-unwind" fn subxact_callback(
                     cut = p.marks.pop();
                 }
                 if let Some(m) = cut {
-                    p.truncate(m.msgs, m.arena, m.slots);
+                    p.msgs.truncate(m.msgs);
+                    p.arena.truncate(m.arena);
+                    p.per_broker = m.per_broker;
                 }
             }
             SUBXACT_EVENT_COMMIT_SUB => {

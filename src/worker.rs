@@ -29,11 +29,12 @@ use crate::backoff::reconnect_delay_ms;
 use crate::broker::{Client, ClientOptions, Event, Handoff};
 use crate::guard::{self, guard, Level};
 use crate::gucs::{self, BrokerConfig};
+use crate::outbox;
 use crate::ring::{Peek, Ring};
 use crate::shmem;
-use crate::status::BrokerShared;
+use crate::status::{BrokerShared, MODE_COLD};
 use pgrx_pg_sys as pg;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_int, CString};
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
@@ -173,9 +174,13 @@ fn database_exists(name: &str) -> bool {
     })
 }
 
-fn extension_present() -> bool {
+fn extension_exists_in_transaction() -> bool {
     // SAFETY: catalog lookup inside a transaction.
-    in_transaction(|| unsafe { pg::get_extension_oid(c"pg_mqtt_pub".as_ptr(), true) } != pg::InvalidOid)
+    (unsafe { pg::get_extension_oid(c"pg_mqtt_pub".as_ptr(), true) }) != pg::InvalidOid
+}
+
+fn extension_present() -> bool {
+    in_transaction(extension_exists_in_transaction)
 }
 
 /// Launcher entry point.
@@ -361,6 +366,22 @@ impl Drop for Waiter {
     }
 }
 
+/// What a libmosquitto message id stands for until its acknowledgement.
+#[derive(Clone, Copy)]
+enum Inflight {
+    /// A ring record at this position (released once acknowledged).
+    Ring(u64),
+    /// An outbox row (deleted once acknowledged).
+    Outbox { id: i64, qos: u8 },
+}
+
+/// A ring record between the tail and the scan cursor.
+struct Scanned {
+    pos: u64,
+    nslots: u64,
+    done: bool,
+}
+
 struct Worker {
     ring: Ring,
     scratch: Vec<u8>,
@@ -370,8 +391,19 @@ struct Worker {
     client: Option<Client>,
     state: ConnState,
     failures: u32,
-    /// QoS 1/2 messages handed to libmosquitto and not yet acknowledged: mid -> qos.
-    inflight: HashMap<i32, u8>,
+    inflight: HashMap<i32, Inflight>,
+    /// Last acknowledgement, or when the in-flight window became non-empty (ack timeout).
+    last_progress: Instant,
+    /// Next ring position to look at; records between the tail and here are in `scanned`.
+    cursor: u64,
+    scanned: VecDeque<Scanned>,
+    /// Outbox rows fetched and not yet handed to libmosquitto.
+    fetched: VecDeque<outbox::Row>,
+    /// Acknowledged outbox rows to delete.
+    to_delete: Vec<i64>,
+    /// The outbox may have rows for us (set by wake-ups and timers, cleared by an empty fetch).
+    outbox_check: bool,
+    next_outbox_poll: Instant,
     /// A broker settings change waiting for the in-flight window to drain.
     switch_to: Option<(BrokerConfig, Instant)>,
     refusal: Option<String>,
@@ -386,8 +418,12 @@ impl Worker {
         let status = &crate::publish::require_shared().brokers[0];
         let cfg = BrokerConfig::default_broker();
         status.set_identity(&cfg.name, &cfg.host, cfg.port);
+        let ring = shmem::ring();
+        // A restarted worker cannot know where the old one's scan was: look again from the tail.
+        // (QoS 1/2 records the old worker had in flight are sent again: at least once.)
+        status.flip_head.fetch_max(ring.head(), Ordering::AcqRel);
         Worker {
-            ring: shmem::ring(),
+            ring,
             scratch: Vec::new(),
             events: Vec::new(),
             status,
@@ -396,6 +432,13 @@ impl Worker {
             state: ConnState::Idle,
             failures: 0,
             inflight: HashMap::new(),
+            last_progress: Instant::now(),
+            cursor: ring.tail(),
+            scanned: VecDeque::new(),
+            fetched: VecDeque::new(),
+            to_delete: Vec::new(),
+            outbox_check: true,
+            next_outbox_poll: Instant::now(),
             switch_to: None,
             refusal: None,
             waiter: None,
@@ -427,14 +470,43 @@ impl Worker {
                 let every = if self.ext_present { 10 } else { 1 };
                 self.next_ext_check = Instant::now() + Duration::from_secs(every);
             }
+            if Instant::now() >= self.next_outbox_poll {
+                // Rows can appear without a wake-up (COMMIT PREPARED): look now and then.
+                self.outbox_check = true;
+                let every = if self.cold() { gucs::WORKER_POLL_INTERVAL_MS.get() as u64 } else { 1000 };
+                self.next_outbox_poll = Instant::now() + Duration::from_millis(every);
+            }
             self.manage_connection();
             self.service_socket(false, false);
             self.handle_events();
-            let more = self.drain_ring();
+            let mut more = self.process_ring();
+            self.release_ring();
+            more |= self.process_outbox();
+            self.flush_deletes();
             self.handle_events();
+            self.release_ring();
+            self.flush_deletes();
+            self.maybe_go_hot();
+            self.check_ack_timeout();
             self.maybe_switch();
             self.wait(more);
         }
+    }
+
+    fn cold(&self) -> bool {
+        self.status.mode.load(Ordering::Acquire) == MODE_COLD
+    }
+
+    /// Run `f` (outbox access) in a transaction, unless the extension has been dropped in the
+    /// meantime: then note it (the worker goes idle) and return `None` instead of failing on a
+    /// missing table.
+    fn with_outbox<R>(&mut self, f: impl FnOnce() -> R) -> Option<R> {
+        let r = in_transaction(|| extension_exists_in_transaction().then(f));
+        if r.is_none() && self.ext_present {
+            self.ext_present = false;
+            guard::log(Level::LOG, "pg_mqtt_pub worker: extension not installed; idle");
+        }
+        r
     }
 
     /// Is there anything for a broker connection to do?
@@ -452,6 +524,7 @@ impl Worker {
             }
             self.state = ConnState::Idle;
             self.status.set_connected(false);
+            self.go_cold();
             self.rebuild_waiter = true;
             guard::log(Level::LOG, format!("pg_mqtt_pub: idle, disconnected from broker \"{}\"", self.cfg.name));
             return;
@@ -512,9 +585,24 @@ impl Worker {
         }
     }
 
+    /// The broker can no longer be written to: publishers use the outbox from now on.
+    fn go_cold(&mut self) {
+        let ring = self.ring;
+        let s = self.status;
+        shmem::with_lock(shmem::RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            if s.mode.load(Ordering::Acquire) != MODE_COLD {
+                s.flip_head.store(ring.head(), Ordering::Release);
+                s.mode.store(MODE_COLD, Ordering::Release);
+            }
+        });
+        self.fetched.clear();
+        self.outbox_check = true;
+    }
+
     /// A connection attempt failed or the connection dropped: record why, schedule a retry.
     fn fail(&mut self, why: String) {
         let was_connected = self.state == ConnState::Connected;
+        self.go_cold();
         self.status.set_connected(false);
         self.status.set_error(&why);
         if was_connected {
@@ -523,6 +611,8 @@ impl Worker {
         } else if self.failures == 0 {
             guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
         }
+        // QoS 0 outbox rows that were not written are not kept by libmosquitto: fetch them again.
+        self.inflight.retain(|_, f| !matches!(f, Inflight::Outbox { qos: 0, .. }));
         let delay = reconnect_delay_ms(gucs::RECONNECT_INTERVAL_MS.get() as u64, self.failures);
         self.failures = self.failures.saturating_add(1);
         self.state = ConnState::Retry { at: Instant::now() + Duration::from_millis(delay) };
@@ -545,6 +635,12 @@ impl Worker {
         }
     }
 
+    fn mark_ring_done(&mut self, pos: u64) {
+        if let Ok(i) = self.scanned.binary_search_by_key(&pos, |s| s.pos) {
+            self.scanned[i].done = true;
+        }
+    }
+
     fn handle_events(&mut self) {
         let Some(c) = self.client.as_mut() else { return };
         let mut events = std::mem::take(&mut self.events);
@@ -555,6 +651,8 @@ impl Worker {
                     self.state = ConnState::Connected;
                     self.failures = 0;
                     self.refusal = None;
+                    self.outbox_check = true;
+                    self.last_progress = Instant::now();
                     self.status.set_connected(true);
                     guard::log(
                         Level::LOG,
@@ -587,18 +685,22 @@ impl Worker {
                     }
                 }
                 Event::Published { mid, reason } => {
-                    if self.inflight.remove(&mid).is_some() {
-                        if reason >= 0x80 {
-                            self.status.messages_failed.fetch_add(1, Ordering::Relaxed);
-                            let why = format!(
-                                "broker refused a message: {} (0x{reason:02x})",
-                                crate::broker::reason_string(reason)
-                            );
-                            self.status.set_error(&why);
-                            guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
-                        } else {
-                            self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
-                        }
+                    let Some(what) = self.inflight.remove(&mid) else { continue };
+                    self.last_progress = Instant::now();
+                    if reason >= 0x80 {
+                        self.status.messages_failed.fetch_add(1, Ordering::Relaxed);
+                        let why = format!(
+                            "broker refused a message: {} (0x{reason:02x})",
+                            crate::broker::reason_string(reason)
+                        );
+                        self.status.set_error(&why);
+                        guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
+                    } else {
+                        self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match what {
+                        Inflight::Ring(pos) => self.mark_ring_done(pos),
+                        Inflight::Outbox { id, .. } => self.to_delete.push(id),
                     }
                 }
             }
@@ -613,50 +715,250 @@ impl Worker {
             && self.inflight.len() < self.cfg.max_inflight as usize
     }
 
-    /// Hand ready records to libmosquitto. Returns true if more could be sent right away.
-    fn drain_ring(&mut self) -> bool {
+    fn note_sent(&mut self, mid: i32, what: Inflight) {
+        if self.inflight.is_empty() {
+            self.last_progress = Instant::now();
+        }
+        self.inflight.insert(mid, what);
+    }
+
+    fn refused(&mut self, topic: &[u8], rc: i32) {
+        self.status.messages_failed.fetch_add(1, Ordering::Relaxed);
+        let why = format!(
+            "message to \"{}\" refused by the MQTT client library: {}",
+            String::from_utf8_lossy(topic),
+            crate::broker::strerror(rc)
+        );
+        self.status.set_error(&why);
+        guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
+    }
+
+    /// Scan the ring from the cursor: publish records of a hot broker, take records of a cold
+    /// broker back into the outbox (lane 0), skip cancelled reservations. Returns true if more
+    /// could be done right away.
+    fn process_ring(&mut self) -> bool {
+        let mut rescue: Vec<(u64, u64)> = Vec::new();
+        let mut more = true;
+        let ring = self.ring;
+        let mut scratch = std::mem::take(&mut self.scratch);
         for _ in 0..BATCH {
+            let pos = self.cursor;
+            let open = self.window_open();
+            let mut refused = None;
+            // SAFETY: this process is the ring's only consumer; pos is a record boundary.
+            let (n, outcome) = match unsafe { ring.peek_at(pos, &mut scratch) } {
+                Peek::Empty | Peek::NotReady => {
+                    more = false;
+                    break;
+                }
+                Peek::Cancelled(n) => (n, None),
+                Peek::Ready(r) => {
+                    if self.status.mode.load(Ordering::Acquire) == MODE_COLD {
+                        if !self.ext_present {
+                            more = false;
+                            break; // nowhere to put it yet
+                        }
+                        rescue.push((pos, r.nslots));
+                        (r.nslots, Some(None))
+                    } else {
+                        if !open {
+                            more = false;
+                            break;
+                        }
+                        let Some(c) = self.client.as_mut() else { break };
+                        let h = c.publish(r.topic_nul, r.payload, r.qos, r.retain);
+                        if h == Handoff::NotConnected {
+                            more = false;
+                            break;
+                        }
+                        if let Handoff::Refused { rc } = h {
+                            refused = Some((r.topic().to_vec(), rc));
+                        }
+                        (r.nslots, Some(Some((h, r.qos))))
+                    }
+                }
+            };
+            let done = match outcome {
+                None => true,        // cancelled
+                Some(None) => false, // to rescue
+                Some(Some((Handoff::Accepted { mid }, q))) if q > 0 => {
+                    self.note_sent(mid, Inflight::Ring(pos));
+                    false
+                }
+                Some(Some((Handoff::Accepted { .. }, _))) => {
+                    self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Some(Some(_)) => true, // refused: counted and logged
+            };
+            if let Some((topic, rc)) = refused {
+                self.refused(&topic, rc);
+            }
+            self.scanned.push_back(Scanned { pos, nslots: n, done });
+            self.cursor = pos + n;
+        }
+        self.scratch = scratch;
+        if !rescue.is_empty() {
+            self.rescue(&rescue);
+        }
+        self.status.inflight.store(self.inflight.len() as u32, Ordering::Relaxed);
+        more
+    }
+
+    /// Move ring records of a cold broker into the outbox (lane 0, ahead of everything written
+    /// by publishers since), then let the ring forget them.
+    fn rescue(&mut self, records: &[(u64, u64)]) {
+        let ring = self.ring;
+        let mut scratch = Vec::new();
+        let name = self.cfg.name.clone();
+        let done = self.with_outbox(|| {
+            for &(pos, _) in records {
+                // SAFETY: these records are scanned but not released: still intact in the ring.
+                if let Peek::Ready(r) = unsafe { ring.peek_at(pos, &mut scratch) } {
+                    let mut row = std::iter::once(outbox::NewRow {
+                        broker: &name,
+                        topic_utf8: r.topic(),
+                        payload: r.payload,
+                        qos: r.qos,
+                        retain: r.retain,
+                        lane: outbox::LANE_RECOVERED,
+                    });
+                    outbox::insert(&mut row);
+                }
+            }
+        });
+        if done.is_none() {
+            return; // no outbox to put them in: they stay in the ring
+        }
+        for &(pos, _) in records {
+            self.mark_ring_done(pos);
+        }
+        self.outbox_check = true;
+    }
+
+    /// Free the ring up to the first record not yet delivered.
+    fn release_ring(&mut self) {
+        let mut to = None;
+        while self.scanned.front().is_some_and(|s| s.done) {
+            let s = self.scanned.pop_front().expect("checked");
+            to = Some(s.pos + s.nslots);
+        }
+        if let Some(pos) = to {
+            // SAFETY: every record before `pos` is delivered, rescued or cancelled.
+            unsafe { self.ring.release_to(pos) };
+        }
+    }
+
+    /// Deliver outbox rows, oldest first. Returns true if more could be done right away.
+    fn process_outbox(&mut self) -> bool {
+        if self.state != ConnState::Connected || !self.ext_present {
+            return false;
+        }
+        loop {
             if !self.window_open() {
                 return false;
             }
+            if self.fetched.is_empty() {
+                if !self.outbox_check {
+                    return false;
+                }
+                // While a cold broker may still have records in the ring from before it went cold
+                // (the scan has not passed flip_head), only recovered rows (lane 0) may go: a
+                // publisher's row is newer than any of those records.
+                let recovered_only = self.cold() && self.cursor < self.status.flip_head.load(Ordering::Acquire);
+                let mut exclude: Vec<i64> = self.to_delete.clone();
+                exclude.extend(self.inflight.values().filter_map(|f| match f {
+                    Inflight::Outbox { id, .. } => Some(*id),
+                    Inflight::Ring(_) => None,
+                }));
+                let limit = gucs::OUTBOX_BATCH_SIZE.get() as usize;
+                let name = self.cfg.name.clone();
+                let Some(rows) = self.with_outbox(|| outbox::fetch(&name, limit, &exclude, recovered_only)) else {
+                    return false;
+                };
+                if rows.len() < limit {
+                    self.outbox_check = false;
+                }
+                if rows.is_empty() {
+                    return false;
+                }
+                self.fetched.extend(rows);
+            }
+            let row = self.fetched.pop_front().expect("fetched above");
             let Some(c) = self.client.as_mut() else { return false };
-            // SAFETY: this process is the ring's only consumer.
-            let (n, outcome) = match unsafe { self.ring.peek(&mut self.scratch) } {
-                Peek::Empty | Peek::NotReady => return false,
-                Peek::Cancelled(n) => (n, None),
-                Peek::Ready(r) => {
-                    let h = c.publish(r.topic_nul, r.payload, r.qos, r.retain);
-                    if h == Handoff::NotConnected {
-                        return false;
-                    }
-                    let topic = String::from_utf8_lossy(r.topic()).into_owned();
-                    (r.nslots, Some((h, r.qos, topic)))
+            match c.publish(&row.topic_nul, &row.payload, row.qos, row.retain) {
+                Handoff::Accepted { mid } => self.note_sent(mid, Inflight::Outbox { id: row.id, qos: row.qos }),
+                Handoff::Refused { rc } => {
+                    self.refused(&row.topic_nul[..row.topic_nul.len() - 1], rc);
+                    self.to_delete.push(row.id);
                 }
-            };
-            // SAFETY: we just finished with the record at the tail.
-            unsafe { self.ring.release(n) };
-            match outcome {
-                Some((Handoff::Accepted { mid }, qos, _)) => {
-                    if qos == 0 {
-                        self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        self.inflight.insert(mid, qos);
-                    }
+                Handoff::NotConnected => {
+                    self.fetched.push_front(row);
+                    return false;
                 }
-                Some((Handoff::Refused { rc }, _, topic)) => {
-                    self.status.messages_failed.fetch_add(1, Ordering::Relaxed);
-                    let why = format!(
-                        "message to \"{topic}\" refused by the MQTT client library: {}",
-                        crate::broker::strerror(rc)
-                    );
-                    self.status.set_error(&why);
-                    guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
-                }
-                _ => {}
             }
         }
-        self.status.inflight.store(self.inflight.len() as u32, Ordering::Relaxed);
-        true
+    }
+
+    fn flush_deletes(&mut self) {
+        if self.to_delete.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.to_delete);
+        self.with_outbox(|| outbox::delete(&ids)); // without the extension the rows are gone anyway
+    }
+
+    /// A cold broker whose outbox is empty, with nobody about to write to it, goes hot again.
+    fn maybe_go_hot(&mut self) {
+        if !self.cold()
+            || self.state != ConnState::Connected
+            || !self.ext_present
+            || self.outbox_check
+            || !self.fetched.is_empty()
+            || !self.to_delete.is_empty()
+            || self.inflight.values().any(|f| matches!(f, Inflight::Outbox { .. }))
+            || self.cursor < self.status.flip_head.load(Ordering::Acquire)
+            || self.status.cold_writers.load(Ordering::Acquire) != 0
+        {
+            return;
+        }
+        let s = self.status;
+        let name = self.cfg.name.clone();
+        // The check runs under the ring lock, with a snapshot taken inside it: no publisher can
+        // register as a cold writer (or see the mode) between "outbox empty" and "hot".
+        let hot = self.with_outbox(|| {
+            shmem::with_lock(shmem::RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+                if s.cold_writers.load(Ordering::Acquire) == 0 && !outbox::exists(&name) {
+                    s.mode.store(0, Ordering::Release);
+                    true
+                } else {
+                    false
+                }
+            })
+        });
+        if hot == Some(true) {
+            guard::log(
+                Level::LOG,
+                format!("pg_mqtt_pub: broker \"{}\" outbox drained, back to the hot path", self.cfg.name),
+            );
+        } else {
+            self.outbox_check = true;
+        }
+    }
+
+    /// A broker that keeps the connection but stops acknowledging must not stall delivery.
+    fn check_ack_timeout(&mut self) {
+        let limit = Duration::from_millis(gucs::ACK_TIMEOUT_MS.get() as u64);
+        if self.state == ConnState::Connected && !self.inflight.is_empty() && self.last_progress.elapsed() > limit {
+            let why = format!(
+                "no acknowledgement for {} ms with {} messages in flight; reconnecting",
+                limit.as_millis(),
+                self.inflight.len()
+            );
+            self.fail(why);
+            self.failures = 0; // reconnect at once
+            self.state = ConnState::Retry { at: Instant::now() };
+        }
     }
 
     fn reloaded(&mut self) {
@@ -671,22 +973,32 @@ impl Worker {
         self.switch_to = Some((new, Instant::now() + DRAIN_GRACE));
     }
 
-    /// Complete a pending settings switch once in-flight messages are acknowledged.
+    /// Complete a pending settings switch once in-flight messages are acknowledged (or the grace
+    /// period ends: then they are taken back into the outbox and sent again).
     fn maybe_switch(&mut self) {
         let Some((_, deadline)) = &self.switch_to else { return };
         let connected = self.state == ConnState::Connected;
         if connected && !self.inflight.is_empty() && Instant::now() < *deadline {
             return;
         }
-        if !self.inflight.is_empty() {
-            guard::log(Level::WARNING, format!(
-                "pg_mqtt_pub: {} QoS 1/2 messages to broker \"{}\" were not acknowledged before its settings changed; they may not have been delivered",
-                self.inflight.len(), self.cfg.name
-            ));
-            self.status.messages_failed.fetch_add(self.inflight.len() as u64, Ordering::Relaxed);
-            self.inflight.clear();
-        }
         let (new, _) = self.switch_to.take().expect("checked above");
+        self.go_cold();
+        // The old client's memory goes away with it: unacknowledged ring records are taken back
+        // into the outbox, unacknowledged outbox rows will simply be fetched again.
+        let ring_inflight: Vec<(u64, u64)> = self
+            .inflight
+            .values()
+            .filter_map(|f| match f {
+                Inflight::Ring(pos) => Some((*pos, 0)),
+                Inflight::Outbox { .. } => None,
+            })
+            .collect();
+        self.inflight.clear();
+        if !ring_inflight.is_empty() && self.ext_present {
+            let mut sorted = ring_inflight;
+            sorted.sort_unstable();
+            self.rescue(&sorted);
+        }
         if let Some(mut c) = self.client.take() {
             c.disconnect();
             c.loop_write();
@@ -700,7 +1012,7 @@ impl Worker {
 
     fn ring_ready(&mut self) -> bool {
         // SAFETY: only consumer; the view is dropped immediately.
-        matches!(unsafe { self.ring.peek(&mut self.scratch) }, Peek::Ready(_) | Peek::Cancelled(_))
+        matches!(unsafe { self.ring.peek_at(self.cursor, &mut self.scratch) }, Peek::Ready(_) | Peek::Cancelled(_))
     }
 
     fn wait(&mut self, more: bool) {
@@ -710,23 +1022,28 @@ impl Worker {
             self.rebuild_waiter = false;
         }
         let want_write = self.client.as_ref().is_some_and(|c| c.socket() >= 0 && c.want_write());
+        let now = Instant::now();
+        let until = |t: Instant| t.saturating_duration_since(now).as_millis() as i64;
         let mut timeout: i64 = 1000; // keepalive handling granularity
         if let ConnState::Retry { at } = self.state {
-            timeout = timeout.min(at.saturating_duration_since(Instant::now()).as_millis() as i64);
+            timeout = timeout.min(until(at));
         }
         if !self.ext_present {
-            timeout = timeout.min(self.next_ext_check.saturating_duration_since(Instant::now()).as_millis() as i64);
+            timeout = timeout.min(until(self.next_ext_check));
+        }
+        if self.state == ConnState::Connected {
+            timeout = timeout.min(until(self.next_outbox_poll));
         }
         let shared = crate::publish::require_shared();
         let mut sleeping = false;
-        if more {
+        if more || (self.outbox_check && self.window_open() && self.ext_present) {
             timeout = 0;
         } else {
             // The wake-up protocol (shmem.rs): announce, then re-check, then sleep.
             shared.worker_sleeping.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             sleeping = true;
-            if self.window_open() && self.ring_ready() {
+            if (self.window_open() || self.cold()) && self.ring_ready() {
                 timeout = 0;
             }
         }
@@ -739,11 +1056,46 @@ impl Worker {
         if latch {
             // SAFETY: our own latch.
             unsafe { pg::ResetLatch(pg::MyLatch) };
+            // publishers that committed outbox rows wake us
+            self.outbox_check = true;
         }
         guard::check_for_interrupts();
         if readable || writable {
             self.service_socket(readable, writable);
         }
+    }
+
+    /// Shutting down: the ring is shared memory and will not survive the restart, so everything
+    /// still in it — sent but unacknowledged, or not sent yet — goes to the outbox (lane 0,
+    /// ahead of everything else). Brokers start cold, so it is delivered first after the restart.
+    fn save_ring_to_outbox(&mut self) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        loop {
+            // SAFETY: only consumer; pos is the scan cursor, a record boundary.
+            let n = match unsafe { self.ring.peek_at(self.cursor, &mut scratch) } {
+                Peek::Ready(r) => r.nslots,
+                Peek::Cancelled(n) => {
+                    self.scanned.push_back(Scanned { pos: self.cursor, nslots: n, done: true });
+                    self.cursor += n;
+                    continue;
+                }
+                Peek::Empty | Peek::NotReady => break,
+            };
+            self.scanned.push_back(Scanned { pos: self.cursor, nslots: n, done: false });
+            self.cursor += n;
+        }
+        self.scratch = scratch;
+        let left: Vec<(u64, u64)> = self.scanned.iter().filter(|s| !s.done).map(|s| (s.pos, s.nslots)).collect();
+        if left.is_empty() || !self.ext_present {
+            return;
+        }
+        self.inflight.clear();
+        self.rescue(&left);
+        self.release_ring();
+        guard::log(
+            Level::LOG,
+            format!("pg_mqtt_pub: worker stopping; {} undelivered messages saved to the outbox", left.len()),
+        );
     }
 
     fn shutdown(&mut self) -> ! {
@@ -754,22 +1106,15 @@ impl Worker {
                 self.handle_events();
                 nap(10);
             }
+            self.release_ring();
+            self.flush_deletes();
             if let Some(c) = self.client.as_mut() {
                 c.disconnect();
                 c.loop_write();
             }
         }
-        if !self.inflight.is_empty() {
-            guard::log(
-                Level::WARNING,
-                format!(
-                    "pg_mqtt_pub: worker stopping with {} QoS 1/2 messages not yet acknowledged by broker \"{}\"",
-                    self.inflight.len(),
-                    self.cfg.name
-                ),
-            );
-        }
         self.client = None;
+        self.save_ring_to_outbox();
         // SAFETY: exits the process.
         unsafe { pg::proc_exit(0) }
     }

@@ -22,6 +22,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 WORK = os.environ.get("PG_MQTT_PUB_TEST_DIR", "/tmp/pg_mqtt_pub_test")
 PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
 PGBIN = subprocess.check_output([PG_CONFIG, "--bindir"], text=True).strip()
+SUB_USER, SUB_PASSWORD = "test-subscriber", "test-subscriber-password"
 
 
 def as_postgres(args, **kw):
@@ -59,31 +60,62 @@ def scratch(name):
 
 
 class Broker:
-    """A mosquitto broker on a loopback port."""
+    """A mosquitto broker on a loopback port.
+
+    After an outage the test must know its subscriber is back before the worker delivers
+    anything, or messages would be delivered to nobody. `restart` therefore starts the broker
+    *gated* (anonymous clients refused: the worker keeps retrying with backoff), waits until the
+    subscribers (which log in) have subscribed again, then opens the gate with a reload (SIGHUP).
+    """
 
     def __init__(self, name, port, extra_conf=""):
         self.port = port
+        self.extra = extra_conf
         self.dir = scratch(f"mosquitto-{name}")
         self.conf = os.path.join(self.dir, "mosquitto.conf")
+        self.passwd = os.path.join(self.dir, "passwd")
+        subprocess.run(["mosquitto_passwd", "-b", "-c", self.passwd, SUB_USER, SUB_PASSWORD], check=True)
         shutil.chown(self.dir, "mosquitto")
-        # Persistence with a 1 s autosave keeps subscribers' sessions across a broker restart,
-        # even a SIGKILL: messages that arrive before a subscriber reconnects are queued for it.
-        with open(self.conf, "w") as f:
-            f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    f"persistence true\npersistence_location {self.dir}/\nautosave_interval 1\n"
-                    f"max_queued_messages 0\nqueue_qos0_messages true\n{extra_conf}\n")
+        shutil.chown(self.passwd, "mosquitto")
         self.log = os.path.join(self.dir, "mosquitto.log")
         self.proc = None
+        self.write_conf(gated=False)
 
-    def start(self):
+    def write_conf(self, gated):
+        with open(self.conf, "w") as f:
+            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous {'false' if gated else 'true'}\n"
+                    f"password_file {self.passwd}\npersistence false\nmax_queued_messages 0\n{self.extra}\n")
+
+    def start(self, gated=False):
+        self.write_conf(gated)
         self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         wait_port(self.port)
+        return self
+
+    def restart(self, *subscribers):
+        """Start after an outage; deliveries begin only once `subscribers` are subscribed again."""
+        self.start(gated=True)
+        for s in subscribers:
+            if not s.subscribed.wait(20):
+                raise TimeoutError("subscriber did not come back")
+        self.write_conf(gated=False)
+        self.proc.send_signal(signal.SIGHUP)
         return self
 
     def kill(self, sig=signal.SIGKILL):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(10)
+            if sig not in (signal.SIGSTOP, signal.SIGCONT):
+                self.proc.wait(10)
+
+    def crash(self):
+        """SIGKILL the broker without its own loss window: mosquitto acknowledges a QoS 1 message
+        once it holds it in memory, and a SIGKILL can reset a subscriber's socket with that
+        message still unsent. Stopping it first lets the kernel flush what it already sent; then
+        SIGKILL loses only what it had not acknowledged, which the publisher must resend."""
+        self.kill(signal.SIGSTOP)
+        time.sleep(1)
+        self.kill(signal.SIGKILL)
 
     def stop(self):
         self.kill(signal.SIGTERM)
@@ -104,7 +136,6 @@ class Cluster:
             "unix_socket_directories": f"'{self.dir}'",
             "fsync": "off",
             "max_prepared_transactions": 10,
-            "log_min_messages": "log",
         }
         if preload:
             conf["shared_preload_libraries"] = "'pg_mqtt_pub'"
@@ -155,9 +186,8 @@ class Subscriber:
     """A real MQTT 5 client (paho-mqtt) that records everything it receives.
 
     It subscribes at QoS 2 (so each message arrives at the QoS it was published with) and with
-    Retain As Published (so the retain flag of live messages is visible). Its session persists on
-    the broker (clean_start False, one hour expiry) and it reconnects within half a second, so a
-    broker restart does not make it miss messages.
+    Retain As Published (so the retain flag of live messages is visible). It logs in (so it passes
+    a gated broker restart, see Broker) and reconnects and resubscribes within half a second.
     """
 
     count = 0
@@ -173,11 +203,12 @@ class Subscriber:
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_disconnect = lambda *a: self.subscribed.clear()
+        self.client.username_pw_set(SUB_USER, SUB_PASSWORD)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, options=SubscribeOptions(qos=2, retainAsPublished=True))
         props = Properties(PacketTypes.CONNECT)
         props.ReceiveMaximum = 65535
-        props.SessionExpiryInterval = 3600
-        self.client.connect("127.0.0.1", port, keepalive=30, clean_start=False, properties=props)
+        self.client.connect("127.0.0.1", port, keepalive=30, properties=props)
         self.client.loop_start()
         if not self.subscribed.wait(10):
             raise TimeoutError("subscriber could not subscribe")

@@ -26,7 +26,7 @@ def test_pg_regress():
             f"--inputdir={ROOT}/regress", f"--outputdir={out}",
             "--host=127.0.0.1", f"--port={c.port}", "--user=postgres",
             "--dbname=contrib_regression", *tests,
-        ], capture_output=True, text=True)
+        ], capture_output=True, text=True, timeout=180)
         diffs = os.path.join(out, "regression.diffs")
         detail = open(diffs).read() if os.path.exists(diffs) else ""
         assert r.returncode == 0, r.stdout + r.stderr + detail

@@ -1,6 +1,7 @@
 -- pg_mqtt_pub: the SQL surface. Every function, every argument error (with its SQLSTATE),
--- the settings, mqtt_status()'s columns, privileges. The broker is unreachable in this cluster:
--- nothing here depends on delivery (the end-to-end tests check what a subscriber receives).
+-- the settings, mqtt_status()'s columns, the outbox, privileges. The broker is unreachable in
+-- this cluster, so the broker stays cold and every committed message waits in the outbox, where
+-- this test can look at it (the end-to-end tests check what a subscriber receives).
 \set SHOW_CONTEXT never
 CREATE EXTENSION pg_mqtt_pub;
 
@@ -58,7 +59,12 @@ SELECT mqtt_publish('t', repeat('x', 2000000));
 \echo :LAST_ERROR_SQLSTATE
 SELECT mqtt_publish('still/working', 'yes');
 
--- transactions: commit, rollback, savepoints, PREPARE (not supported by the hot path yet)
+-- the broker is unreachable: what was published so far waits in the outbox, in order
+SELECT id, broker, left(topic, 30) AS topic, encode(payload, 'escape') AS payload, qos, retain, lane, attempts
+FROM mqtt_pub.outbox ORDER BY id;
+TRUNCATE mqtt_pub.outbox;
+
+-- transactions: commit, rollback, savepoints, two-phase commit
 BEGIN;
 SELECT mqtt_publish('regress/tx', '1');
 SAVEPOINT s1;
@@ -70,17 +76,22 @@ BEGIN;
 SELECT mqtt_publish('regress/tx', 'rolled back');
 ROLLBACK;
 BEGIN;
-SELECT mqtt_publish('regress/2pc', 'x');
+SELECT mqtt_publish('regress/2pc', 'committed prepared');
 PREPARE TRANSACTION 'mqtt_2pc';
-\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS visible_before_commit_prepared FROM mqtt_pub.outbox WHERE topic = 'regress/2pc';
+COMMIT PREPARED 'mqtt_2pc';
 BEGIN;
-PREPARE TRANSACTION 'no_messages';
-COMMIT PREPARED 'no_messages';
+SELECT mqtt_publish('regress/2pc', 'rolled back prepared');
+PREPARE TRANSACTION 'mqtt_2pc_rb';
+ROLLBACK PREPARED 'mqtt_2pc_rb';
 SET pg_mqtt_pub.transactional = off;
 BEGIN;
-SELECT mqtt_publish('regress/now', 'x');
+SELECT mqtt_publish('regress/now', 'cold: follows the transaction');
 ROLLBACK;
 RESET pg_mqtt_pub.transactional;
+SELECT topic, encode(payload, 'escape') AS payload FROM mqtt_pub.outbox ORDER BY id;
+SELECT broker, pending, bytes, oldest_age > interval '0' AS has_age, retrying FROM mqtt_pub.outbox_summary;
+TRUNCATE mqtt_pub.outbox;
 
 -- settings: names, defaults, contexts
 SELECT name, setting, unit, context, vartype
@@ -103,6 +114,7 @@ SELECT column_name, data_type FROM (
          unnest(proargmodes) AS mode
   FROM pg_proc WHERE proname = 'mqtt_status') s
 WHERE mode = 'o';
+SELECT mqtt_publish('regress/status', 'pending');
 SELECT broker_name, host, port, connected, delivery_mode, dead_lettered, outbox_pending
 FROM mqtt_status();
 
@@ -114,12 +126,15 @@ SELECT mqtt_publish('regress/priv', 'x');
 SHOW pg_mqtt_pub.broker_password;
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM pg_settings WHERE name = 'pg_mqtt_pub.broker_password';
-SELECT broker_name FROM mqtt_status();
+SELECT broker_name, outbox_pending FROM mqtt_status();
+SELECT count(*) FROM mqtt_pub.outbox;
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) TO mqtt_regress_app;
 SET ROLE mqtt_regress_app;
 SELECT mqtt_publish('regress/priv', 'granted');
 RESET ROLE;
+SELECT topic, encode(payload, 'escape') AS payload FROM mqtt_pub.outbox WHERE topic = 'regress/priv';
 REVOKE EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) FROM mqtt_regress_app;
 DROP ROLE mqtt_regress_app;
 

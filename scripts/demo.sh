@@ -10,7 +10,7 @@ scripts/deps.sh
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PGBIN=$("$PG_CONFIG" --bindir)
 DEMO_DIR=${DEMO_DIR:-/tmp/pg_mqtt_pub_demo}
-PGPORT=${PGPORT:-55440}
+PGPORT=${PGPORT:-25440}
 MQTT_PORT=${MQTT_PORT:-18840}
 
 echo "== building and installing"

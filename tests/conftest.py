@@ -5,7 +5,7 @@ import pytest
 from harness import Broker, Cluster, Subscriber, wait_until
 
 BROKER_PORT = 18831
-PG_PORT = 55433
+PG_PORT = 25433
 DB = "mqtt_test"
 
 

@@ -20,6 +20,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 WORK = os.environ.get("PG_MQTT_PUB_TEST_DIR", "/tmp/pg_mqtt_pub_test")
+# Ports: PostgreSQL 254xx, mosquitto 188xx: both below the kernel's ephemeral range (32768+), so
+# an outgoing connection can never be holding a port a test server wants to listen on.
 PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
 PGBIN = subprocess.check_output([PG_CONFIG, "--bindir"], text=True).strip()
 SUB_USER, SUB_PASSWORD = "test-subscriber", "test-subscriber-password"
@@ -105,7 +107,7 @@ class Broker:
     def kill(self, sig=signal.SIGKILL):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            if sig not in (signal.SIGSTOP, signal.SIGCONT):
+            if sig not in (signal.SIGSTOP, signal.SIGCONT, signal.SIGHUP):
                 self.proc.wait(10)
 
     def crash(self):

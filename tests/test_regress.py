@@ -12,7 +12,7 @@ ROOT = os.path.dirname(HERE)
 
 
 def test_pg_regress():
-    c = Cluster("regress", 55434, {
+    c = Cluster("regress", 25434, {
         "pg_mqtt_pub.database": "'contrib_regression'",
         "pg_mqtt_pub.broker_host": "'127.0.0.1'",
         "pg_mqtt_pub.broker_port": 1,  # nothing listens there

@@ -18,10 +18,13 @@ CREATE TABLE mqtt_pub.outbox (
     -- 0: recovered from the hot path (older than anything a publisher wrote meanwhile),
     -- 1: written by a publisher. The worker drains lane 0 first, each lane in id order.
     lane          smallint    NOT NULL DEFAULT 1 CHECK (lane IN (0, 1)),
-    attempts      integer     NOT NULL DEFAULT 0,
-    next_retry_at timestamptz NOT NULL DEFAULT now(),
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    last_error    text
+    -- failed delivery attempts; a failing row waits until next_retry_at (exponential backoff)
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_retry_at   timestamptz NOT NULL DEFAULT now(),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    first_failed_at timestamptz,
+    last_attempt_at timestamptz,
+    last_error      text
 );
 CREATE INDEX outbox_drain_idx ON mqtt_pub.outbox (broker, lane, id);
 COMMENT ON TABLE mqtt_pub.outbox IS 'Messages waiting for a broker (the cold path); drained in order by the worker';
@@ -36,6 +39,79 @@ SELECT broker,
 FROM mqtt_pub.outbox
 GROUP BY broker;
 COMMENT ON VIEW mqtt_pub.outbox_summary IS 'Outbox depth per broker';
+
+-- Messages that failed pg_mqtt_pub.poison_max_attempts times. Kept for investigation and
+-- replay (mqtt_pub.replay_dead_letters), pruned after pg_mqtt_pub.dead_letter_retain_days.
+CREATE TABLE mqtt_pub.dead_letters (
+    id               bigserial   PRIMARY KEY,
+    original_id      bigint,
+    broker           text        NOT NULL,
+    topic            text        NOT NULL,
+    payload          bytea       NOT NULL,
+    qos              smallint    NOT NULL,
+    retain           boolean     NOT NULL,
+    attempts         integer     NOT NULL,
+    first_failed_at  timestamptz,
+    last_error       text,
+    dead_lettered_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX dead_letters_broker_idx ON mqtt_pub.dead_letters (broker, dead_lettered_at, id);
+CREATE INDEX dead_letters_age_idx ON mqtt_pub.dead_letters (dead_lettered_at);
+COMMENT ON TABLE mqtt_pub.dead_letters IS 'Messages that exhausted their delivery attempts';
+
+CREATE VIEW mqtt_pub.dead_letter_summary AS
+SELECT broker,
+       count(*)                        AS dead_letters,
+       min(dead_lettered_at)           AS oldest,
+       max(dead_lettered_at)           AS newest,
+       count(DISTINCT topic)           AS distinct_topics,
+       mode() WITHIN GROUP (ORDER BY last_error) AS most_frequent_error
+FROM mqtt_pub.dead_letters
+GROUP BY broker;
+COMMENT ON VIEW mqtt_pub.dead_letter_summary IS 'Dead letters per broker: how many, since when, why';
+
+-- Move the oldest dead letters back to the outbox, attempts reset. Returns how many.
+CREATE FUNCTION mqtt_pub.replay_dead_letters(broker_name text DEFAULT NULL, max_count integer DEFAULT 100)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    moved integer;
+BEGIN
+    IF max_count IS NULL OR max_count < 0 THEN
+        RAISE EXCEPTION 'max_count must be zero or more, not %', coalesce(max_count::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass max_count := 100, or how many dead letters to replay.';
+    END IF;
+    IF broker_name IS NOT NULL AND broker_name <> 'default'
+       AND NOT EXISTS (SELECT 1 FROM mqtt_pub.dead_letters d WHERE d.broker = broker_name) THEN
+        RAISE EXCEPTION 'MQTT broker "%" does not exist', broker_name
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Pass NULL for all brokers, or the name of a broker with dead letters.';
+    END IF;
+    WITH picked AS (
+        SELECT d.id FROM mqtt_pub.dead_letters d
+        WHERE broker_name IS NULL OR d.broker = broker_name
+        ORDER BY d.dead_lettered_at, d.id
+        LIMIT max_count
+        FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM mqtt_pub.dead_letters d USING picked WHERE d.id = picked.id
+        RETURNING d.id, d.broker, d.topic, d.payload, d.qos, d.retain, d.dead_lettered_at
+    )
+    INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane)
+    SELECT g.broker, g.topic, g.payload, g.qos, g.retain, 1 FROM gone g ORDER BY g.dead_lettered_at, g.id;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    RETURN moved;
+END
+$$;
+COMMENT ON FUNCTION mqtt_pub.replay_dead_letters(text, integer) IS
+'Move the oldest dead letters (of one broker, or all) back to the outbox for another try';
+
+REVOKE ALL ON mqtt_pub.dead_letters FROM PUBLIC;
+REVOKE ALL ON mqtt_pub.dead_letter_summary FROM PUBLIC;
+REVOKE ALL ON FUNCTION mqtt_pub.replay_dead_letters(text, integer) FROM PUBLIC;
 
 -- Publishers reach the outbox only through the publish functions, which run as the caller:
 -- the functions insert with the privileges of the extension owner (see mqtt_publish below).

@@ -8,10 +8,12 @@
 //!   there would longjmp through libmosquitto's frames) and cannot panic across the C frames
 //!   (each body is wrapped in `catch_unwind`, aborting the process on a bug rather than unwinding
 //!   into C).
-//! * Connecting is asynchronous (`mosquitto_connect_async` / `mosquitto_reconnect_async`): a
-//!   black-holed host never blocks the worker; only host name resolution is synchronous.
-//! * The client object lives across reconnects, because libmosquitto keeps accepted QoS 1/2
-//!   messages in memory and resends them after a reconnect; destroying it would drop them.
+//! * Connecting is asynchronous (`mosquitto_connect_async`): a black-holed host never blocks the
+//!   worker; only host name resolution is synchronous.
+//! * One client object per connection. libmosquitto would keep unacknowledged QoS 1/2 messages
+//!   across a reconnect and resend them on its own, out of our sight — including a message that
+//!   makes the broker close the connection every time. The worker resends instead (worker.rs),
+//!   so a message is never sent from two places.
 //! * `Drop` destroys the client (closing the socket).
 //!
 //! Nothing here touches PostgreSQL symbols.
@@ -204,14 +206,6 @@ impl Client {
         // SAFETY: valid client; host copied by libmosquitto.
         let rc = unsafe { m::mosquitto_connect_async(self.mosq, h.as_ptr(), port as c_int, keepalive) };
         check(rc, "connect").map_err(|e| self.with_log(e))
-    }
-
-    /// Reconnect to the same broker, keeping queued QoS 1/2 messages for resending.
-    pub fn reconnect(&mut self) -> Result<(), String> {
-        self.state.last_log_error = None;
-        // SAFETY: valid client that connected before.
-        let rc = unsafe { m::mosquitto_reconnect_async(self.mosq) };
-        check(rc, "reconnect").map_err(|e| self.with_log(e))
     }
 
     /// Append libmosquitto's last logged error (TLS details live only there).

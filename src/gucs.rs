@@ -64,6 +64,7 @@ pub static MAX_MESSAGE_SIZE: Guc<c_int> = Guc::new(1024 * 1024);
 pub static TRANSACTIONAL: Guc<bool> = Guc::new(true);
 pub static DURABLE: Guc<bool> = Guc::new(false);
 pub static ACK_TIMEOUT_MS: Guc<c_int> = Guc::new(30_000);
+pub static RETRY_BASE_MS: Guc<c_int> = Guc::new(1000);
 
 pub static POISON_MAX_ATTEMPTS: Guc<c_int> = Guc::new(5);
 pub static OUTBOX_BATCH_SIZE: Guc<c_int> = Guc::new(500);
@@ -307,6 +308,15 @@ pub fn define() {
         c"Send messages through the WAL-logged outbox even when the broker is hot (crash-safe).",
         &DURABLE,
         USERSET,
+    );
+    int(
+        c"pg_mqtt_pub.retry_base_ms",
+        c"Delay before the first retry of a failed message; each further attempt doubles it.",
+        &RETRY_BASE_MS,
+        10,
+        3_600_000,
+        SIGHUP,
+        MS,
     );
     int(
         c"pg_mqtt_pub.ack_timeout_ms",

@@ -147,16 +147,16 @@ fn int8_array(ids: &[i64]) -> String {
     format!("'{{{}}}'::bigint[]", inner.join(","))
 }
 
-/// Run `sql` with the broker name as `$1`.
-unsafe fn exec_with_broker(sql: &str, broker: &str, read_only: bool, limit: i64) {
+/// Run `sql` with parameters `$1..` (type, value).
+unsafe fn exec_args(sql: &str, args: &[(pg::Oid, pg::Datum)], read_only: bool, limit: i64) {
     let sql = CString::new(sql).expect("no NUL in generated SQL");
-    let mut types = [pg::TEXTOID];
-    let mut values = [bytes_datum(broker.as_bytes())];
-    // SAFETY: inside SPI, one text parameter.
+    let mut types: Vec<pg::Oid> = args.iter().map(|a| a.0).collect();
+    let mut values: Vec<pg::Datum> = args.iter().map(|a| a.1).collect();
+    // SAFETY: inside SPI; the arrays have one entry per parameter.
     unsafe {
         pg::SPI_execute_with_args(
             sql.as_ptr(),
-            1,
+            args.len() as i32,
             types.as_mut_ptr(),
             values.as_mut_ptr(),
             std::ptr::null(),
@@ -164,6 +164,102 @@ unsafe fn exec_with_broker(sql: &str, broker: &str, read_only: bool, limit: i64)
             limit,
         );
     }
+}
+
+/// Run `sql` with the broker name as `$1`.
+unsafe fn exec_with_broker(sql: &str, broker: &str, read_only: bool, limit: i64) {
+    // SAFETY: forwarded.
+    unsafe { exec_args(sql, &[(pg::TEXTOID, bytes_datum(broker.as_bytes()))], read_only, limit) }
+}
+
+/// A row that just failed: its new attempt count, and whether it was dead-lettered.
+pub struct Failure {
+    pub attempts: i32,
+    pub dead_lettered: bool,
+    pub topic: String,
+}
+
+/// Worker: delivery of row `id` failed. Count the attempt and schedule the next one at
+/// `base_ms · 2^(attempts-1)` from now; after `max_attempts`, move the row (same transaction) to
+/// `mqtt_pub.dead_letters`. `None` if the row no longer exists.
+pub fn record_failure(id: i64, why: &str, base_ms: i64, max_attempts: i32) -> Option<Failure> {
+    with_spi(|| {
+        // SAFETY: inside SPI; parameters match the placeholders.
+        unsafe {
+            exec_args(
+                "UPDATE mqtt_pub.outbox SET attempts = attempts + 1, last_error = $2, \
+                 first_failed_at = coalesce(first_failed_at, now()), last_attempt_at = now(), \
+                 next_retry_at = now() + make_interval(secs => $3::float8 * (2::float8 ^ attempts) / 1000.0) \
+                 WHERE id = $1 RETURNING attempts, topic",
+                &[
+                    (pg::INT8OID, pg::Datum::from(id)),
+                    (pg::TEXTOID, bytes_datum(why.as_bytes())),
+                    (pg::INT8OID, pg::Datum::from(base_ms)),
+                ],
+                false,
+                0,
+            );
+            let attempts = first_value(1)?.value() as i32;
+            let topic = String::from_utf8_lossy(varlena_bytes(first_value(2)?)).into_owned();
+            let dead_lettered = attempts >= max_attempts;
+            if dead_lettered {
+                exec_args(
+                    "WITH dead AS (DELETE FROM mqtt_pub.outbox WHERE id = $1 RETURNING *) \
+                     INSERT INTO mqtt_pub.dead_letters \
+                       (original_id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error) \
+                     SELECT id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error FROM dead",
+                    &[(pg::INT8OID, pg::Datum::from(id))],
+                    false,
+                    0,
+                );
+            }
+            Some(Failure { attempts, dead_lettered, topic })
+        }
+    })
+}
+
+/// Worker: a hot message failed. It joins the outbox already failed once (or goes straight to the
+/// dead letters when `max_attempts` is 1).
+pub fn insert_failed(row: NewRow<'_>, why: &str, base_ms: i64, max_attempts: i32) -> Option<Failure> {
+    let id = with_spi(|| {
+        // SAFETY: inside SPI.
+        unsafe {
+            let topic = from_utf8(row.topic_utf8);
+            exec_args(
+                "INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                &[
+                    (pg::TEXTOID, bytes_datum(row.broker.as_bytes())),
+                    (pg::TEXTOID, bytes_datum(&topic)),
+                    (pg::BYTEAOID, bytes_datum(row.payload)),
+                    (pg::INT2OID, pg::Datum::from(row.qos as i16)),
+                    (pg::BOOLOID, pg::Datum::from(row.retain)),
+                    (pg::INT2OID, pg::Datum::from(row.lane)),
+                ],
+                false,
+                0,
+            );
+            first_value(1).map(|d| d.value() as i64)
+        }
+    })?;
+    record_failure(id, why, base_ms, max_attempts)
+}
+
+/// Worker: delete dead letters older than `days`, at most `batch` rows. Returns how many.
+pub fn prune_dead_letters(days: i32, batch: i64) -> u64 {
+    with_spi(|| {
+        // SAFETY: inside SPI.
+        unsafe {
+            exec_args(
+                "DELETE FROM mqtt_pub.dead_letters WHERE id IN (SELECT id FROM mqtt_pub.dead_letters \
+                 WHERE dead_lettered_at < now() - make_interval(days => $1) ORDER BY dead_lettered_at LIMIT $2)",
+                &[(pg::INT4OID, pg::Datum::from(days)), (pg::INT8OID, pg::Datum::from(batch))],
+                false,
+                0,
+            );
+            pg::SPI_processed
+        }
+    })
 }
 
 /// Worker: the next rows due for `broker`, oldest first (lane 0, then lane 1), skipping `exclude`
@@ -216,12 +312,18 @@ pub fn delete(ids: &[i64]) {
     with_spi(|| unsafe { pg::SPI_execute(sql.as_ptr(), false, 0) });
 }
 
-/// Does `broker` have any row in the outbox (due or not)?
+/// Does `broker` have any row in the outbox that is not waiting for a retry? (Failed rows are
+/// retried at their own time, out of order by nature; they do not keep a broker cold.)
 pub fn exists(broker: &str) -> bool {
     with_spi(|| {
         // SAFETY: inside SPI.
         unsafe {
-            exec_with_broker("SELECT 1 FROM mqtt_pub.outbox WHERE broker = $1 LIMIT 1", broker, true, 1);
+            exec_with_broker(
+                "SELECT 1 FROM mqtt_pub.outbox WHERE broker = $1 AND attempts = 0 LIMIT 1",
+                broker,
+                true,
+                1,
+            );
             pg::SPI_processed > 0
         }
     })

@@ -372,7 +372,7 @@ enum Inflight {
     /// A ring record at this position (released once acknowledged).
     Ring(u64),
     /// An outbox row (deleted once acknowledged).
-    Outbox { id: i64, qos: u8 },
+    Outbox { id: i64 },
 }
 
 /// A ring record between the tail and the scan cursor.
@@ -394,6 +394,10 @@ struct Worker {
     inflight: HashMap<i32, Inflight>,
     /// Last acknowledgement, or when the in-flight window became non-empty (ack timeout).
     last_progress: Instant,
+    /// After a connection drop with messages in flight: send this many one at a time, so a
+    /// message that makes the broker close the connection is identified (and charged a failed
+    /// attempt) instead of killing every reconnect.
+    probe: u32,
     /// Next ring position to look at; records between the tail and here are in `scanned`.
     cursor: u64,
     scanned: VecDeque<Scanned>,
@@ -411,6 +415,7 @@ struct Worker {
     rebuild_waiter: bool,
     ext_present: bool,
     next_ext_check: Instant,
+    next_prune: Instant,
 }
 
 impl Worker {
@@ -433,6 +438,7 @@ impl Worker {
             failures: 0,
             inflight: HashMap::new(),
             last_progress: Instant::now(),
+            probe: 0,
             cursor: ring.tail(),
             scanned: VecDeque::new(),
             fetched: VecDeque::new(),
@@ -445,6 +451,7 @@ impl Worker {
             rebuild_waiter: true,
             ext_present: false,
             next_ext_check: Instant::now(),
+            next_prune: Instant::now(),
         }
     }
 
@@ -476,6 +483,7 @@ impl Worker {
                 let every = if self.cold() { gucs::WORKER_POLL_INTERVAL_MS.get() as u64 } else { 1000 };
                 self.next_outbox_poll = Instant::now() + Duration::from_millis(every);
             }
+            self.maybe_prune();
             self.manage_connection();
             self.service_socket(false, false);
             self.handle_events();
@@ -560,7 +568,7 @@ impl Worker {
         self.rebuild_waiter = true;
         self.status.set_identity(&self.cfg.name, &self.cfg.host, self.cfg.port);
         let result = match self.client.as_mut() {
-            Some(c) => c.reconnect(),
+            Some(_) => Ok(()), // still connecting
             None => {
                 let id = self.client_id();
                 let opts = ClientOptions {
@@ -611,12 +619,41 @@ impl Worker {
         } else if self.failures == 0 {
             guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
         }
-        // QoS 0 outbox rows that were not written are not kept by libmosquitto: fetch them again.
-        self.inflight.retain(|_, f| !matches!(f, Inflight::Outbox { qos: 0, .. }));
+        self.drop_client(true);
         let delay = reconnect_delay_ms(gucs::RECONNECT_INTERVAL_MS.get() as u64, self.failures);
         self.failures = self.failures.saturating_add(1);
         self.state = ConnState::Retry { at: Instant::now() + Duration::from_millis(delay) };
         self.rebuild_waiter = true;
+    }
+
+    /// Forget the client and everything it had in flight: we resend ourselves, in order —
+    /// unacknowledged ring records go to the outbox (lane 0, ahead of everything), unacknowledged
+    /// outbox rows are simply fetched again. (libmosquitto would resend them from its memory,
+    /// without letting us notice a message that keeps killing the connection.)
+    fn drop_client(&mut self, count_suspect: bool) {
+        if let Some(mut c) = self.client.take() {
+            c.disconnect();
+            c.loop_write();
+        }
+        self.rebuild_waiter = true;
+        if self.inflight.is_empty() {
+            return;
+        }
+        let inflight: Vec<Inflight> = self.inflight.drain().map(|(_, f)| f).collect();
+        if count_suspect && self.probe > 0 && inflight.len() == 1 {
+            // The connection died while only this message was in flight.
+            self.message_failed(inflight[0], "the broker closed the connection when this message was sent".into());
+        } else {
+            let mut ring: Vec<(u64, u64)> =
+                inflight.iter().filter_map(|f| if let Inflight::Ring(p) = f { Some((*p, 0)) } else { None }).collect();
+            ring.sort_unstable();
+            if !ring.is_empty() {
+                self.rescue(&ring);
+            }
+        }
+        self.probe = if count_suspect { (inflight.len() as u32).min(10) } else { 0 };
+        self.fetched.clear();
+        self.status.inflight.store(0, Ordering::Relaxed);
     }
 
     fn service_socket(&mut self, readable: bool, writable: bool) {
@@ -687,17 +724,13 @@ impl Worker {
                 Event::Published { mid, reason } => {
                     let Some(what) = self.inflight.remove(&mid) else { continue };
                     self.last_progress = Instant::now();
+                    self.probe = self.probe.saturating_sub(1);
                     if reason >= 0x80 {
-                        self.status.messages_failed.fetch_add(1, Ordering::Relaxed);
-                        let why = format!(
-                            "broker refused a message: {} (0x{reason:02x})",
-                            crate::broker::reason_string(reason)
-                        );
-                        self.status.set_error(&why);
-                        guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
-                    } else {
-                        self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                        let text = crate::broker::reason_string(reason).to_lowercase();
+                        self.message_failed(what, format!("broker refused: {text} (0x{reason:02x})"));
+                        continue;
                     }
+                    self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
                     match what {
                         Inflight::Ring(pos) => self.mark_ring_done(pos),
                         Inflight::Outbox { id, .. } => self.to_delete.push(id),
@@ -710,9 +743,8 @@ impl Worker {
     }
 
     fn window_open(&self) -> bool {
-        self.state == ConnState::Connected
-            && self.switch_to.is_none()
-            && self.inflight.len() < self.cfg.max_inflight as usize
+        let window = if self.probe > 0 { 1 } else { self.cfg.max_inflight as usize };
+        self.state == ConnState::Connected && self.switch_to.is_none() && self.inflight.len() < window
     }
 
     fn note_sent(&mut self, mid: i32, what: Inflight) {
@@ -722,15 +754,63 @@ impl Worker {
         self.inflight.insert(mid, what);
     }
 
-    fn refused(&mut self, topic: &[u8], rc: i32) {
+    /// One message failed (the broker refused it, or the client library did): count the attempt
+    /// in the outbox with exponential backoff, or dead-letter it after `poison_max_attempts`.
+    /// Other messages keep flowing: a failed row simply is not due until its `next_retry_at`.
+    fn message_failed(&mut self, what: Inflight, why: String) {
         self.status.messages_failed.fetch_add(1, Ordering::Relaxed);
-        let why = format!(
-            "message to \"{}\" refused by the MQTT client library: {}",
-            String::from_utf8_lossy(topic),
-            crate::broker::strerror(rc)
-        );
         self.status.set_error(&why);
-        guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
+        let base = gucs::RETRY_BASE_MS.get() as i64;
+        let max = gucs::POISON_MAX_ATTEMPTS.get();
+        let result = match what {
+            Inflight::Outbox { id, .. } => self.with_outbox(|| outbox::record_failure(id, &why, base, max)).flatten(),
+            Inflight::Ring(pos) => {
+                let ring = self.ring;
+                let name = self.cfg.name.clone();
+                let mut scratch = Vec::new();
+                let r = self
+                    .with_outbox(|| {
+                        // SAFETY: the record is scanned but not released: still intact.
+                        match unsafe { ring.peek_at(pos, &mut scratch) } {
+                            Peek::Ready(r) => outbox::insert_failed(
+                                outbox::NewRow {
+                                    broker: &name,
+                                    topic_utf8: r.topic(),
+                                    payload: r.payload,
+                                    qos: r.qos,
+                                    retain: r.retain,
+                                    lane: outbox::LANE_PUBLISHED,
+                                },
+                                &why,
+                                base,
+                                max,
+                            ),
+                            _ => None,
+                        }
+                    })
+                    .flatten();
+                self.mark_ring_done(pos);
+                r
+            }
+        };
+        match result {
+            Some(f) if f.dead_lettered => {
+                self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                guard::log(
+                    Level::WARNING,
+                    format!(
+                        "pg_mqtt_pub: message to \"{}\" on broker \"{}\" moved to mqtt_pub.dead_letters after {} attempts: {why}",
+                        f.topic, self.cfg.name, f.attempts
+                    ),
+                );
+            }
+            Some(f) => {
+                // wake up when it is due again
+                let delay = Duration::from_millis((base as u64).saturating_mul(1 << (f.attempts - 1).clamp(0, 20)));
+                self.next_outbox_poll = self.next_outbox_poll.min(Instant::now() + delay);
+            }
+            None => {}
+        }
     }
 
     /// Scan the ring from the cursor: publish records of a hot broker, take records of a cold
@@ -738,6 +818,7 @@ impl Worker {
     /// could be done right away.
     fn process_ring(&mut self) -> bool {
         let mut rescue: Vec<(u64, u64)> = Vec::new();
+        let mut failed: Vec<(u64, String)> = Vec::new();
         let mut more = true;
         let ring = self.ring;
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -772,7 +853,8 @@ impl Worker {
                             break;
                         }
                         if let Handoff::Refused { rc } = h {
-                            refused = Some((r.topic().to_vec(), rc));
+                            refused =
+                                Some(format!("refused by the MQTT client library: {}", crate::broker::strerror(rc)));
                         }
                         (r.nslots, Some(Some((h, r.qos))))
                     }
@@ -789,10 +871,10 @@ impl Worker {
                     self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
                     true
                 }
-                Some(Some(_)) => true, // refused: counted and logged
+                Some(Some(_)) => false, // refused: handled below
             };
-            if let Some((topic, rc)) = refused {
-                self.refused(&topic, rc);
+            if let Some(why) = refused {
+                failed.push((pos, why));
             }
             self.scanned.push_back(Scanned { pos, nslots: n, done });
             self.cursor = pos + n;
@@ -800,6 +882,9 @@ impl Worker {
         self.scratch = scratch;
         if !rescue.is_empty() {
             self.rescue(&rescue);
+        }
+        for (pos, why) in failed {
+            self.message_failed(Inflight::Ring(pos), why);
         }
         self.status.inflight.store(self.inflight.len() as u32, Ordering::Relaxed);
         more
@@ -887,11 +972,11 @@ impl Worker {
             let row = self.fetched.pop_front().expect("fetched above");
             let Some(c) = self.client.as_mut() else { return false };
             match c.publish(&row.topic_nul, &row.payload, row.qos, row.retain) {
-                Handoff::Accepted { mid } => self.note_sent(mid, Inflight::Outbox { id: row.id, qos: row.qos }),
-                Handoff::Refused { rc } => {
-                    self.refused(&row.topic_nul[..row.topic_nul.len() - 1], rc);
-                    self.to_delete.push(row.id);
-                }
+                Handoff::Accepted { mid } => self.note_sent(mid, Inflight::Outbox { id: row.id }),
+                Handoff::Refused { rc } => self.message_failed(
+                    Inflight::Outbox { id: row.id },
+                    format!("refused by the MQTT client library: {}", crate::broker::strerror(rc)),
+                ),
                 Handoff::NotConnected => {
                     self.fetched.push_front(row);
                     return false;
@@ -946,6 +1031,30 @@ impl Worker {
         }
     }
 
+    /// Delete dead letters older than `dead_letter_retain_days` (0 = keep): at start, then about
+    /// hourly, in batches of 1000 rows (at most 20 per round) so no transaction runs long.
+    fn maybe_prune(&mut self) {
+        if !self.ext_present || Instant::now() < self.next_prune {
+            return;
+        }
+        self.next_prune = Instant::now() + Duration::from_secs(3600);
+        let days = gucs::DEAD_LETTER_RETAIN_DAYS.get();
+        if days == 0 {
+            return;
+        }
+        let mut total = 0;
+        for _ in 0..20 {
+            let Some(n) = self.with_outbox(|| outbox::prune_dead_letters(days, 1000)) else { return };
+            total += n;
+            if n < 1000 {
+                break;
+            }
+        }
+        if total > 0 {
+            guard::log(Level::LOG, format!("pg_mqtt_pub: pruned {total} dead letters older than {days} days"));
+        }
+    }
+
     /// A broker that keeps the connection but stops acknowledging must not stall delivery.
     fn check_ack_timeout(&mut self) {
         let limit = Duration::from_millis(gucs::ACK_TIMEOUT_MS.get() as u64);
@@ -983,26 +1092,7 @@ impl Worker {
         }
         let (new, _) = self.switch_to.take().expect("checked above");
         self.go_cold();
-        // The old client's memory goes away with it: unacknowledged ring records are taken back
-        // into the outbox, unacknowledged outbox rows will simply be fetched again.
-        let ring_inflight: Vec<(u64, u64)> = self
-            .inflight
-            .values()
-            .filter_map(|f| match f {
-                Inflight::Ring(pos) => Some((*pos, 0)),
-                Inflight::Outbox { .. } => None,
-            })
-            .collect();
-        self.inflight.clear();
-        if !ring_inflight.is_empty() && self.ext_present {
-            let mut sorted = ring_inflight;
-            sorted.sort_unstable();
-            self.rescue(&sorted);
-        }
-        if let Some(mut c) = self.client.take() {
-            c.disconnect();
-            c.loop_write();
-        }
+        self.drop_client(false);
         self.cfg = new;
         self.status.set_connected(false);
         self.state = ConnState::Idle;

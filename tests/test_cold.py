@@ -148,7 +148,7 @@ SMALL_BROKER_PORT = 18834
 @pytest.fixture(scope="module")
 def small():
     b = Broker("small", SMALL_BROKER_PORT).start()
-    c = Cluster("small", 55438, {
+    c = Cluster("small", 25438, {
         "pg_mqtt_pub.database": f"'{DB}'",
         "pg_mqtt_pub.broker_host": "'127.0.0.1'",
         "pg_mqtt_pub.broker_port": SMALL_BROKER_PORT,

@@ -37,6 +37,13 @@ pub struct NewRow<'a> {
     pub lane: i16,
 }
 
+impl<'a> NewRow<'a> {
+    /// A row for message `m` (its topic is UTF-8) to broker `broker`, in `lane`.
+    pub fn of(broker: &'a str, m: &crate::ring::MessageRef<'a>, lane: i16) -> Self {
+        NewRow { broker, topic_utf8: m.topic, payload: m.payload, qos: m.qos, retain: m.retain, lane }
+    }
+}
+
 struct Cached(Cell<pg::SPIPlanPtr>, Cell<pg::Oid>);
 // SAFETY: backends are single-threaded.
 unsafe impl Sync for Cached {}

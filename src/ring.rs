@@ -116,6 +116,17 @@ impl RecordView<'_> {
     pub fn topic(&self) -> &[u8] {
         &self.topic_nul[..self.topic_nul.len() - 1]
     }
+
+    /// The record as a message (borrowing the ring's bytes).
+    pub fn message(&self) -> MessageRef<'_> {
+        MessageRef {
+            broker: self.broker,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.topic(),
+            payload: self.payload,
+        }
+    }
 }
 
 /// A handle on a ring: a control block and its slots. Copyable; all methods are `unsafe`

@@ -128,15 +128,10 @@ impl Pending {
 
     /// Write messages (all, or those of one broker) to the outbox, in order.
     fn write_to_outbox(&self, only: Option<u16>) {
-        let mut rows =
-            (0..self.msgs.len()).map(|i| self.msg(i)).filter(|m| only.is_none_or(|b| m.broker == b)).map(|m| NewRow {
-                broker: broker_name(m.broker),
-                topic_utf8: m.topic,
-                payload: m.payload,
-                qos: m.qos,
-                retain: m.retain,
-                lane: LANE_PUBLISHED,
-            });
+        let mut rows = (0..self.msgs.len())
+            .map(|i| self.msg(i))
+            .filter(|m| only.is_none_or(|b| m.broker == b))
+            .map(|m| NewRow::of(broker_name(m.broker), &m, LANE_PUBLISHED));
         outbox::insert(&mut rows);
     }
 }
@@ -206,14 +201,7 @@ pub fn register_callbacks() {
 }
 
 fn write_one(m: &MessageRef<'_>) {
-    let mut row = std::iter::once(NewRow {
-        broker: broker_name(m.broker),
-        topic_utf8: m.topic,
-        payload: m.payload,
-        qos: m.qos,
-        retain: m.retain,
-        lane: LANE_PUBLISHED,
-    });
+    let mut row = std::iter::once(NewRow::of(broker_name(m.broker), m, LANE_PUBLISHED));
     outbox::insert(&mut row);
 }
 

@@ -773,14 +773,7 @@ impl Worker {
                         // SAFETY: the record is scanned but not released: still intact.
                         match unsafe { ring.peek_at(pos, &mut scratch) } {
                             Peek::Ready(r) => outbox::insert_failed(
-                                outbox::NewRow {
-                                    broker: &name,
-                                    topic_utf8: r.topic(),
-                                    payload: r.payload,
-                                    qos: r.qos,
-                                    retain: r.retain,
-                                    lane: outbox::LANE_PUBLISHED,
-                                },
+                                outbox::NewRow::of(&name, &r.message(), outbox::LANE_PUBLISHED),
                                 &why,
                                 base,
                                 max,
@@ -900,14 +893,7 @@ impl Worker {
             for &(pos, _) in records {
                 // SAFETY: these records are scanned but not released: still intact in the ring.
                 if let Peek::Ready(r) = unsafe { ring.peek_at(pos, &mut scratch) } {
-                    let mut row = std::iter::once(outbox::NewRow {
-                        broker: &name,
-                        topic_utf8: r.topic(),
-                        payload: r.payload,
-                        qos: r.qos,
-                        retain: r.retain,
-                        lane: outbox::LANE_RECOVERED,
-                    });
+                    let mut row = std::iter::once(outbox::NewRow::of(&name, &r.message(), outbox::LANE_RECOVERED));
                     outbox::insert(&mut row);
                 }
             }

@@ -221,44 +221,37 @@ def test_transaction_larger_than_ring_spills(small):
     wait_hot(c, timeout=60)
 
 
-def test_durable_messages_survive_immediate_shutdown_while_hot(small):
-    c, b, s = small
-    wait_hot(c)
-    b.kill(signal.SIGSTOP)  # so nothing can be delivered before the crash
-    try:
-        with c.connect(DB) as conn:
-            conn.execute("SET pg_mqtt_pub.durable = on")
-            for i in range(50):
-                conn.execute("SELECT mqtt_publish('small/durable/x', %s, 1)", (str(i),))
-        c.stop("immediate")
-    finally:
-        b.kill(signal.SIGCONT)
-    c.start()
-    got = s.wait_for("small/durable/", 50, timeout=60)
-    order, _ = first_occurrences([int(m.payload) for m in got])
-    assert order == list(range(50))
-    wait_hot(c)
-
-
-def test_clean_shutdown_keeps_hot_messages(small):
-    """pg_ctl stop -m fast while hot messages are unacknowledged or not even sent: the worker
-    saves them to the outbox on its way out, and they are delivered after the restart."""
+def stop_with_messages_in_flight(small, topic, n, mode, durable):
+    """Publish `n` messages while the broker is stalled (nothing can be acknowledged), stop
+    PostgreSQL with `mode`, let the broker go, start PostgreSQL: return what arrived, in order."""
     c, b, s = small
     wait_hot(c)
     b.kill(signal.SIGSTOP)
     try:
         with c.connect(DB) as conn:
-            for i in range(50):
-                conn.execute("SELECT mqtt_publish('small/shutdown/x', %s, 1)", (str(i),))
-        c.stop("fast")
+            if durable:
+                conn.execute("SET pg_mqtt_pub.durable = on")
+            for i in range(n):
+                conn.execute("SELECT mqtt_publish(%s, %s, 1)", (topic, str(i)))
+        c.stop(mode)
     finally:
         b.kill(signal.SIGCONT)
     c.start()
-    got = s.wait_for("small/shutdown/", 50, timeout=60)
+    got = s.wait_for(topic, n, timeout=60)
     order, _ = first_occurrences([int(m.payload) for m in got])
-    assert order == list(range(50))
-    assert "undelivered messages saved to the outbox" in c.log_text()
     wait_hot(c)
+    return order
+
+
+def test_durable_messages_survive_immediate_shutdown_while_hot(small):
+    assert stop_with_messages_in_flight(small, "small/durable/x", 50, "immediate", durable=True) == list(range(50))
+
+
+def test_clean_shutdown_keeps_hot_messages(small):
+    """pg_ctl stop -m fast while hot messages are unacknowledged or not even sent: the worker
+    saves them to the outbox on its way out, and they are delivered after the restart."""
+    assert stop_with_messages_in_flight(small, "small/shutdown/x", 50, "fast", durable=False) == list(range(50))
+    assert "undelivered messages saved to the outbox" in small[0].log_text()
 
 
 def test_stalled_broker_triggers_ack_timeout_reconnect(small):

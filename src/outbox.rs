@@ -88,16 +88,26 @@ unsafe fn as_owner<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Prepare (once per backend) the insert; also looks up the outbox owner.
+/// Prepare (once per backend) the insert; also looks up the outbox owner. One statement inserts
+/// a whole batch from arrays: one executor run per transaction, not one per message.
 unsafe fn insert_plan() -> (pg::SPIPlanPtr, pg::Oid) {
     if !INSERT.0.get().is_null() {
         return (INSERT.0.get(), INSERT.1.get());
     }
     // SAFETY: inside SPI (with_spi); the plan is kept across transactions with SPI_keepplan.
     unsafe {
-        let mut types = [pg::TEXTOID, pg::TEXTOID, pg::BYTEAOID, pg::INT2OID, pg::BOOLOID, pg::INT2OID];
+        let mut types = [
+            pg::TEXTARRAYOID,
+            pg::TEXTARRAYOID,
+            pg::BYTEAARRAYOID,
+            pg::INT2ARRAYOID,
+            pg::BOOLARRAYOID,
+            pg::INT2ARRAYOID,
+        ];
         let plan = pg::SPI_prepare(
-            c"INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane) VALUES ($1, $2, $3, $4, $5, $6)"
+            c"INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane) \
+              SELECT b, t, p, q, r, l FROM unnest($1, $2, $3, $4, $5, $6) WITH ORDINALITY AS u(b, t, p, q, r, l, n) \
+              ORDER BY n"
                 .as_ptr(),
             6,
             types.as_mut_ptr(),
@@ -125,26 +135,40 @@ unsafe fn first_value(col: i32) -> Option<pg::Datum> {
     }
 }
 
-/// Insert messages into the outbox, in order, in the current transaction.
+/// Insert messages into the outbox, in order, in the current transaction (one statement).
 pub fn insert(rows: &mut dyn Iterator<Item = NewRow<'_>>) {
+    let (mut brokers, mut topics, mut payloads, mut qos, mut retain, mut lanes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in rows {
+        brokers.push(bytes_datum(r.broker.as_bytes()));
+        topics.push(bytes_datum(&from_utf8(r.topic_utf8)));
+        payloads.push(bytes_datum(r.payload));
+        qos.push(pg::Datum::from(r.qos as i16));
+        retain.push(pg::Datum::from(r.retain));
+        lanes.push(pg::Datum::from(r.lane));
+    }
+    if brokers.is_empty() {
+        return;
+    }
+    let n = brokers.len() as i32;
+    // SAFETY: each array is built from `n` datums of its element type, with that type's
+    // storage layout (length, by-value, alignment) as pg_type has it.
+    let array = |v: &mut Vec<pg::Datum>, t: pg::Oid, len: i32, byval: bool, align: u8| unsafe {
+        pg::Datum::from(pg::construct_array(v.as_mut_ptr(), n, t, len, byval, align as std::ffi::c_char))
+    };
+    let mut values = [
+        array(&mut brokers, pg::TEXTOID, -1, false, b'i'),
+        array(&mut topics, pg::TEXTOID, -1, false, b'i'),
+        array(&mut payloads, pg::BYTEAOID, -1, false, b'i'),
+        array(&mut qos, pg::INT2OID, 2, true, b's'),
+        array(&mut retain, pg::BOOLOID, 1, true, b'c'),
+        array(&mut lanes, pg::INT2OID, 2, true, b's'),
+    ];
     with_spi(|| {
-        // SAFETY: inside SPI, as the outbox owner.
+        // SAFETY: inside SPI, as the outbox owner; six array parameters as prepared.
         unsafe {
             let plan = insert_plan().0;
-            as_owner(|| {
-                for r in rows {
-                    let topic = from_utf8(r.topic_utf8);
-                    let mut values = [
-                        bytes_datum(r.broker.as_bytes()),
-                        bytes_datum(&topic),
-                        bytes_datum(r.payload),
-                        pg::Datum::from(r.qos as i16),
-                        pg::Datum::from(r.retain),
-                        pg::Datum::from(r.lane),
-                    ];
-                    pg::SPI_execute_plan(plan, values.as_mut_ptr(), std::ptr::null(), false, 0);
-                }
-            })
+            as_owner(|| pg::SPI_execute_plan(plan, values.as_mut_ptr(), std::ptr::null(), false, 0));
         }
     })
 }

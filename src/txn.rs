@@ -7,13 +7,13 @@
 //! transaction), whichever path they take.
 //!
 //! ## Where a message waits
-//! * **In this backend's memory** ([`Pending`]: one byte arena plus an index; one copy, no
-//!   per-message allocation) — the normal case. At `PRE_COMMIT` each broker's messages go either
-//!   to the ring (broker hot) or to the outbox (broker cold, `durable = on`, or no ring space
-//!   after `publish_timeout_ms`: a *spill*).
-//! * **In the outbox at call time** — when the broker is cold (or `durable = on`) and this
-//!   transaction holds no earlier in-memory message for it. If it does, the new message stays in
-//!   memory too, so the transaction's messages keep their order.
+//! In this backend's memory ([`Pending`]: one byte arena plus an index; one copy, no per-message
+//! allocation) until `PRE_COMMIT`, whatever the broker's mode. There each broker's messages go
+//! either to the ring (broker hot) or to the outbox (broker cold, `durable = on`, or no ring space
+//! after `publish_timeout_ms`: a *spill*) — for the outbox in one SPI session, in order. Writing
+//! cold messages one INSERT per call would cost an SPI connection per message; the rollback
+//! semantics are the same either way (the rows are written in the transaction, before its commit
+//! record). Past [`PENDING_LIMIT`] they are written early (below).
 //!
 //! ## The ring hand-off cannot fail after the commit record
 //! `PRE_COMMIT` (may still ERROR, aborting the transaction): decide per broker and reserve ring
@@ -209,16 +209,11 @@ fn write_one(m: &MessageRef<'_>) {
 pub fn publish(msg: MessageRef<'_>) {
     let p = pending();
     let b = msg.broker;
-    let durable = gucs::DURABLE.get();
     if !gucs::TRANSACTIONAL.get() {
-        if !durable && try_publish_now(&msg) {
+        if !gucs::DURABLE.get() && try_publish_now(&msg) {
             return;
         }
         register_cold(p, b, true);
-        write_one(&msg);
-        return;
-    }
-    if (durable || is_cold(b)) && p.per_broker[b as usize] == 0 && register_cold(p, b, durable) {
         write_one(&msg);
         return;
     }

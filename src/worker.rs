@@ -53,6 +53,8 @@ const BATCH: usize = 1024;
 /// How long a SIGHUP broker switch or a shutdown waits for in-flight acknowledgements.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Acknowledged outbox rows deleted per transaction while the drain is under way.
+const DELETE_BATCH: usize = 256;
 
 fn fill(dst: &mut [std::ffi::c_char], s: &str) {
     let n = s.len().min(dst.len() - 1);
@@ -971,8 +973,11 @@ impl Worker {
         }
     }
 
+    /// Delete acknowledged rows, in batches: one transaction per few acknowledgements would cap
+    /// the drain rate at the transaction rate. Everything goes once the window empties.
     fn flush_deletes(&mut self) {
-        if self.to_delete.is_empty() {
+        let outbox_in_flight = self.inflight.values().any(|f| matches!(f, Inflight::Outbox { .. }));
+        if self.to_delete.is_empty() || (self.to_delete.len() < DELETE_BATCH && outbox_in_flight) {
             return;
         }
         let ids = std::mem::take(&mut self.to_delete);
@@ -1183,7 +1188,8 @@ impl Worker {
                 nap(10);
             }
             self.release_ring();
-            self.flush_deletes();
+            let ids = std::mem::take(&mut self.to_delete);
+            self.with_outbox(|| outbox::delete(&ids));
             if let Some(c) = self.client.as_mut() {
                 c.disconnect();
                 c.loop_write();

@@ -107,7 +107,6 @@ def test_rollback_and_two_phase_commit_in_cold_mode(cluster, broker, sub):
     with cluster.connect(DB) as c:
         c.execute("BEGIN")
         c.execute("SELECT mqtt_publish('cold/tx/x', 'rolled back', 1)")
-        assert c.execute("SELECT count(*) FROM mqtt_pub.outbox WHERE topic = 'cold/tx/x'").fetchone()[0] == 1
         c.execute("ROLLBACK")
         assert c.execute("SELECT count(*) FROM mqtt_pub.outbox WHERE topic = 'cold/tx/x'").fetchone()[0] == 0
         c.execute("BEGIN")

@@ -21,6 +21,7 @@ pub const LANE_PUBLISHED: i16 = 1;
 /// A row fetched for delivery. `topic_nul` is UTF-8 with a trailing NUL (what libmosquitto wants).
 pub struct Row {
     pub id: i64,
+    pub lane: i16,
     pub topic_nul: Vec<u8>,
     pub payload: Vec<u8>,
     pub qos: u8,
@@ -294,11 +295,16 @@ pub fn prune_dead_letters(days: i32, batch: i64) -> u64 {
 }
 
 /// Worker: the next rows due for `broker`, oldest first (lane 0, then lane 1), skipping `exclude`
-/// (in flight or acknowledged but not yet deleted).
-pub fn fetch(broker: &str, limit: usize, exclude: &[i64], recovered_only: bool) -> Vec<Row> {
+/// (in flight or acknowledged but not yet deleted). `after` continues a pass where the previous
+/// fetch ended: the index scan then starts past the rows just delivered and deleted, instead of
+/// wading through their dead index entries again on every fetch.
+pub fn fetch(broker: &str, limit: usize, exclude: &[i64], recovered_only: bool, after: Option<(i16, i64)>) -> Vec<Row> {
     let mut sql = String::from(
-        "SELECT id, topic, payload, qos, retain FROM mqtt_pub.outbox WHERE broker = $1 AND next_retry_at <= now()",
+        "SELECT id, topic, payload, qos, retain, lane FROM mqtt_pub.outbox WHERE broker = $1 AND next_retry_at <= now()",
     );
+    if let Some((lane, id)) = after {
+        sql.push_str(&format!(" AND (lane, id) > ({lane}::int2, {id}::int8)"));
+    }
     if recovered_only {
         sql.push_str(" AND lane = 0");
     }
@@ -309,6 +315,16 @@ pub fn fetch(broker: &str, limit: usize, exclude: &[i64], recovered_only: bool) 
     with_spi(|| {
         // SAFETY: inside SPI; results copied out before SPI_finish frees them.
         unsafe {
+            // The right plan is an ordered index scan that stops after `limit` rows. Without
+            // statistics (an outbox that just filled up during an outage) the planner picks a
+            // bitmap scan of every row plus a sort instead: 40x slower per fetch, measured.
+            // The worker's fetch transaction pins the plan (SET LOCAL ends with it).
+            pg::SPI_execute(
+                c"SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off"
+                    .as_ptr(),
+                false,
+                0,
+            );
             exec_with_broker(&sql, broker, true, limit as i64);
             let mut rows = Vec::with_capacity(pg::SPI_processed as usize);
             let t = &*pg::SPI_tuptable;
@@ -322,6 +338,7 @@ pub fn fetch(broker: &str, limit: usize, exclude: &[i64], recovered_only: bool) 
                 topic_nul.push(0);
                 rows.push(Row {
                     id: get(1).value() as i64,
+                    lane: get(6).value() as i16,
                     topic_nul,
                     payload: varlena_bytes(get(3)).to_vec(),
                     qos: get(4).value() as u8,

@@ -409,6 +409,9 @@ struct Worker {
     to_delete: Vec<i64>,
     /// The outbox may have rows for us (set by wake-ups and timers, cleared by an empty fetch).
     outbox_check: bool,
+    /// Where the current pass over the outbox is: the last (lane, id) fetched. `None` starts
+    /// from the head (after a reconnect, going cold, or reaching the end of a pass).
+    drain_after: Option<(i16, i64)>,
     next_outbox_poll: Instant,
     /// A broker settings change waiting for the in-flight window to drain.
     switch_to: Option<(BrokerConfig, Instant)>,
@@ -446,6 +449,7 @@ impl Worker {
             fetched: VecDeque::new(),
             to_delete: Vec::new(),
             outbox_check: true,
+            drain_after: None,
             next_outbox_poll: Instant::now(),
             switch_to: None,
             refusal: None,
@@ -606,6 +610,7 @@ impl Worker {
             }
         });
         self.fetched.clear();
+        self.drain_after = None;
         self.outbox_check = true;
     }
 
@@ -655,6 +660,7 @@ impl Worker {
         }
         self.probe = if count_suspect { (inflight.len() as u32).min(10) } else { 0 };
         self.fetched.clear();
+        self.drain_after = None;
         self.status.inflight.store(0, Ordering::Relaxed);
     }
 
@@ -946,11 +952,17 @@ impl Worker {
                 }));
                 let limit = gucs::OUTBOX_BATCH_SIZE.get() as usize;
                 let name = self.cfg.name.clone();
-                let Some(rows) = self.with_outbox(|| outbox::fetch(&name, limit, &exclude, recovered_only)) else {
+                let after = self.drain_after;
+                let Some(rows) = self.with_outbox(|| outbox::fetch(&name, limit, &exclude, recovered_only, after))
+                else {
                     return false;
                 };
                 if rows.len() < limit {
-                    self.outbox_check = false;
+                    // end of this pass; the next one starts from the head (retries that came due)
+                    self.outbox_check = after.is_some();
+                    self.drain_after = None;
+                } else {
+                    self.drain_after = rows.last().map(|r| (r.lane, r.id));
                 }
                 if rows.is_empty() {
                     return false;

@@ -1,0 +1,265 @@
+"""pg_mqtt_pub benchmark: every number next to a baseline measured in the same run.
+
+Run with `bench/run.sh` (it builds and installs first). Starts its own PostgreSQL and mosquitto
+on loopback, prints a table, writes bench/out/results.json. See bench/README.md for what each
+row means and the targets.
+"""
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+from harness import PGBIN, SUB_PASSWORD, SUB_USER, Broker, Cluster, Subscriber, wait_until  # noqa: E402
+
+OUT = os.path.join(HERE, "out")
+RAW_PUB = os.path.join(OUT, "raw_pub")
+BROKER_PORT, PG_PORT, DB = 18870, 25450, "bench"
+TRIGGER_SECONDS = float(os.environ.get("BENCH_TRIGGER_SECONDS", "4"))
+E2E_COUNT = int(os.environ.get("BENCH_E2E_COUNT", "200000"))
+PAYLOAD = 64
+# BENCH_SECTIONS=trigger,concurrency,... runs a subset (default: all)
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "trigger,concurrency,e2e,latency,drain,memory").split(","))
+results = {"machine": {}, "rows": {}}
+
+
+def row(name, value, unit, note=""):
+    results["rows"][name] = {"value": value, "unit": unit, "note": note}
+    shown = f"{value:>12,.2f}" if unit == "x" else f"{value:>12,.1f}"
+    print(f"  {name:<46} {shown} {unit:<10} {note}", flush=True)
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    results["machine"] = {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+                          "postgresql": subprocess.check_output([f"{PGBIN}/postgres", "--version"], text=True).strip()}
+    print(f"machine: {cpu}, {os.cpu_count()} cores; {results['machine']['postgresql']}")
+
+
+def mode(c):
+    return c.sql("SELECT delivery_mode FROM mqtt_status()", dbname=DB)[0][0]
+
+
+TRIGGERS = {
+    "a_no_trigger": None,
+    "b_row_to_json": "PERFORM row_to_json(NEW)::text;",
+    "c_pg_notify": "PERFORM pg_notify('bench', row_to_json(NEW)::text);",
+    "d_outbox_insert": "INSERT INTO bench_outbox (payload) VALUES (row_to_json(NEW)::text);",
+    "e_mqtt_publish_hot": "PERFORM mqtt_publish('bench/trigger', row_to_json(NEW)::text);",
+    "f_mqtt_publish_cold": "PERFORM mqtt_publish('bench/trigger', row_to_json(NEW)::text);",
+}
+
+
+def trigger_cost(c, broker):
+    print("\n1. trigger cost: INSERT ... SELECT generate_series(1, 1000) with an AFTER INSERT row trigger")
+    rates = {}
+    with c.connect(DB) as conn:
+        conn.execute("CREATE TABLE bench_rows (id int, name text, value numeric, at timestamptz)")
+        conn.execute("CREATE TABLE bench_outbox (id bigserial PRIMARY KEY, payload text, created_at timestamptz DEFAULT now())")
+        for name, body in TRIGGERS.items():
+            conn.execute("DROP TRIGGER IF EXISTS bench_trg ON bench_rows")
+            if body:
+                conn.execute(f"CREATE OR REPLACE FUNCTION bench_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} RETURN NEW; END $$")
+                conn.execute("CREATE TRIGGER bench_trg AFTER INSERT ON bench_rows FOR EACH ROW EXECUTE FUNCTION bench_fn()")
+            if name == "f_mqtt_publish_cold":
+                broker.kill()
+                wait_until(lambda: mode(c) == "cold", 20, "cold")
+            n, t0 = 0, time.time()
+            while time.time() - t0 < TRIGGER_SECONDS:
+                conn.execute("INSERT INTO bench_rows SELECT i, 'name-' || i, i * 1.5, now() FROM generate_series(1, 1000) i")
+                n += 1000
+            rates[name] = n / (time.time() - t0)
+            row(f"{name} (rows/s)", rates[name], "rows/s")
+            conn.execute("TRUNCATE bench_rows, bench_outbox")
+            if name == "e_mqtt_publish_hot":
+                wait_until(lambda: c.sql("SELECT ring_used_bytes FROM mqtt_status()", dbname=DB)[0][0] == 0, 60, "ring drained")
+        conn.execute("DROP TRIGGER IF EXISTS bench_trg ON bench_rows")
+        conn.execute("TRUNCATE mqtt_pub.outbox")
+    broker.restart()
+    wait_until(lambda: mode(c) == "hot", 30, "hot again")
+    b = rates["b_row_to_json"]
+    row("ratio e/b (target >= 0.90)", rates["e_mqtt_publish_hot"] / b, "x")
+    row("ratio e/c (target >= 1.25)", rates["e_mqtt_publish_hot"] / rates["c_pg_notify"], "x")
+    row("ratio f/d (target >= 0.90)", rates["f_mqtt_publish_cold"] / rates["d_outbox_insert"], "x")
+    row("ratio c/b, d/b (reference)", rates["c_pg_notify"] / b, "x", f"d/b = {rates['d_outbox_insert'] / b:.2f}")
+
+
+def concurrency(c):
+    print("\n2. concurrency: pgbench, 8 clients, single-row INSERT transactions, 10 s each")
+    with c.connect(DB) as conn:
+        conn.execute("CREATE TABLE bench_tx (id bigserial, v float8, at timestamptz DEFAULT now())")
+        conn.execute("CREATE OR REPLACE FUNCTION bench_tx_fn() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN PERFORM mqtt_publish('bench/tx', row_to_json(NEW)::text); RETURN NEW; END $$")
+        conn.execute("CREATE OR REPLACE FUNCTION bench_tx_floor() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN PERFORM row_to_json(NEW)::text; RETURN NEW; END $$")
+    script = os.path.join(OUT, "insert.sql")
+    with open(script, "w") as f:
+        f.write("INSERT INTO bench_tx (v) VALUES (random());\n")
+    os.chmod(script, 0o644)
+    tps = {}
+    for label, fn in (("without trigger", None), ("with row_to_json-only trigger", "bench_tx_floor"),
+                      ("with publish trigger", "bench_tx_fn")):
+        with c.connect(DB) as conn:
+            conn.execute("DROP TRIGGER IF EXISTS bench_tx_trg ON bench_tx")
+            if fn:
+                conn.execute(f"CREATE TRIGGER bench_tx_trg AFTER INSERT ON bench_tx FOR EACH ROW EXECUTE FUNCTION {fn}()")
+            conn.execute("TRUNCATE bench_tx")
+        out = subprocess.run([f"{PGBIN}/pgbench", "-n", "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres",
+                              "-c", "8", "-j", "2", "-T", "10", "-f", script, DB], capture_output=True, text=True, check=True).stdout
+        tps[label] = float(next(l for l in out.splitlines() if l.startswith("tps")).split("=")[1].split()[0])
+        row(f"TPS {label}", tps[label], "tps")
+    row("ratio with/without (target >= 0.90)", tps["with publish trigger"] / tps["without trigger"], "x")
+    row("ratio with publish / with row_to_json-only", tps["with publish trigger"] / tps["with row_to_json-only trigger"], "x",
+        "the cost of publishing itself")
+
+
+def count_subscriber(topic, qos, n):
+    """mosquitto_sub that exits after n messages (C; fast enough not to be the bottleneck)."""
+    p = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(BROKER_PORT), "-V", "5", "-q", str(qos),
+                          "-t", topic, "-C", str(n), "-u", SUB_USER, "-P", SUB_PASSWORD],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return p
+
+
+def e2e(c):
+    print(f"\n3. end to end: {E2E_COUNT:,} messages of {PAYLOAD} bytes until a subscriber has them all")
+    ratio = {}
+    for qos in (0, 1, 2):
+        # raw libmosquitto publisher
+        sub = count_subscriber(f"bench/raw{qos}", qos, E2E_COUNT)
+        t0 = time.time()
+        subprocess.run([RAW_PUB, "127.0.0.1", str(BROKER_PORT), f"bench/raw{qos}", str(qos), str(E2E_COUNT), str(PAYLOAD), "100"],
+                       check=True, capture_output=True)
+        sub.wait(300)
+        raw = E2E_COUNT / (time.time() - t0)
+        # from SQL, in transactions of 10,000
+        sub = count_subscriber(f"bench/sql{qos}", qos, E2E_COUNT)
+        t0 = time.time()
+        with c.connect(DB) as conn:
+            conn.execute("SET pg_mqtt_pub.publish_timeout_ms = 60000")  # wait for ring space, do not spill
+            for _ in range(E2E_COUNT // 10000):
+                conn.execute(f"SELECT mqtt_publish('bench/sql{qos}', repeat('p', {PAYLOAD}), {qos}) FROM generate_series(1, 10000)")
+        sub.wait(600)
+        sql = E2E_COUNT / (time.time() - t0)
+        ratio[qos] = sql / raw
+        row(f"QoS {qos}: raw libmosquitto publisher", raw, "msg/s")
+        row(f"QoS {qos}: from SQL via pg_mqtt_pub", sql, "msg/s",
+            f"ratio {ratio[qos]:.2f} (target >= {0.8 if qos < 2 else 0.7})")
+        results["rows"][f"raw_qos{qos}_rate"] = {"value": raw, "unit": "msg/s"}
+    return ratio
+
+
+def worker_rss(c):
+    pid = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'")[0][0]
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("RssAnon"):  # private memory (VmRSS also counts touched shared memory)
+            return int(line.split()[1]) / 1024
+
+
+def latency(c):
+    print("\n4. latency: ~1,000 messages/s for 10 s, COMMIT to receipt at a subscriber")
+    s = Subscriber(BROKER_PORT, "bench/lat/#")
+    sent = {}
+    try:
+        with c.connect(DB) as conn:
+            t_end = time.time() + 10
+            i = 0
+            while time.time() < t_end:
+                conn.execute("SELECT mqtt_publish('bench/lat/x', %s, 1)", (str(i),))
+                sent[str(i)] = time.time()  # autocommit: the statement's end is the COMMIT
+                i += 1
+                time.sleep(max(0.0, 0.001 - (time.time() - sent[str(i - 1)])))
+        got = s.wait_for("bench/lat/", len(sent), timeout=30)
+    finally:
+        s.close()
+    lat = sorted((m.at - sent[m.payload.decode()]) * 1000 for m in got)
+    row("latency p50 (target <= 1 ms)", statistics.median(lat), "ms", f"{len(lat):,} messages")
+    row("latency p99 (target <= 5 ms)", lat[int(len(lat) * 0.99)], "ms")
+    row("latency max", lat[-1], "ms")
+
+
+def outage_drain(c, broker, raw_qos1):
+    n = 100_000
+    print(f"\n5. outage drain: {n:,} QoS 1 messages in the outbox, then the broker comes back")
+    broker.kill()
+    wait_until(lambda: mode(c) == "cold", 20, "cold")
+    with c.connect(DB) as conn:
+        for _ in range(n // 10000):
+            conn.execute(f"SELECT mqtt_publish('bench/drain', repeat('p', {PAYLOAD}), 1) FROM generate_series(1, 10000)")
+    broker.start(gated=True)  # the worker is refused until the subscriber is in
+    sub = count_subscriber("bench/drain", 1, n)
+    opened = time.time()
+    broker.write_conf(gated=False)
+    broker.proc.send_signal(signal.SIGHUP)
+    # the drain starts when the worker is connected (its reconnect backoff is reported apart)
+    wait_until(lambda: c.sql("SELECT connected FROM mqtt_status()", dbname=DB)[0][0], 60, "connected", interval=0.005)
+    t0 = time.time()
+    row("reconnect delay after the broker came back", (t0 - opened) * 1000, "ms", "reconnect backoff")
+    sub.wait(600)
+    wait_until(lambda: mode(c) == "hot", 60, "hot")
+    rate = n / (time.time() - t0)
+    row("drain rate", rate, "msg/s", f"ratio to raw QoS 1 {rate / raw_qos1:.2f} (target >= 0.70)")
+
+
+def memory(c):
+    print("\n6. memory")
+    size = c.sql("SELECT allocated_size FROM pg_shmem_allocations WHERE name = 'pg_mqtt_pub'")[0][0]
+    row("shared memory at default settings (<= 64 MB)", size / 2**20, "MB")
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    machine()
+    broker = Broker("bench", BROKER_PORT).start()
+    c = Cluster("bench", PG_PORT, {
+        "pg_mqtt_pub.database": f"'{DB}'",
+        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
+        "pg_mqtt_pub.broker_port": BROKER_PORT,
+        "pg_mqtt_pub.reconnect_interval_ms": 200,
+        "max_connections": 50,
+        "shared_buffers": "'256MB'",
+        "synchronous_commit": "off",
+    }).start()
+    try:
+        c.sql(f"CREATE DATABASE {DB}")
+        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
+        wait_until(lambda: mode(c) == "hot", 20, "hot")
+        if "trigger" in SECTIONS:
+            trigger_cost(c, broker)
+        if "concurrency" in SECTIONS:
+            concurrency(c)
+        if "e2e" in SECTIONS:
+            e2e(c)
+            rss_200k = worker_rss(c)
+            with c.connect(DB) as conn:
+                conn.execute("SET pg_mqtt_pub.publish_timeout_ms = 60000")
+                for _ in range(E2E_COUNT // 10000):
+                    conn.execute(f"SELECT mqtt_publish('bench/more', repeat('p', {PAYLOAD}), 1) FROM generate_series(1, 10000)")
+            wait_until(lambda: c.sql("SELECT ring_used_bytes, inflight FROM mqtt_status()", dbname=DB)[0] == (0, 0), 120, "drained")
+        if "latency" in SECTIONS:
+            latency(c)
+        if "drain" in SECTIONS and "e2e" in SECTIONS:
+            outage_drain(c, broker, results["rows"]["raw_qos1_rate"]["value"])
+        if "memory" in SECTIONS:
+            memory(c)
+        if "e2e" in SECTIONS:
+            row("worker private memory after 200k messages", rss_200k, "MB")
+            row("worker private memory at the end (400k+ msgs)", worker_rss(c), "MB")
+    finally:
+        c.stop()
+        broker.stop()
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    print(f"\nwritten: {os.path.join(OUT, 'results.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,8 +19,10 @@
 //! * A reservation belongs to its producer until it publishes each record with a release store of
 //!   `READY` (or marks the whole reservation `CANCELLED`). No lock is needed for that: nobody else
 //!   writes those slots.
-//! * `tail` is advanced only by the single consumer (the worker), after it has finished reading a
-//!   record. Producers read it to compute free space; a stale value only under-estimates space.
+//! * `tail` is advanced only by the single consumer (the worker), once the records before it are
+//!   delivered (acknowledged, for QoS 1/2): the worker scans ahead with its own cursor
+//!   (`peek_at`). Producers read `tail` to compute free space; a stale value only under-estimates
+//!   it.
 //! * The consumer stops at a `RESERVED` record (head-of-line): records become visible in the order
 //!   they were reserved, which for one session is its commit order.
 
@@ -276,15 +278,6 @@ impl Ring {
         self.ctl().head.load(Ordering::Acquire)
     }
 
-    /// Look at the record at the tail. A record whose body wraps is copied into `scratch`.
-    ///
-    /// # Safety
-    /// Only the single consumer may call this; the view is valid until `release`.
-    pub unsafe fn peek<'a>(&'a self, scratch: &'a mut Vec<u8>) -> Peek<'a> {
-        // SAFETY: forwarded contract.
-        unsafe { self.peek_at(self.ctl().tail.load(Ordering::Relaxed), scratch) }
-    }
-
     /// Look at the record at `pos`, a record boundary between the tail and the head: the
     /// consumer scans ahead of the tail and releases records only once they are delivered.
     ///
@@ -293,12 +286,11 @@ impl Ring {
     /// is valid until the record is released.
     pub unsafe fn peek_at<'a>(&'a self, pos: u64, scratch: &'a mut Vec<u8>) -> Peek<'a> {
         let c = self.ctl();
-        let tail = pos;
-        if tail == c.head.load(Ordering::Acquire) {
+        if pos == c.head.load(Ordering::Acquire) {
             return Peek::Empty;
         }
-        let h = self.header(tail);
-        // SAFETY: tail < head, so a header was written there before head moved (Acquire above);
+        let h = self.header(pos);
+        // SAFETY: pos < head, so a header was written there before head moved (Acquire above);
         // fields other than `state` are read only after the Acquire load of READY.
         unsafe {
             match (*h).state.load(Ordering::Acquire) {
@@ -310,7 +302,7 @@ impl Ring {
             let pl = (*h).payload_len as usize;
             let len = tl + 1 + pl;
             let total = (self.capacity() as usize) * SLOT;
-            let off = ((tail * SLOT as u64 + HEADER as u64) % total as u64) as usize;
+            let off = ((pos * SLOT as u64 + HEADER as u64) % total as u64) as usize;
             let bytes: &[u8] = if off + len <= total {
                 std::slice::from_raw_parts(self.data.add(off), len)
             } else {
@@ -329,16 +321,6 @@ impl Ring {
                 payload: &bytes[tl + 1..],
             })
         }
-    }
-
-    /// Consumer: the record (or cancelled run) at the tail is done; free its slots.
-    ///
-    /// # Safety
-    /// Only the single consumer may call this, with the `nslots` it just peeked.
-    pub unsafe fn release(&self, nslots: u64) {
-        let c = self.ctl();
-        let tail = c.tail.load(Ordering::Relaxed);
-        c.tail.store(tail + nslots, Ordering::Release);
     }
 
     /// Consumer: every record before `pos` is done; free their slots.
@@ -375,13 +357,13 @@ mod tests {
         let mut scratch = Vec::new();
         loop {
             // SAFETY: single consumer in these tests.
-            match unsafe { r.peek(&mut scratch) } {
+            match unsafe { r.peek_at(r.tail(), &mut scratch) } {
                 Peek::Empty | Peek::NotReady => return None,
-                Peek::Cancelled(n) => unsafe { r.release(n) },
+                Peek::Cancelled(n) => unsafe { r.release_to(r.tail() + n) },
                 Peek::Ready(v) => {
                     let out = (v.topic().to_vec(), v.payload.to_vec());
                     let n = v.nslots;
-                    unsafe { r.release(n) };
+                    unsafe { r.release_to(r.tail() + n) };
                     return Some(out);
                 }
             }
@@ -409,7 +391,7 @@ mod tests {
             assert_eq!(r.used_slots(), 3, "nothing released while unacknowledged");
             r.release_to(cur - 1);
             assert_eq!(r.used_slots(), 1);
-            assert!(matches!(r.peek(&mut scratch), Peek::Ready(v) if v.payload == b"3"));
+            assert!(matches!(r.peek_at(r.tail(), &mut scratch), Peek::Ready(v) if v.payload == b"3"));
             r.release_to(cur);
             assert_eq!(r.used_slots(), 0);
         }

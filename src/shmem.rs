@@ -35,6 +35,9 @@ pub struct Shared {
     pub worker_latch: AtomicPtr<pg::Latch>,
     pub worker_pid: AtomicI32,
     pub worker_sleeping: AtomicBool,
+    /// Set by a transaction that wrote outbox rows, when it ends: tells the worker that a latch
+    /// wake-up means "look at the outbox" (most wake-ups are hot commits, which need no query).
+    pub outbox_dirty: AtomicBool,
     pub brokers: [BrokerShared; MAX_BROKERS],
 }
 

@@ -188,7 +188,10 @@ fn unregister_cold(p: &mut Pending) {
         }
     }
     p.cold_registered = 0;
-    shmem::wake_worker(); // it may be waiting for us to turn the broker hot again
+    if let Some(s) = shmem::shared() {
+        s.outbox_dirty.store(true, Ordering::Release);
+    }
+    shmem::wake_worker(); // our rows are visible now, and the broker may go hot again
 }
 
 /// Register the transaction callbacks (from `_PG_init`; inherited by every backend).

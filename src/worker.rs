@@ -1149,7 +1149,11 @@ impl Worker {
         if latch {
             // SAFETY: our own latch.
             unsafe { pg::ResetLatch(pg::MyLatch) };
-            // publishers that committed outbox rows wake us
+        }
+        // Most wake-ups are hot commits: query the outbox only if someone wrote to it (the flag
+        // is raised whether or not we slept). Profiled: treating every wake-up as "look at the
+        // outbox" ran one outbox query per commit.
+        if shared.outbox_dirty.swap(false, Ordering::AcqRel) {
             self.outbox_check = true;
         }
         guard::check_for_interrupts();

@@ -30,6 +30,12 @@ def first_occurrences(payloads):
     return order, len(payloads) - len(order)
 
 
+def take_down(cluster, broker):
+    """Stop the broker and wait until the worker has noticed (the broker is cold)."""
+    broker.stop()
+    wait_until(lambda: mode(cluster) == "cold", 10, "cold")
+
+
 def wait_hot(cluster, dbname=DB, timeout=30):
     wait_until(lambda: mode(cluster, dbname) == "hot" and outbox_count(cluster, dbname) == 0, timeout, "broker hot with an empty outbox")
 
@@ -75,8 +81,7 @@ def test_broker_sigkill_during_publishing_loses_nothing(cluster, broker, sub):
 
 
 def test_outage_before_publishing_fills_outbox_then_drains_in_order(cluster, broker, sub):
-    broker.stop()
-    wait_until(lambda: mode(cluster) == "cold", 10, "cold")
+    take_down(cluster, broker)
     with cluster.connect(DB) as c:
         c.execute("SELECT mqtt_publish('cold/before/' || (i % 3), i::text, 1) FROM generate_series(1, 5000) i")
         assert c.execute("SELECT count(*) FROM mqtt_pub.outbox").fetchone()[0] == 5000
@@ -90,8 +95,7 @@ def test_outage_before_publishing_fills_outbox_then_drains_in_order(cluster, bro
 
 
 def test_immediate_shutdown_with_pending_outbox_rows(cluster, broker, sub):
-    broker.stop()
-    wait_until(lambda: mode(cluster) == "cold", 10, "cold")
+    take_down(cluster, broker)
     cluster.sql("SELECT mqtt_publish('cold/crash/x', i::text, 1) FROM generate_series(1, 300) i", dbname=DB)
     cluster.stop("immediate")
     broker.restart(sub)
@@ -102,8 +106,7 @@ def test_immediate_shutdown_with_pending_outbox_rows(cluster, broker, sub):
 
 
 def test_rollback_and_two_phase_commit_in_cold_mode(cluster, broker, sub):
-    broker.stop()
-    wait_until(lambda: mode(cluster) == "cold", 10, "cold")
+    take_down(cluster, broker)
     with cluster.connect(DB) as c:
         c.execute("BEGIN")
         c.execute("SELECT mqtt_publish('cold/tx/x', 'rolled back', 1)")

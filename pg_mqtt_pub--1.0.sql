@@ -173,3 +173,415 @@ COMMENT ON FUNCTION mqtt_status() IS 'Connection state and delivery counters per
 --   GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) TO app_role;
 REVOKE ALL ON FUNCTION mqtt_publish(text, text, integer, boolean, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION mqtt_publish_binary(text, bytea, integer, boolean, text) FROM PUBLIC;
+
+-- JSON: the payload is PostgreSQL's own text form of the value (json as written, jsonb as its
+-- output function prints it). The text overload exists so that a bare literal is not ambiguous
+-- between json and jsonb; it checks the literal is valid JSON.
+CREATE FUNCTION mqtt_publish_json(
+    topic   text,
+    data    json,
+    qos     integer DEFAULT 0,
+    retain  boolean DEFAULT false,
+    broker  text    DEFAULT 'default'
+) RETURNS boolean
+AS 'MODULE_PATHNAME', 'mqtt_publish_json'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION mqtt_publish_json(
+    topic   text,
+    data    jsonb,
+    qos     integer DEFAULT 0,
+    retain  boolean DEFAULT false,
+    broker  text    DEFAULT 'default'
+) RETURNS boolean
+AS 'MODULE_PATHNAME', 'mqtt_publish_json'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION mqtt_publish_json(
+    topic   text,
+    data    text,
+    qos     integer DEFAULT 0,
+    retain  boolean DEFAULT false,
+    broker  text    DEFAULT 'default'
+) RETURNS boolean
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@.mqtt_publish_json(topic, data::json, qos, retain, broker) $$;
+
+COMMENT ON FUNCTION mqtt_publish_json(text, json, integer, boolean, text) IS
+'Publish a json value (e.g. row_to_json(NEW)) to an MQTT topic when the transaction commits';
+COMMENT ON FUNCTION mqtt_publish_json(text, jsonb, integer, boolean, text) IS
+'Publish a jsonb value (e.g. jsonb_build_object(...)) to an MQTT topic when the transaction commits';
+COMMENT ON FUNCTION mqtt_publish_json(text, text, integer, boolean, text) IS
+'Publish a JSON literal, checked to be valid JSON, to an MQTT topic when the transaction commits';
+
+-- One message per non-NULL element, to <topic_prefix>/<0-based position in the array>.
+CREATE FUNCTION mqtt_publish_batch(
+    topic_prefix text,
+    payloads     text[],
+    qos          integer DEFAULT 0,
+    retain       boolean DEFAULT false,
+    broker       text    DEFAULT 'default'
+) RETURNS integer
+AS 'MODULE_PATHNAME', 'mqtt_publish_batch'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION mqtt_publish_batch(text, text[], integer, boolean, text) IS
+'Publish each non-NULL element to <topic_prefix>/<0-based position>; returns how many were published';
+
+REVOKE ALL ON FUNCTION mqtt_publish_json(text, json, integer, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mqtt_publish_json(text, jsonb, integer, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mqtt_publish_json(text, text, integer, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mqtt_publish_batch(text, text[], integer, boolean, text) FROM PUBLIC;
+
+---------------------------------------------------------------------------------------------
+-- Trigger helpers. The triggers themselves are the catalog (pg_trigger): their arguments say
+-- where they publish, mqtt_pub.triggers shows them. Names: mqtt_pub_event (row level) and
+-- mqtt_pub_resultset_<operation> (statement level, one per operation because PostgreSQL allows
+-- transition tables only on single-event triggers).
+---------------------------------------------------------------------------------------------
+
+-- Checks a topic, QoS and broker with the errors publishing would raise.
+CREATE FUNCTION mqtt_pub.check_target(topic text, qos integer, broker text) RETURNS void
+AS 'MODULE_PATHNAME', 'mqtt_pub_check_target'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+-- The row trigger (compiled): arguments topic_prefix, qos, broker, include_meta.
+CREATE FUNCTION mqtt_pub.event_trigger() RETURNS trigger
+AS 'MODULE_PATHNAME', 'mqtt_pub_event_trigger'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mqtt_pub.event_trigger() IS
+'Row trigger of mqtt_trigger_event_setup: one message per changed row';
+
+-- The statement trigger: arguments topic_prefix, qos, broker, include_meta, rows_per_message.
+-- SECURITY DEFINER so that whoever runs the DML needs no publishing privilege of their own
+-- (the table owner granted it by setting up the trigger); search_path pinned, and the only
+-- names it resolves are pg_catalog's, its own transition tables and @extschema@'s function.
+CREATE FUNCTION mqtt_pub.resultset_trigger() RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    prefix   text    := TG_ARGV[0];
+    q        integer := TG_ARGV[1]::integer;
+    brk      text    := TG_ARGV[2];
+    meta     boolean := TG_ARGV[3]::boolean;
+    max_rows integer := TG_ARGV[4]::integer;
+    topic    text    := prefix || '/' || lower(TG_OP);
+    keys     text;
+    order_by text;
+    sql      text;
+    head     text    := '{';
+    budget   bigint;
+    entry    text;
+    entries  text[]  := '{}';
+    bytes    bigint  := 0;
+    bodies   text[]  := '{}';
+    counts   integer[] := '{}';
+    i        integer;
+BEGIN
+    IF TG_LEVEL <> 'STATEMENT' OR TG_WHEN <> 'AFTER' OR TG_NARGS <> 5 THEN
+        RAISE EXCEPTION 'mqtt_pub.resultset_trigger() must be an AFTER ... FOR EACH STATEMENT trigger with 5 arguments'
+            USING ERRCODE = 'triggered_action_exception',
+                  HINT = 'Create it with mqtt_trigger_resultset_setup().';
+    END IF;
+    IF meta THEN
+        head := '{"operation":' || to_json(TG_OP)::text
+             || ',"table":' || to_json(format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME))::text
+             || ',"timestamp":' || to_json(now())::text
+             || ',"txid":' || pg_current_xact_id()::text || ',';
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        sql := $q$SELECT '{"new":' || row_to_json(n)::text || '}' FROM mqtt_pub_new n$q$;
+    ELSIF TG_OP = 'DELETE' THEN
+        sql := $q$SELECT '{"old":' || row_to_json(o)::text || '}' FROM mqtt_pub_old o$q$;
+    ELSE
+        -- Pair each old row with its new row by primary key, with the equality operator of
+        -- the key's own index (schema-qualified: found through the catalog, not search_path).
+        SELECT string_agg(format('o.%1$I OPERATOR(%2$I.%3$s) n.%1$I', a.attname, opn.nspname, op.oprname),
+                          ' AND ' ORDER BY k.ord),
+               string_agg(format('n.%1$I, o.%1$I', a.attname), ', ' ORDER BY k.ord)
+          INTO keys, order_by
+        FROM pg_index x
+        CROSS JOIN LATERAL unnest(x.indkey::int2[], x.indclass::oid[]) WITH ORDINALITY AS k(attnum, opclass, ord)
+        JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+        JOIN pg_opclass oc ON oc.oid = k.opclass
+        JOIN pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amoplefttype = oc.opcintype
+                       AND ao.amoprighttype = oc.opcintype AND ao.amopstrategy = 3
+        JOIN pg_operator op ON op.oid = ao.amopopr
+        JOIN pg_namespace opn ON opn.oid = op.oprnamespace
+        WHERE x.indrelid = TG_RELID AND x.indisprimary AND k.ord <= x.indnkeyatts;
+        IF keys IS NOT NULL THEN
+            sql := format($q$SELECT '{"old":' || coalesce(row_to_json(o)::text, 'null')
+                                 || ',"new":' || coalesce(row_to_json(n)::text, 'null') || '}'
+                          FROM mqtt_pub_old o FULL JOIN mqtt_pub_new n ON %s
+                          ORDER BY %s$q$, keys, order_by);
+        ELSE
+            -- No primary key: nothing identifies a row across the update, so old and new rows
+            -- are listed unpaired, old ones first.
+            sql := $q$SELECT e FROM (
+                        SELECT 1 AS side, '{"old":' || row_to_json(o)::text || ',"new":null}' AS e FROM mqtt_pub_old o
+                        UNION ALL
+                        SELECT 2, '{"old":null,"new":' || row_to_json(n)::text || '}' FROM mqtt_pub_new n) z
+                      ORDER BY side$q$;
+        END IF;
+    END IF;
+
+    -- Split into messages of at most max_rows rows and max_message_size bytes (topic, envelope
+    -- and a margin for the part/count fields included; a non-UTF-8 database may grow up to 3x
+    -- when converted to UTF-8).
+    budget := pg_size_bytes(current_setting('pg_mqtt_pub.max_message_size'))
+              - octet_length(topic) - octet_length(head) - 100;
+    IF getdatabaseencoding() NOT IN ('UTF8', 'SQL_ASCII') THEN
+        budget := budget / 3;
+    END IF;
+    FOR entry IN EXECUTE sql LOOP
+        IF cardinality(entries) > 0
+           AND (cardinality(entries) >= max_rows OR bytes + octet_length(entry) + 1 > budget) THEN
+            bodies := bodies || array_to_string(entries, ',');
+            counts := counts || cardinality(entries);
+            entries := '{}';
+            bytes := 0;
+        END IF;
+        entries := entries || entry;
+        bytes := bytes + octet_length(entry) + 1;
+    END LOOP;
+    IF cardinality(entries) > 0 THEN
+        bodies := bodies || array_to_string(entries, ',');
+        counts := counts || cardinality(entries);
+    END IF;
+    FOR i IN 1 .. cardinality(bodies) LOOP
+        PERFORM @extschema@.mqtt_publish(topic,
+            head || '"part":' || i || ',"parts":' || cardinality(bodies)
+                 || ',"count":' || counts[i] || ',"data":[' || bodies[i] || ']}',
+            q, false, brk);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION mqtt_pub.resultset_trigger() IS
+'Statement trigger of mqtt_trigger_resultset_setup: one message per statement (split when large)';
+
+-- Trigger arguments from pg_trigger.tgargs (NUL-terminated strings).
+CREATE FUNCTION mqtt_pub.trigger_args(args bytea) RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(array_agg(convert_from(substring(args FROM s + 1 FOR e - s - 1), getdatabaseencoding()) ORDER BY e), '{}')
+    FROM (SELECT e, coalesce(lag(e) OVER (ORDER BY e), 0) AS s
+          FROM generate_series(1, length(args)) AS e
+          WHERE get_byte(args, e - 1) = 0) z
+$$;
+
+-- The table named by a setup argument, and the topic prefix to use: the shared checks.
+CREATE FUNCTION mqtt_pub.setup_target(
+    table_name   text,
+    topic_prefix text,
+    qos          integer,
+    broker       text,
+    include_meta boolean,
+    row_level    boolean,
+    OUT rel      regclass,
+    OUT prefix   text,
+    OUT qualified text)
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    kind   "char";
+    nsp    name;
+    rname  name;
+BEGIN
+    IF table_name IS NULL THEN
+        RAISE EXCEPTION 'table_name must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass the table, e.g. ''orders'' or ''sales."Order Lines"''.';
+    END IF;
+    IF include_meta IS NULL THEN
+        RAISE EXCEPTION 'include_meta must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass include_meta := true or false.';
+    END IF;
+    -- Parsed as an identifier (quotes, schema, case rules), never spliced into SQL text.
+    rel := pg_catalog.to_regclass(table_name);
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'table "%" does not exist', table_name USING ERRCODE = 'undefined_table',
+            HINT = 'Check the name and the search_path; quote mixed-case names: ''"MyTable"''.';
+    END IF;
+    SELECT c.relkind, n.nspname, c.relname INTO kind, nsp, rname
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
+    IF kind NOT IN ('r', 'p') AND NOT (row_level AND kind = 'f') THEN
+        RAISE EXCEPTION '"%" is not a table', table_name USING ERRCODE = 'wrong_object_type',
+            HINT = 'Triggers that publish changes can be set up on tables and partitioned tables'
+                   || CASE WHEN row_level THEN ' (and foreign tables)' ELSE '' END || '.';
+    END IF;
+    qualified := pg_catalog.format('%I.%I', nsp, rname);
+    prefix := coalesce(topic_prefix, 'db/changes/' || CASE WHEN nsp = 'public' THEN '' ELSE nsp || '.' END || rname);
+    -- the topics the trigger will use must be valid; same checks (and errors) as mqtt_publish
+    PERFORM mqtt_pub.check_target(prefix || '/insert', qos, broker);
+END
+$$;
+
+-- Operations as the setup functions accept them: INSERT, UPDATE, DELETE, any case, no repeats.
+CREATE FUNCTION mqtt_pub.setup_operations(operations text[]) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    op  text;
+    ops text[] := '{}';
+BEGIN
+    IF operations IS NULL OR cardinality(operations) = 0 THEN
+        RAISE EXCEPTION 'operations must name at least one of INSERT, UPDATE, DELETE'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass e.g. operations := ''{INSERT,UPDATE}''.';
+    END IF;
+    FOREACH op IN ARRAY operations LOOP
+        op := upper(btrim(op));
+        IF op = 'TRUNCATE' THEN
+            RAISE EXCEPTION 'TRUNCATE is not published' USING ERRCODE = 'feature_not_supported',
+                DETAIL = 'A TRUNCATE has no rows to send; pg_mqtt_pub publishes row changes only.',
+                HINT = 'Leave TRUNCATE out of operations; publish a message of your own before truncating if subscribers must know.';
+        ELSIF op IS NULL OR op NOT IN ('INSERT', 'UPDATE', 'DELETE') THEN
+            RAISE EXCEPTION 'unknown operation "%"', coalesce(op, 'NULL') USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'operations may contain INSERT, UPDATE and DELETE.';
+        END IF;
+        IF NOT op = ANY (ops) THEN
+            ops := ops || op;
+        END IF;
+    END LOOP;
+    -- a fixed order, so that the trigger definition does not depend on how they were listed
+    RETURN ARRAY(SELECT o FROM unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) o WHERE o = ANY (ops));
+END
+$$;
+
+-- Drop this extension's triggers of one kind ('event', 'resultset' or NULL for both).
+CREATE FUNCTION mqtt_pub.drop_triggers(rel regclass, kind text) RETURNS integer
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    t       name;
+    dropped integer := 0;
+BEGIN
+    FOR t IN
+        SELECT tg.tgname FROM pg_catalog.pg_trigger tg
+        WHERE tg.tgrelid = rel AND tg.tgparentid = 0
+          AND ((kind IS DISTINCT FROM 'resultset' AND tg.tgfoid = 'mqtt_pub.event_trigger()'::pg_catalog.regprocedure)
+            OR (kind IS DISTINCT FROM 'event' AND tg.tgfoid = 'mqtt_pub.resultset_trigger()'::pg_catalog.regprocedure))
+        ORDER BY tg.tgname
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', t, rel);
+        dropped := dropped + 1;
+    END LOOP;
+    RETURN dropped;
+END
+$$;
+
+CREATE FUNCTION mqtt_trigger_event_setup(
+    table_name   text,
+    topic_prefix text    DEFAULT NULL,
+    operations   text[]  DEFAULT '{INSERT,UPDATE,DELETE}',
+    qos          integer DEFAULT 1,
+    broker       text    DEFAULT 'default',
+    include_meta boolean DEFAULT true
+) RETURNS text
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    t   record;
+    ops text[];
+BEGIN
+    t := mqtt_pub.setup_target(table_name, topic_prefix, qos, broker, include_meta, true);
+    ops := mqtt_pub.setup_operations(operations);
+    PERFORM mqtt_pub.drop_triggers(t.rel, 'event');
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER mqtt_pub_event AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION mqtt_pub.event_trigger(%L, %L, %L, %L)',
+        pg_catalog.array_to_string(ops, ' OR '), t.qualified, t.prefix, qos, broker, include_meta);
+    RETURN t.prefix;
+END
+$$;
+COMMENT ON FUNCTION mqtt_trigger_event_setup(text, text, text[], integer, text, boolean) IS
+'Publish every row change of a table to <topic_prefix>/<insert|update|delete>; returns the prefix';
+
+CREATE FUNCTION mqtt_trigger_resultset_setup(
+    table_name       text,
+    topic_prefix     text    DEFAULT NULL,
+    operations       text[]  DEFAULT '{INSERT,UPDATE,DELETE}',
+    qos              integer DEFAULT 1,
+    broker           text    DEFAULT 'default',
+    include_meta     boolean DEFAULT true,
+    rows_per_message integer DEFAULT 1000
+) RETURNS text
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    t   record;
+    op  text;
+BEGIN
+    t := mqtt_pub.setup_target(table_name, topic_prefix, qos, broker, include_meta, false);
+    IF rows_per_message IS NULL OR rows_per_message < 1 THEN
+        RAISE EXCEPTION 'rows_per_message must be at least 1, not %', coalesce(rows_per_message::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass rows_per_message := 1000, or how many rows one message may carry.';
+    END IF;
+    PERFORM mqtt_pub.drop_triggers(t.rel, 'resultset');
+    FOREACH op IN ARRAY mqtt_pub.setup_operations(operations) LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT '
+            'EXECUTE FUNCTION mqtt_pub.resultset_trigger(%L, %L, %L, %L, %L)',
+            'mqtt_pub_resultset_' || lower(op), op, t.qualified,
+            CASE op WHEN 'INSERT' THEN 'NEW TABLE AS mqtt_pub_new'
+                    WHEN 'DELETE' THEN 'OLD TABLE AS mqtt_pub_old'
+                    ELSE 'OLD TABLE AS mqtt_pub_old NEW TABLE AS mqtt_pub_new' END,
+            t.prefix, qos, broker, include_meta, rows_per_message);
+    END LOOP;
+    RETURN t.prefix;
+END
+$$;
+COMMENT ON FUNCTION mqtt_trigger_resultset_setup(text, text, text[], integer, text, boolean, integer) IS
+'Publish each statement''s changed rows of a table as one message (split when large); returns the prefix';
+
+CREATE FUNCTION mqtt_trigger_remove(table_name text) RETURNS integer
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    rel regclass;
+BEGIN
+    IF table_name IS NULL THEN
+        RAISE EXCEPTION 'table_name must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass the table whose pg_mqtt_pub triggers to remove.';
+    END IF;
+    rel := pg_catalog.to_regclass(table_name);
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'table "%" does not exist', table_name USING ERRCODE = 'undefined_table',
+            HINT = 'Check the name and the search_path; quote mixed-case names: ''"MyTable"''.';
+    END IF;
+    RETURN mqtt_pub.drop_triggers(rel, NULL);
+END
+$$;
+COMMENT ON FUNCTION mqtt_trigger_remove(text) IS
+'Remove the triggers mqtt_trigger_event_setup and mqtt_trigger_resultset_setup created on a table; returns how many';
+
+CREATE VIEW mqtt_pub.triggers AS
+SELECT t.tgrelid::regclass AS table_name,
+       CASE WHEN t.tgfoid = 'mqtt_pub.event_trigger()'::regprocedure THEN 'event' ELSE 'resultset' END AS kind,
+       t.tgname AS trigger_name,
+       array_remove(ARRAY[CASE WHEN t.tgtype & 4 <> 0 THEN 'INSERT' END,
+                          CASE WHEN t.tgtype & 16 <> 0 THEN 'UPDATE' END,
+                          CASE WHEN t.tgtype & 8 <> 0 THEN 'DELETE' END], NULL) AS operations,
+       a[1] AS topic_prefix,
+       a[2]::integer AS qos,
+       a[3] AS broker,
+       a[4]::boolean AS include_meta,
+       a[5]::integer AS rows_per_message,
+       t.tgenabled <> 'D' AS enabled
+FROM pg_trigger t
+CROSS JOIN LATERAL mqtt_pub.trigger_args(t.tgargs) AS a
+WHERE t.tgparentid = 0
+  AND t.tgfoid IN ('mqtt_pub.event_trigger()'::regprocedure, 'mqtt_pub.resultset_trigger()'::regprocedure);
+COMMENT ON VIEW mqtt_pub.triggers IS 'The publishing triggers set up by the mqtt_trigger_*_setup helpers';
+
+-- Setting up a trigger publishes on behalf of everyone who changes the table: a privilege.
+-- A role gets it with (see README, "Privileges"):
+--   GRANT EXECUTE ON FUNCTION mqtt_trigger_event_setup(text, text, text[], integer, text, boolean),
+--                             mqtt_pub.event_trigger() TO app_owner;
+REVOKE ALL ON FUNCTION mqtt_trigger_event_setup(text, text, text[], integer, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mqtt_trigger_resultset_setup(text, text, text[], integer, text, boolean, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mqtt_trigger_remove(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mqtt_pub.event_trigger() FROM PUBLIC;
+REVOKE ALL ON FUNCTION mqtt_pub.resultset_trigger() FROM PUBLIC;
+GRANT USAGE ON SCHEMA mqtt_pub TO PUBLIC;

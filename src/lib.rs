@@ -30,7 +30,9 @@
 //! | `ring.rs` | the ring's memory protocol (pure, tested by `cargo test`) |
 //! | `topic.rs` | topic and QoS validation (pure) |
 //! | `backoff.rs` | reconnect backoff (pure) |
-//! | `publish.rs` | `mqtt_publish`, `mqtt_publish_binary` |
+//! | `publish.rs` | `mqtt_publish`, `_binary`, `_json`, `_batch` |
+//! | `envelope.rs` | the JSON envelope of change events (pure) |
+//! | `trigger.rs` | the compiled row trigger behind `mqtt_trigger_event_setup` |
 //! | `txn.rs` | COMMIT / ABORT / PREPARE / savepoints; ring or outbox per broker |
 //! | `outbox.rs` | SPI access to `mqtt_pub.outbox` |
 //! | `broker.rs` | one libmosquitto client, callbacks that only record |
@@ -41,6 +43,7 @@
 //! binary cannot link PostgreSQL's symbols.
 
 pub mod backoff;
+pub mod envelope;
 pub mod ring;
 pub mod topic;
 
@@ -60,6 +63,8 @@ mod publish;
 mod shmem;
 #[cfg(not(test))]
 mod status;
+#[cfg(not(test))]
+mod trigger;
 #[cfg(not(test))]
 mod txn;
 #[cfg(not(test))]

@@ -7,7 +7,8 @@
 //! Cost on the hot path (a row trigger calling `mqtt_publish`): argument decoding, topic check
 //! (one pass over the topic), and one copy into the transaction's pending arena (`txn.rs`).
 
-use crate::fmgr::{to_utf8, Args};
+use crate::envelope;
+use crate::fmgr::{to_utf8, varlena_bytes, Args};
 use crate::guard::{guard, Code, PgError};
 use crate::gucs;
 use crate::ring::MessageRef;
@@ -45,7 +46,7 @@ fn current_database() -> String {
 }
 
 /// Publishing is possible here: preloaded, in the worker's database, not a standby.
-fn require_publishable() {
+pub fn require_publishable() {
     require_shared();
     let ok = match IN_WORKER_DB.0.get() {
         Some(v) => v,
@@ -92,8 +93,15 @@ pub fn broker_index(name: &[u8]) -> u16 {
     .raise()
 }
 
-/// Validate and publish one message. `payload` is already in its final (UTF-8 or binary) form.
-pub fn publish_one(topic_bytes: &[u8], payload: &[u8], qos: i32, retain: bool, broker: &[u8]) {
+/// A checked destination: topic in UTF-8, QoS, broker index.
+pub struct Target<'a> {
+    pub topic: std::borrow::Cow<'a, [u8]>,
+    pub qos: u8,
+    pub broker: u16,
+}
+
+/// Check topic, QoS and broker the way every publishing function does (same errors).
+pub fn check_target<'a>(topic_bytes: &'a [u8], qos: i32, broker: &[u8]) -> Target<'a> {
     let topic = to_utf8(topic_bytes);
     if let Err(e) = topic::validate_topic(&topic) {
         let shown = String::from_utf8_lossy(&topic);
@@ -108,8 +116,12 @@ pub fn publish_one(topic_bytes: &[u8], payload: &[u8], qos: i32, retain: bool, b
             .hint("Pass qos := 0, 1 or 2.")
             .raise()
     });
-    let broker = broker_index(broker);
-    let size = topic.len() + payload.len();
+    Target { topic, qos, broker: broker_index(broker) }
+}
+
+/// Publish to a checked target. `payload` is already in its final (UTF-8 or binary) form.
+pub fn publish_to(t: &Target<'_>, payload: &[u8], retain: bool) {
+    let size = t.topic.len() + payload.len();
     let max = gucs::MAX_MESSAGE_SIZE.get() as usize;
     if size > max {
         PgError::new(Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED, "MQTT message is too large")
@@ -117,7 +129,12 @@ pub fn publish_one(topic_bytes: &[u8], payload: &[u8], qos: i32, retain: bool, b
             .hint("Publish a smaller payload, or raise pg_mqtt_pub.max_message_size.")
             .raise();
     }
-    crate::txn::publish(MessageRef { broker, qos, retain, topic: &topic, payload });
+    crate::txn::publish(MessageRef { broker: t.broker, qos: t.qos, retain, topic: &t.topic, payload });
+}
+
+/// Validate and publish one message. `payload` is already in its final (UTF-8 or binary) form.
+pub fn publish_one(topic_bytes: &[u8], payload: &[u8], qos: i32, retain: bool, broker: &[u8]) {
+    publish_to(&check_target(topic_bytes, qos, broker), payload, retain);
 }
 
 fn publish_call(fcinfo: pg::FunctionCallInfo, binary: bool) -> pg::Datum {
@@ -134,7 +151,125 @@ fn publish_call(fcinfo: pg::FunctionCallInfo, binary: bool) -> pg::Datum {
     pg::Datum::from(true)
 }
 
-crate::pg_finfo!(pg_finfo_mqtt_publish, pg_finfo_mqtt_publish_binary);
+/// The text of a json or jsonb argument, by PostgreSQL's own output function.
+fn json_text(fcinfo: pg::FunctionCallInfo, a: &Args, i: usize) -> std::borrow::Cow<'static, [u8]> {
+    let d = a.required(i, "data");
+    // SAFETY: flinfo is set for SQL calls; the declared argument types are json and jsonb only.
+    unsafe {
+        let typ = pg::get_fn_expr_argtype((*fcinfo).flinfo, i as i32);
+        if typ == pg::JSONOID {
+            // json is stored as its text: no conversion needed.
+            let b: &'static [u8] = varlena_bytes(d);
+            return to_utf8(b);
+        }
+        let (mut out, mut varlena) = (pg::InvalidOid, false);
+        pg::getTypeOutputInfo(typ, &mut out, &mut varlena);
+        let c = pg::OidOutputFunctionCall(out, d);
+        let b: &'static [u8] = std::ffi::CStr::from_ptr(c).to_bytes();
+        to_utf8(b)
+    }
+}
+
+fn publish_json_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    require_publishable();
+    // SAFETY: fcinfo comes from PostgreSQL for this call.
+    let a = unsafe { Args::new(fcinfo) };
+    let topic = a.text(0, "topic");
+    let payload = json_text(fcinfo, &a, 1);
+    let qos = a.i32(2, "qos");
+    let retain = a.bool(3, "retain");
+    let broker = a.text(4, "broker");
+    publish_one(topic, &payload, qos, retain, broker);
+    pg::Datum::from(true)
+}
+
+fn publish_batch_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    require_publishable();
+    // SAFETY: fcinfo comes from PostgreSQL for this call.
+    let a = unsafe { Args::new(fcinfo) };
+    let prefix = a.text(0, "topic_prefix");
+    let arr = a.required(1, "payloads");
+    let qos = a.i32(2, "qos");
+    let retain = a.bool(3, "retain");
+    let broker = a.text(4, "broker");
+    // The prefix is checked once (same errors as a topic); each "<prefix>/<i>" again below,
+    // which only adds the length limit.
+    let t = check_target(prefix, qos, broker);
+    // SAFETY: the argument is declared text[]; deconstruct_array pallocs in the call's context.
+    let (elems, nulls) = unsafe {
+        let arr = pg::pg_detoast_datum(arr.cast_mut_ptr()) as *mut pg::ArrayType;
+        if (*arr).ndim > 1 {
+            PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, "payloads must be a one-dimensional array")
+                .detail(format!("The array has {} dimensions.", (*arr).ndim))
+                .hint("Pass ARRAY[...] or ARRAY(SELECT ...) of text.")
+                .raise();
+        }
+        let (mut e, mut n, mut count) = (std::ptr::null_mut(), std::ptr::null_mut(), 0i32);
+        pg::deconstruct_array(arr, pg::TEXTOID, -1, false, pg::TYPALIGN_INT as _, &mut e, &mut n, &mut count);
+        if count == 0 {
+            return pg::Datum::from(0i32);
+        }
+        (std::slice::from_raw_parts(e, count as usize), std::slice::from_raw_parts(n, count as usize))
+    };
+    let mut topic = Vec::with_capacity(t.topic.len() + 8);
+    let mut published = 0i32;
+    for (i, (d, null)) in elems.iter().zip(nulls).enumerate() {
+        if *null {
+            continue;
+        }
+        envelope::batch_topic(&mut topic, &t.topic, i);
+        if let Err(e) = topic::validate_topic(&topic) {
+            PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, e.message(&String::from_utf8_lossy(&topic)))
+                .detail(e.detail())
+                .hint(e.hint())
+                .raise();
+        }
+        // SAFETY: a text element of the array.
+        let payload = to_utf8(unsafe { varlena_bytes(*d) });
+        let target = Target { topic: std::borrow::Cow::Borrowed(&topic), qos: t.qos, broker: t.broker };
+        publish_to(&target, &payload, retain);
+        published += 1;
+    }
+    pg::Datum::from(published)
+}
+
+/// `mqtt_pub.check_target(topic, qos, broker)`: the setup helpers check their arguments with the
+/// same errors publishing would raise later.
+fn check_target_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    // A trigger set up where publishing is impossible would make every later DML fail.
+    require_publishable();
+    // SAFETY: fcinfo comes from PostgreSQL for this call.
+    let a = unsafe { Args::new(fcinfo) };
+    check_target(a.text(0, "topic"), a.i32(1, "qos"), a.text(2, "broker"));
+    pg::Datum::from(0usize)
+}
+
+crate::pg_finfo!(
+    pg_finfo_mqtt_publish,
+    pg_finfo_mqtt_publish_binary,
+    pg_finfo_mqtt_publish_json,
+    pg_finfo_mqtt_publish_batch,
+    pg_finfo_mqtt_pub_check_target,
+);
+
+/// `mqtt_publish_json(topic text, data json|jsonb, ...)`: the payload is PostgreSQL's own text
+/// form of the value.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn mqtt_publish_json(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    guard(|| publish_json_call(fcinfo))
+}
+
+/// `mqtt_publish_batch(topic_prefix text, payloads text[], ...) RETURNS integer`: one message per
+/// non-NULL element to `<topic_prefix>/<0-based position>`; returns how many.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn mqtt_publish_batch(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    guard(|| publish_batch_call(fcinfo))
+}
+
+#[no_mangle]
+pub unsafe extern "C-unwind" fn mqtt_pub_check_target(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    guard(|| check_target_call(fcinfo))
+}
 
 /// `mqtt_publish(topic text, payload text, qos int, retain bool, broker text) RETURNS boolean`
 #[no_mangle]

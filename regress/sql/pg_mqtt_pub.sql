@@ -9,7 +9,7 @@ CREATE EXTENSION pg_mqtt_pub;
 SELECT p.oid::regprocedure AS function, p.provolatile, p.proparallel, p.proisstrict
 FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
 WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_mqtt_pub')
-ORDER BY 1::text;
+ORDER BY p.oid::regprocedure::text;
 
 -- publishing: positional, named, defaults, binary
 SELECT mqtt_publish('regress/a', 'hello');

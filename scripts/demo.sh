@@ -69,6 +69,12 @@ INSERT INTO sensor_readings (sensor_id, value) VALUES (1, 21.5), (2, 40.2), (3, 
 BEGIN;
 INSERT INTO sensor_readings (sensor_id, value) VALUES (99, 0);  -- rolled back: never published
 ROLLBACK;
+
+\echo == the same without writing a trigger: mqtt_trigger_event_setup
+CREATE TABLE orders (id int PRIMARY KEY, status text);
+SELECT mqtt_trigger_event_setup('orders', 'demo/orders', include_meta := false);
+INSERT INTO orders VALUES (1, 'new');
+UPDATE orders SET status = 'shipped' WHERE id = 1;
 SELECT pg_sleep(0.5) \g /dev/null
 \echo == mqtt_status()
 SELECT broker_name, host, port, connected, delivery_mode, messages_sent, messages_failed FROM mqtt_status();
@@ -77,7 +83,7 @@ SQL
 echo "== what the subscriber received:"
 cat "$DEMO_DIR/received.txt"
 n=$(wc -l < "$DEMO_DIR/received.txt")
-if [ "$n" -ne 5 ]; then echo "expected 5 messages, got $n" >&2; exit 1; fi
+if [ "$n" -ne 7 ]; then echo "expected 7 messages, got $n" >&2; exit 1; fi
 if [ "${KEEP:-0}" = 1 ]; then
   echo "== still running: psql -h 127.0.0.1 -p $PGPORT -U postgres   |   mosquitto_sub -p $MQTT_PORT -t '#' -v"
 fi

@@ -162,7 +162,8 @@ CREATE FUNCTION mqtt_status(
     OUT last_connected_at timestamptz,
     OUT last_error_at     timestamptz,
     OUT inflight          integer,
-    OUT ring_used_bytes   bigint
+    OUT ring_used_bytes   bigint,
+    OUT outbox_oldest_age interval
 ) RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'mqtt_status'
 LANGUAGE C VOLATILE PARALLEL SAFE;
@@ -585,3 +586,196 @@ REVOKE ALL ON FUNCTION mqtt_trigger_remove(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION mqtt_pub.event_trigger() FROM PUBLIC;
 REVOKE ALL ON FUNCTION mqtt_pub.resultset_trigger() FROM PUBLIC;
 GRANT USAGE ON SCHEMA mqtt_pub TO PUBLIC;
+
+---------------------------------------------------------------------------------------------
+-- Named brokers. `default` comes from the pg_mqtt_pub.broker_* settings and is not a row here.
+-- The table holds passwords: readable by its owner (the superuser who created the extension)
+-- only; mqtt_pub.broker_list shows everything else. Changes reach the worker at COMMIT (the
+-- statement trigger below marks the transaction; see src/catalog.rs).
+---------------------------------------------------------------------------------------------
+CREATE TABLE mqtt_pub.brokers (
+    name        text        PRIMARY KEY,
+    -- the broker's status slot in shared memory (1 .. pg_mqtt_pub.max_brokers - 1)
+    slot        smallint    NOT NULL UNIQUE CHECK (slot > 0),
+    host        text        NOT NULL,
+    port        integer     NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    username    text,
+    password    text,
+    use_tls     boolean     NOT NULL DEFAULT false,
+    ca_cert     text,
+    client_cert text,
+    client_key  text,
+    tls_version text        NOT NULL DEFAULT 'tlsv1.2' CHECK (tls_version IN ('tlsv1.2', 'tlsv1.3')),
+    client_id   text,
+    keepalive   integer     NOT NULL DEFAULT 60 CHECK (keepalive BETWEEN 5 AND 65535),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON mqtt_pub.brokers FROM PUBLIC;
+COMMENT ON TABLE mqtt_pub.brokers IS 'Named MQTT brokers (mqtt_broker_add); holds passwords: owner only';
+-- pg_dump keeps the brokers with the database.
+SELECT pg_catalog.pg_extension_config_dump('mqtt_pub.brokers', '');
+
+CREATE FUNCTION mqtt_pub.brokers_changed() RETURNS trigger
+AS 'MODULE_PATHNAME', 'mqtt_pub_brokers_changed'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION mqtt_pub.brokers_changed() FROM PUBLIC;
+CREATE TRIGGER brokers_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON mqtt_pub.brokers
+    FOR EACH STATEMENT EXECUTE FUNCTION mqtt_pub.brokers_changed();
+
+CREATE FUNCTION mqtt_pub.broker_slot_busy(slot integer) RETURNS boolean
+AS 'MODULE_PATHNAME', 'mqtt_pub_broker_slot_busy'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION mqtt_pub.broker_slot_busy(integer) FROM PUBLIC;
+
+CREATE VIEW mqtt_pub.broker_list AS
+SELECT name, host, port, username, password IS NOT NULL AS has_password, use_tls, ca_cert,
+       client_cert, client_key, tls_version, client_id, keepalive, created_at
+FROM mqtt_pub.brokers;
+COMMENT ON VIEW mqtt_pub.broker_list IS 'Named MQTT brokers without their passwords';
+REVOKE ALL ON mqtt_pub.broker_list FROM PUBLIC;
+
+CREATE FUNCTION mqtt_broker_add(
+    name        text,
+    host        text,
+    port        integer DEFAULT 1883,
+    username    text    DEFAULT NULL,
+    password    text    DEFAULT NULL,
+    use_tls     boolean DEFAULT false,
+    ca_cert     text    DEFAULT NULL,
+    client_cert text    DEFAULT NULL,
+    client_key  text    DEFAULT NULL,
+    tls_version text    DEFAULT 'tlsv1.2',
+    client_id   text    DEFAULT NULL,
+    keepalive   integer DEFAULT 60
+) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    max_slots integer := current_setting('pg_mqtt_pub.max_brokers')::integer;
+    free      integer;
+BEGIN
+    IF name IS NULL OR host IS NULL OR port IS NULL OR use_tls IS NULL OR tls_version IS NULL OR keepalive IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL',
+            CASE WHEN name IS NULL THEN 'name' WHEN host IS NULL THEN 'host' WHEN port IS NULL THEN 'port'
+                 WHEN use_tls IS NULL THEN 'use_tls' WHEN tls_version IS NULL THEN 'tls_version' ELSE 'keepalive' END
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'Leave the argument out to use its default.';
+    END IF;
+    IF name = 'default' THEN
+        RAISE EXCEPTION 'the broker "default" cannot be added' USING ERRCODE = 'reserved_name',
+            HINT = 'It is configured by the pg_mqtt_pub.broker_* settings; choose another name.';
+    END IF;
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid MQTT broker name "%"', name USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = 'A broker name is 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.',
+            HINT = 'Use a name such as ''cloud'' or ''plant-2''.';
+    END IF;
+    IF host !~ '^[A-Za-z0-9._:\[\]-]{1,253}$' THEN
+        RAISE EXCEPTION 'invalid host "%"', host USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass a host name or an IPv4/IPv6 address, without scheme or port (e.g. ''mqtt.example.com'').';
+    END IF;
+    IF port NOT BETWEEN 1 AND 65535 THEN
+        RAISE EXCEPTION 'invalid port %', port USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'MQTT brokers listen on 1883 (plain) or 8883 (TLS); pass a port between 1 and 65535.';
+    END IF;
+    IF keepalive NOT BETWEEN 5 AND 65535 THEN
+        RAISE EXCEPTION 'invalid keepalive %', keepalive USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass a keepalive between 5 and 65535 seconds.';
+    END IF;
+    IF password IS NOT NULL AND username IS NULL THEN
+        RAISE EXCEPTION 'a password needs a username' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass username := ... as well.';
+    END IF;
+    IF NOT use_tls AND (ca_cert IS NOT NULL OR client_cert IS NOT NULL OR client_key IS NOT NULL) THEN
+        RAISE EXCEPTION 'certificate files need use_tls := true' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass use_tls := true, or leave out ca_cert, client_cert and client_key.';
+    END IF;
+    IF (client_cert IS NULL) <> (client_key IS NULL) THEN
+        RAISE EXCEPTION 'client_cert and client_key go together' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Mutual TLS needs both the client certificate and its private key.';
+    END IF;
+    IF tls_version NOT IN ('tlsv1.2', 'tlsv1.3') THEN
+        RAISE EXCEPTION 'invalid tls_version "%"', tls_version USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass ''tlsv1.2'' (TLS 1.2 or newer) or ''tlsv1.3''.';
+    END IF;
+    -- One add at a time (slot allocation); publishers are not blocked.
+    LOCK TABLE mqtt_pub.brokers IN SHARE ROW EXCLUSIVE MODE;
+    IF EXISTS (SELECT 1 FROM mqtt_pub.brokers b WHERE b.name = mqtt_broker_add.name) THEN
+        RAISE EXCEPTION 'MQTT broker "%" already exists', name USING ERRCODE = 'duplicate_object',
+            HINT = 'Remove it first with mqtt_broker_remove(), or choose another name.';
+    END IF;
+    SELECT min(s) INTO free FROM generate_series(1, max_slots - 1) s
+    WHERE NOT EXISTS (SELECT 1 FROM mqtt_pub.brokers b WHERE b.slot = s) AND NOT mqtt_pub.broker_slot_busy(s);
+    IF free IS NULL THEN
+        IF (SELECT count(*) FROM mqtt_pub.brokers) >= max_slots - 1 THEN
+            RAISE EXCEPTION 'too many MQTT brokers' USING ERRCODE = 'configuration_limit_exceeded',
+                DETAIL = format('pg_mqtt_pub.max_brokers is %s, "default" included.', max_slots),
+                HINT = 'Raise pg_mqtt_pub.max_brokers in postgresql.conf and restart PostgreSQL, or remove a broker.';
+        END IF;
+        RAISE EXCEPTION 'a removed broker''s slot is still being released' USING ERRCODE = 'object_in_use',
+            HINT = 'Try again in a second.';
+    END IF;
+    INSERT INTO mqtt_pub.brokers (name, slot, host, port, username, password, use_tls, ca_cert,
+                                  client_cert, client_key, tls_version, client_id, keepalive)
+    VALUES (name, free, host, port, username, password, use_tls, ca_cert,
+            client_cert, client_key, tls_version, client_id, keepalive);
+END
+$$;
+COMMENT ON FUNCTION mqtt_broker_add(text, text, integer, text, text, boolean, text, text, text, text, text, integer) IS
+'Add a named MQTT broker; the worker connects within about a second of COMMIT';
+
+CREATE FUNCTION mqtt_broker_remove(name text, force boolean DEFAULT false) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pending bigint;
+    users   text;
+    moved   bigint := 0;
+BEGIN
+    IF name IS NULL OR force IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN name IS NULL THEN 'name' ELSE 'force' END
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'Pass the name of a broker added with mqtt_broker_add().';
+    END IF;
+    IF name = 'default' THEN
+        RAISE EXCEPTION 'the broker "default" cannot be removed' USING ERRCODE = 'reserved_name',
+            HINT = 'It is configured by the pg_mqtt_pub.broker_* settings.';
+    END IF;
+    -- Waits for transactions that publish to a named broker, and holds new ones back until this
+    -- one ends: no message is published to a broker that is going away (src/catalog.rs).
+    LOCK TABLE mqtt_pub.brokers IN ACCESS EXCLUSIVE MODE;
+    IF NOT EXISTS (SELECT 1 FROM mqtt_pub.brokers b WHERE b.name = mqtt_broker_remove.name) THEN
+        RAISE EXCEPTION 'MQTT broker "%" does not exist', name USING ERRCODE = 'undefined_object',
+            HINT = 'SELECT name FROM mqtt_pub.broker_list shows the named brokers.';
+    END IF;
+    SELECT string_agg(DISTINCT t.table_name::text, ', ') INTO users FROM mqtt_pub.triggers t WHERE t.broker = name;
+    IF users IS NOT NULL THEN
+        RAISE EXCEPTION 'MQTT broker "%" is used by publishing triggers', name USING ERRCODE = 'dependent_objects_still_exist',
+            DETAIL = format('Triggers on %s publish to it.', users),
+            HINT = 'Remove them with mqtt_trigger_remove() or set them up for another broker first.';
+    END IF;
+    SELECT count(*) INTO pending FROM mqtt_pub.outbox o WHERE o.broker = name;
+    IF pending > 0 AND NOT force THEN
+        RAISE EXCEPTION 'MQTT broker "%" still has % messages in the outbox', name, pending USING ERRCODE = 'object_in_use',
+            HINT = 'Wait until they are delivered (mqtt_pub.outbox_summary), or pass force := true to move them to mqtt_pub.dead_letters.';
+    END IF;
+    IF pending > 0 THEN
+        WITH gone AS (
+            DELETE FROM mqtt_pub.outbox o WHERE o.broker = name
+            RETURNING o.id, o.broker, o.topic, o.payload, o.qos, o.retain, o.attempts, o.first_failed_at
+        )
+        INSERT INTO mqtt_pub.dead_letters (original_id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error)
+        SELECT g.id, g.broker, g.topic, g.payload, g.qos, g.retain, g.attempts, g.first_failed_at,
+               format('broker "%s" was removed (mqtt_broker_remove with force)', name)
+        FROM gone g ORDER BY g.id;
+        GET DIAGNOSTICS moved = ROW_COUNT;
+    END IF;
+    DELETE FROM mqtt_pub.brokers b WHERE b.name = mqtt_broker_remove.name;
+    RETURN moved;
+END
+$$;
+COMMENT ON FUNCTION mqtt_broker_remove(text, boolean) IS
+'Remove a named MQTT broker; refused while it has outbox rows unless force moves them to the dead letters';
+
+REVOKE ALL ON FUNCTION mqtt_broker_add(text, text, integer, text, text, boolean, text, text, text, text, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mqtt_broker_remove(text, boolean) FROM PUBLIC;

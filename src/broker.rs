@@ -53,6 +53,18 @@ pub struct ClientOptions<'a> {
     pub password: &'a str,
     pub use_tls: bool,
     pub ca_cert: &'a str,
+    pub client_cert: &'a str,
+    pub client_key: &'a str,
+    /// Lowest TLS version: "tlsv1.2" or "tlsv1.3" (libmosquitto disables older ones).
+    pub tls_version: &'a str,
+}
+
+fn opt(s: &CString) -> *const c_char {
+    if s.as_bytes().is_empty() {
+        std::ptr::null()
+    } else {
+        s.as_ptr()
+    }
 }
 
 fn cstring(s: &str) -> Result<CString, String> {
@@ -176,20 +188,24 @@ impl Client {
                 check(m::mosquitto_username_pw_set(mosq, u.as_ptr(), pp), "username/password")?;
             }
             if o.use_tls {
-                let ca = cstring(o.ca_cert)?;
-                let ca_ptr = if o.ca_cert.is_empty() { std::ptr::null() } else { ca.as_ptr() };
-                if ca_ptr.is_null() {
+                let (ca, cert, key) = (cstring(o.ca_cert)?, cstring(o.client_cert)?, cstring(o.client_key)?);
+                if o.ca_cert.is_empty() {
                     // no CA file: trust the operating system's store
                     check(
                         m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_TLS_USE_OS_CERTS, 1),
                         "TLS OS certificates",
                     )?;
-                } else {
+                }
+                if !o.ca_cert.is_empty() || !o.client_cert.is_empty() {
+                    // libmosquitto checks the files exist here; the server certificate and host
+                    // name are verified during the handshake (tls_insecure stays false).
                     check(
-                        m::mosquitto_tls_set(mosq, ca_ptr, std::ptr::null(), std::ptr::null(), std::ptr::null(), None),
-                        "TLS CA file",
+                        m::mosquitto_tls_set(mosq, opt(&ca), std::ptr::null(), opt(&cert), opt(&key), None),
+                        "TLS files",
                     )?;
                 }
+                let v = cstring(if o.tls_version.is_empty() { "tlsv1.2" } else { o.tls_version })?;
+                check(m::mosquitto_tls_opts_set(mosq, 1, v.as_ptr(), std::ptr::null()), "TLS version")?;
             }
             m::mosquitto_connect_v5_callback_set(mosq, Some(on_connect));
             m::mosquitto_disconnect_v5_callback_set(mosq, Some(on_disconnect));

@@ -50,6 +50,10 @@ pub static BROKER_USERNAME: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
 pub static BROKER_PASSWORD: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
 pub static BROKER_USE_TLS: Guc<bool> = Guc::new(false);
 pub static BROKER_CA_CERT: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static BROKER_CLIENT_CERT: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static BROKER_CLIENT_KEY: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static BROKER_TLS_VERSION: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static MAX_BROKERS: Guc<c_int> = Guc::new(8);
 pub static CLIENT_ID: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
 pub static KEEPALIVE_S: Guc<c_int> = Guc::new(60);
 pub static PROTOCOL_VERSION: Guc<c_int> = Guc::new(5);
@@ -199,6 +203,39 @@ pub fn define() {
         &BROKER_CA_CERT,
         c"",
         SIGHUP,
+        0,
+    );
+    string(
+        c"pg_mqtt_pub.broker_client_cert",
+        c"Client certificate file (PEM) for mutual TLS with the default broker.",
+        &BROKER_CLIENT_CERT,
+        c"",
+        SIGHUP,
+        0,
+    );
+    string(
+        c"pg_mqtt_pub.broker_client_key",
+        c"Private key file (PEM) of the client certificate.",
+        &BROKER_CLIENT_KEY,
+        c"",
+        SIGHUP,
+        0,
+    );
+    string(
+        c"pg_mqtt_pub.broker_tls_version",
+        c"Lowest TLS version accepted from the default broker: tlsv1.2 or tlsv1.3.",
+        &BROKER_TLS_VERSION,
+        c"tlsv1.2",
+        SIGHUP,
+        0,
+    );
+    int(
+        c"pg_mqtt_pub.max_brokers",
+        c"Brokers (default included) shared memory has room for.",
+        &MAX_BROKERS,
+        1,
+        crate::shmem::MAX_BROKERS as c_int,
+        POSTMASTER,
         0,
     );
     string(
@@ -385,6 +422,9 @@ pub struct BrokerConfig {
     pub password: String,
     pub use_tls: bool,
     pub ca_cert: String,
+    pub client_cert: String,
+    pub client_key: String,
+    pub tls_version: String,
     pub client_id: String,
     pub keepalive: i32,
     pub protocol: i32,
@@ -401,6 +441,9 @@ impl BrokerConfig {
             password: BROKER_PASSWORD.string(),
             use_tls: BROKER_USE_TLS.get(),
             ca_cert: BROKER_CA_CERT.string(),
+            client_cert: BROKER_CLIENT_CERT.string(),
+            client_key: BROKER_CLIENT_KEY.string(),
+            tls_version: BROKER_TLS_VERSION.string(),
             client_id: CLIENT_ID.string(),
             keepalive: KEEPALIVE_S.get(),
             protocol: PROTOCOL_VERSION.get(),

@@ -35,6 +35,7 @@
 //! | `trigger.rs` | the compiled row trigger behind `mqtt_trigger_event_setup` |
 //! | `txn.rs` | COMMIT / ABORT / PREPARE / savepoints; ring or outbox per broker |
 //! | `outbox.rs` | SPI access to `mqtt_pub.outbox` |
+//! | `catalog.rs` | `mqtt_pub.brokers`: named brokers, name → slot for publishers, reload for the worker |
 //! | `broker.rs` | one libmosquitto client, callbacks that only record |
 //! | `worker.rs` | the launcher and the publishing worker's loop |
 //! | `status.rs` | `mqtt_status()` and the shared counters |
@@ -49,6 +50,8 @@ pub mod topic;
 
 #[cfg(not(test))]
 pub mod broker;
+#[cfg(not(test))]
+mod catalog;
 #[cfg(not(test))]
 mod fmgr;
 #[cfg(not(test))]

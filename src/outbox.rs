@@ -56,7 +56,7 @@ fn bytes_datum(b: &[u8]) -> pg::Datum {
 }
 
 /// Run `f` connected to SPI, with an active snapshot.
-fn with_spi<R>(f: impl FnOnce() -> R) -> R {
+pub fn with_spi<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: SPI_connect/SPI_finish bracket `f`; on ERROR the transaction abort cleans up SPI
     // and the snapshot stack, so no Rust destructor is needed.
     unsafe {
@@ -76,7 +76,7 @@ fn with_spi<R>(f: impl FnOnce() -> R) -> R {
 
 /// Run `f` as the owner of the outbox (inside SPI): publishers and `mqtt_status()` need no
 /// privilege on the table itself.
-unsafe fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+pub unsafe fn as_owner<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: inside SPI; the user id is restored right after, and by abort on ERROR.
     unsafe {
         let owner = insert_plan().1;
@@ -123,7 +123,7 @@ unsafe fn insert_plan() -> (pg::SPIPlanPtr, pg::Oid) {
 }
 
 /// Value of column `col` (1-based) of the first result row, if any and not NULL.
-unsafe fn first_value(col: i32) -> Option<pg::Datum> {
+pub unsafe fn first_value(col: i32) -> Option<pg::Datum> {
     // SAFETY: called right after a successful SPI_execute*.
     unsafe {
         if pg::SPI_processed == 0 || pg::SPI_tuptable.is_null() {
@@ -378,13 +378,23 @@ pub fn exists(broker: &str) -> bool {
 }
 
 /// Rows waiting for `broker` (for `mqtt_status()`, run by any role allowed to call it).
-pub fn pending(broker: &str) -> i64 {
+/// `mqtt_status()`: rows waiting for `broker`, and how long the oldest has waited (an interval
+/// datum in the caller's memory context; `None` when there are none).
+pub fn pending_and_age(broker: &str) -> (i64, Option<pg::Datum>) {
     with_spi(|| {
-        // SAFETY: inside SPI, as the outbox owner.
+        // SAFETY: inside SPI, as the outbox owner. The interval is copied out of SPI's memory
+        // into the caller's context (SPI_datumTransfer) before SPI_finish frees it.
         unsafe {
             as_owner(|| {
-                exec_with_broker("SELECT count(*) FROM mqtt_pub.outbox WHERE broker = $1", broker, true, 1);
-                first_value(1).map(|d| d.value() as i64).unwrap_or(0)
+                exec_with_broker(
+                    "SELECT count(*), now() - min(created_at) FROM mqtt_pub.outbox WHERE broker = $1",
+                    broker,
+                    true,
+                    1,
+                );
+                let n = first_value(1).map(|d| d.value() as i64).unwrap_or(0);
+                let age = first_value(2).map(|d| pg::SPI_datumTransfer(d, false, 16));
+                (n, age)
             })
         }
     })

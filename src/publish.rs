@@ -72,25 +72,14 @@ pub fn require_publishable() {
     }
 }
 
-/// Name of a broker by index (the outbox stores names).
-pub fn broker_name(idx: u16) -> &'static str {
-    match idx {
-        0 => "default",
-        _ => unreachable!("only the default broker exists"),
-    }
+/// Name of a broker by slot (the outbox stores names).
+pub fn broker_name(idx: u16) -> String {
+    crate::catalog::name_of(idx)
 }
 
-/// Index of a broker by name.
+/// Slot of a broker by name, or ERROR.
 pub fn broker_index(name: &[u8]) -> u16 {
-    if name == b"default" {
-        return 0;
-    }
-    PgError::new(
-        Code::ERRCODE_UNDEFINED_OBJECT,
-        format!("MQTT broker \"{}\" does not exist", String::from_utf8_lossy(name)),
-    )
-    .hint("Use the broker \"default\", configured by pg_mqtt_pub.broker_host and pg_mqtt_pub.broker_port.")
-    .raise()
+    crate::catalog::slot_of(name)
 }
 
 /// A checked destination: topic in UTF-8, QoS, broker index.

@@ -2,7 +2,8 @@
 //!
 //! One named segment, "pg_mqtt_pub", sized once at postmaster start from `queue_size`:
 //! ```text
-//!   Shared   worker latch/pid/sleeping flag, per-broker status (status.rs)
+//!   Shared   worker latch/pid/sleeping flag, broker generation
+//!   max_brokers × BrokerShared: per-broker mode, counters, status text (status.rs)
 //!   Ring     control block + queue_size × 512-byte slots (ring.rs)
 //! ```
 //! Locks (one named LWLock tranche, "pg_mqtt_pub"):
@@ -20,10 +21,11 @@ use crate::gucs;
 use crate::ring::{self, Ring};
 use crate::status::BrokerShared;
 use pgrx_pg_sys as pg;
-use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 
-/// Brokers the status table can hold. Only `default` exists until named brokers arrive.
-pub const MAX_BROKERS: usize = 16;
+/// The most brokers `pg_mqtt_pub.max_brokers` may ask for (per-transaction bookkeeping in
+/// txn.rs uses fixed arrays and u32 bit sets of this size). Slot 0 is `default`.
+pub const MAX_BROKERS: usize = 32;
 
 pub const RING_LOCK: usize = 0;
 pub const STATUS_LOCK: usize = 1;
@@ -38,7 +40,23 @@ pub struct Shared {
     /// Set by a transaction that wrote outbox rows, when it ends: tells the worker that a latch
     /// wake-up means "look at the outbox" (most wake-ups are hot commits, which need no query).
     pub outbox_dirty: AtomicBool,
-    pub brokers: [BrokerShared; MAX_BROKERS],
+    /// Bumped when a transaction that changed `mqtt_pub.brokers` commits: backends refresh their
+    /// name → slot cache (catalog.rs), the worker reloads the catalog.
+    pub broker_generation: AtomicU64,
+    /// `max_brokers` status slots follow this struct in the segment (see `brokers`).
+    nbrokers: u32,
+}
+
+impl Shared {
+    /// Every broker status slot (`pg_mqtt_pub.max_brokers` of them; 0 is `default`).
+    pub fn brokers(&self) -> &[BrokerShared] {
+        // SAFETY: the startup hook laid out `nbrokers` zero-initialised slots right after the
+        // struct (all-zero is a valid BrokerShared); they live as long as the segment.
+        unsafe {
+            let first = (self as *const Shared).add(1) as *const BrokerShared;
+            std::slice::from_raw_parts(first, self.nbrokers as usize)
+        }
+    }
 }
 
 // Process-local pointers into the segment, set by the startup hook (inherited across fork).
@@ -50,7 +68,9 @@ static mut PREV_REQUEST_HOOK: pg::shmem_request_hook_type = None;
 static mut PREV_STARTUP_HOOK: pg::shmem_startup_hook_type = None;
 
 fn shared_size() -> usize {
-    std::mem::size_of::<Shared>().next_multiple_of(ring::SLOT)
+    const _: () = assert!(std::mem::size_of::<Shared>().is_multiple_of(std::mem::align_of::<BrokerShared>()));
+    (std::mem::size_of::<Shared>() + gucs::MAX_BROKERS.get() as usize * std::mem::size_of::<BrokerShared>())
+        .next_multiple_of(ring::SLOT)
 }
 
 /// Total bytes requested from the postmaster.
@@ -101,8 +121,9 @@ unsafe extern "C-unwind" fn shmem_startup() {
                 // Every broker starts cold: after a restart the outbox may hold messages that
                 // must go out before anything new; the worker turns a broker hot once it has
                 // drained them.
-                let shared = &*(base as *const Shared);
-                for b in &shared.brokers {
+                let shared = &mut *(base as *mut Shared);
+                shared.nbrokers = gucs::MAX_BROKERS.get() as u32;
+                for b in shared.brokers() {
                     b.mode.store(crate::status::MODE_COLD, Ordering::Relaxed);
                 }
             }
@@ -156,5 +177,15 @@ pub fn wake_worker() {
             // whose owner has exited is harmless.
             unsafe { pg::SetLatch(latch) };
         }
+    }
+}
+
+/// Wake the worker whether or not it sleeps (rare events: catalog changes).
+pub fn wake_worker_always() {
+    let Some(s) = shared() else { return };
+    let latch = s.worker_latch.load(Ordering::Acquire);
+    if !latch.is_null() {
+        // SAFETY: as in wake_worker.
+        unsafe { pg::SetLatch(latch) };
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::fmgr::{text_datum, Args};
 use crate::guard::guard;
-use crate::shmem::{self, MAX_BROKERS, STATUS_LOCK};
+use crate::shmem::{self, STATUS_LOCK};
 use pgrx_pg_sys as pg;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -87,6 +87,30 @@ impl BrokerShared {
         self.last_error_at.store(now(), Ordering::Relaxed);
     }
 
+    /// Worker: a removed broker's slot becomes free for the next `mqtt_broker_add`: counters
+    /// reset, cold (a new broker starts on the outbox until it is connected and drained).
+    pub fn release(&self) {
+        shmem::with_lock(shmem::RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            self.mode.store(MODE_COLD, Ordering::Release);
+        });
+        shmem::with_lock(STATUS_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            // SAFETY: under STATUS_LOCK.
+            let t = unsafe { &mut *self.text.get() };
+            put(&mut t.name, "");
+            put(&mut t.host, "");
+            put(&mut t.last_error, "");
+        });
+        for c in [&self.messages_sent, &self.messages_failed, &self.dead_lettered] {
+            c.store(0, Ordering::Relaxed);
+        }
+        for t in [&self.last_connected_at, &self.last_error_at] {
+            t.store(0, Ordering::Relaxed);
+        }
+        self.inflight.store(0, Ordering::Relaxed);
+        self.connected.store(false, Ordering::Release);
+        self.in_use.store(false, Ordering::Release);
+    }
+
     pub fn set_connected(&self, up: bool) {
         if up {
             self.last_connected_at.store(now(), Ordering::Relaxed);
@@ -105,7 +129,7 @@ impl BrokerShared {
 
 /// Status slot of a broker by index.
 pub fn broker(idx: usize) -> &'static BrokerShared {
-    &crate::publish::require_shared().brokers[idx]
+    &crate::publish::require_shared().brokers()[idx]
 }
 
 crate::pg_finfo!(pg_finfo_mqtt_status);
@@ -123,7 +147,7 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
         unsafe {
             pg::InitMaterializedSRF(args.fcinfo(), 0);
             let rsinfo = (*args.fcinfo()).resultinfo as *mut pg::ReturnSetInfo;
-            for (i, b) in s.brokers.iter().enumerate().take(MAX_BROKERS) {
+            for (i, b) in s.brokers().iter().enumerate() {
                 let in_use = b.in_use.load(Ordering::Acquire);
                 if !in_use && i != 0 {
                     continue;
@@ -139,7 +163,8 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                 }
                 let ts = |v: i64| (pg::Datum::from(v), v == 0);
                 let mode = if b.mode.load(Ordering::Relaxed) == MODE_COLD { "cold" } else { "hot" };
-                let cols: [(pg::Datum, bool); 14] = [
+                let (pending, oldest) = crate::outbox::pending_and_age(&name);
+                let cols: [(pg::Datum, bool); 15] = [
                     (text_datum(&name), false),
                     (text_datum(&host), false),
                     (pg::Datum::from(port), false),
@@ -148,12 +173,13 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                     (pg::Datum::from(b.messages_sent.load(Ordering::Relaxed) as i64), false),
                     (pg::Datum::from(b.messages_failed.load(Ordering::Relaxed) as i64), false),
                     (pg::Datum::from(b.dead_lettered.load(Ordering::Relaxed) as i64), false),
-                    (pg::Datum::from(crate::outbox::pending(&name)), false),
+                    (pg::Datum::from(pending), false),
                     (text_datum(&last_error), last_error.is_empty()),
                     ts(b.last_connected_at.load(Ordering::Relaxed)),
                     ts(b.last_error_at.load(Ordering::Relaxed)),
                     (pg::Datum::from(b.inflight.load(Ordering::Relaxed) as i32), false),
                     (pg::Datum::from(ring_bytes), false),
+                    (oldest.unwrap_or(pg::Datum::from(0usize)), oldest.is_none()),
                 ];
                 let mut values: Vec<pg::Datum> = cols.iter().map(|c| c.0).collect();
                 let mut nulls: Vec<bool> = cols.iter().map(|c| c.1).collect();

@@ -128,10 +128,13 @@ impl Pending {
 
     /// Write messages (all, or those of one broker) to the outbox, in order.
     fn write_to_outbox(&self, only: Option<u16>) {
+        let names: Vec<Option<String>> = (0..MAX_BROKERS)
+            .map(|b| (self.per_broker[b] > 0 && only.is_none_or(|o| o as usize == b)).then(|| broker_name(b as u16)))
+            .collect();
         let mut rows = (0..self.msgs.len())
             .map(|i| self.msg(i))
             .filter(|m| only.is_none_or(|b| m.broker == b))
-            .map(|m| NewRow::of(broker_name(m.broker), &m, LANE_PUBLISHED));
+            .map(|m| NewRow::of(names[m.broker as usize].as_deref().unwrap_or("default"), &m, LANE_PUBLISHED));
         outbox::insert(&mut rows);
     }
 }
@@ -204,7 +207,8 @@ pub fn register_callbacks() {
 }
 
 fn write_one(m: &MessageRef<'_>) {
-    let mut row = std::iter::once(NewRow::of(broker_name(m.broker), m, LANE_PUBLISHED));
+    let name = broker_name(m.broker);
+    let mut row = std::iter::once(NewRow::of(&name, m, LANE_PUBLISHED));
     outbox::insert(&mut row);
 }
 
@@ -415,8 +419,14 @@ unsafe extern "C-unwind" fn xact_callback(event: pg::XactEvent::Type, _arg: *mut
     use pg::XactEvent::*;
     guard(|| match event {
         XACT_EVENT_PRE_COMMIT => pre_commit(),
-        XACT_EVENT_COMMIT => commit(),
-        XACT_EVENT_ABORT => abort(),
+        XACT_EVENT_COMMIT => {
+            crate::catalog::at_commit();
+            commit()
+        }
+        XACT_EVENT_ABORT => {
+            crate::catalog::at_abort();
+            abort()
+        }
         XACT_EVENT_PRE_PREPARE => {
             // The messages become part of the prepared transaction: delivered only if it is
             // COMMIT PREPARED. No mode change: the broker's worker finds them when they appear.

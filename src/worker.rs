@@ -294,8 +294,10 @@ unsafe extern "C-unwind" fn forget_latch(_code: c_int, _arg: pg::Datum) {
         s.worker_latch.store(std::ptr::null_mut(), Ordering::Release);
         s.worker_pid.store(0, Ordering::Release);
         s.worker_sleeping.store(false, Ordering::Release);
-        s.brokers[0].connected.store(false, Ordering::Release);
-        s.brokers[0].inflight.store(0, Ordering::Relaxed);
+        for b in s.brokers() {
+            b.connected.store(false, Ordering::Release);
+            b.inflight.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -312,52 +314,73 @@ enum ConnState {
     },
 }
 
-/// The WaitEventSet for latch + postmaster death + (optionally) the broker socket.
+/// The WaitEventSet: latch + postmaster death + one socket per connected broker.
 struct Waiter {
     set: *mut pg::WaitEventSet,
-    fd: c_int,
-    sock_pos: c_int,
-    write_interest: bool,
+    /// (link index, fd, position in the set, write interest)
+    socks: Vec<(usize, c_int, c_int, bool)>,
 }
 
 impl Waiter {
-    fn new(fd: c_int) -> Waiter {
+    fn new(fds: &[(usize, c_int)]) -> Waiter {
         // SAFETY: standard WaitEventSet construction in a long-lived context.
         unsafe {
-            let set = pg::CreateWaitEventSet(pg::TopMemoryContext, 3);
+            let set = pg::CreateWaitEventSet(pg::TopMemoryContext, 2 + fds.len() as c_int);
             pg::AddWaitEventToSet(set, pg::WL_LATCH_SET, -1, pg::MyLatch, std::ptr::null_mut());
             pg::AddWaitEventToSet(set, pg::WL_EXIT_ON_PM_DEATH, -1, std::ptr::null_mut(), std::ptr::null_mut());
-            let sock_pos = if fd >= 0 {
-                pg::AddWaitEventToSet(set, pg::WL_SOCKET_READABLE, fd, std::ptr::null_mut(), std::ptr::null_mut())
-            } else {
-                -1
-            };
-            Waiter { set, fd, sock_pos, write_interest: false }
+            let socks = fds
+                .iter()
+                .map(|&(l, fd)| {
+                    let pos = pg::AddWaitEventToSet(
+                        set,
+                        pg::WL_SOCKET_READABLE,
+                        fd,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    );
+                    (l, fd, pos, false)
+                })
+                .collect();
+            Waiter { set, socks }
         }
     }
 
-    fn want_write(&mut self, w: bool) {
-        if self.sock_pos >= 0 && w != self.write_interest {
-            let ev = pg::WL_SOCKET_READABLE | if w { pg::WL_SOCKET_WRITEABLE } else { 0 };
-            // SAFETY: sock_pos is a socket event of this set.
-            unsafe { pg::ModifyWaitEvent(self.set, self.sock_pos, ev, std::ptr::null_mut()) };
-            self.write_interest = w;
+    fn same_sockets(&self, fds: &[(usize, c_int)]) -> bool {
+        self.socks.len() == fds.len() && self.socks.iter().zip(fds).all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+    }
+
+    fn want_write(&mut self, link: usize, w: bool) {
+        for s in self.socks.iter_mut().filter(|s| s.0 == link) {
+            if s.3 != w {
+                let ev = pg::WL_SOCKET_READABLE | if w { pg::WL_SOCKET_WRITEABLE } else { 0 };
+                // SAFETY: s.2 is a socket event of this set.
+                unsafe { pg::ModifyWaitEvent(self.set, s.2, ev, std::ptr::null_mut()) };
+                s.3 = w;
+            }
         }
     }
 
-    /// Wait; returns (latch set, socket readable, socket writable).
-    fn wait(&mut self, timeout_ms: i64) -> (bool, bool, bool) {
+    /// Wait; returns whether the latch was set, and (link, readable, writable) per ready socket.
+    fn wait(&mut self, timeout_ms: i64, ready: &mut Vec<(usize, bool, bool)>) -> bool {
+        ready.clear();
+        let cap = 2 + self.socks.len();
         // SAFETY: WaitEvent is plain data.
-        let mut evs: [pg::WaitEvent; 3] = unsafe { std::mem::zeroed() };
-        // SAFETY: valid set; the array has room for 3 events.
-        let n = unsafe { pg::WaitEventSetWait(self.set, timeout_ms, evs.as_mut_ptr(), 3, pg::PG_WAIT_EXTENSION) };
-        let (mut l, mut r, mut w) = (false, false, false);
+        let mut evs: Vec<pg::WaitEvent> = vec![unsafe { std::mem::zeroed() }; cap];
+        // SAFETY: valid set; the vector has room for every event of the set.
+        let n = unsafe {
+            pg::WaitEventSetWait(self.set, timeout_ms, evs.as_mut_ptr(), cap as c_int, pg::PG_WAIT_EXTENSION)
+        };
+        let mut latch = false;
         for e in &evs[..n.max(0) as usize] {
-            l |= e.events & pg::WL_LATCH_SET != 0;
-            r |= e.events & pg::WL_SOCKET_READABLE != 0;
-            w |= e.events & pg::WL_SOCKET_WRITEABLE != 0;
+            latch |= e.events & pg::WL_LATCH_SET != 0;
+            if let Some(s) = self.socks.iter().find(|s| s.2 == e.pos) {
+                let (r, w) = (e.events & pg::WL_SOCKET_READABLE != 0, e.events & pg::WL_SOCKET_WRITEABLE != 0);
+                if r || w {
+                    ready.push((s.0, r, w));
+                }
+            }
         }
-        (l, r, w)
+        latch
     }
 }
 
@@ -384,10 +407,11 @@ struct Scanned {
     done: bool,
 }
 
-struct Worker {
-    ring: Ring,
-    scratch: Vec<u8>,
-    events: Vec<Event>,
+/// One broker connection and its delivery state. Brokers are independent: each has its own
+/// socket in the wait set, its own hot/cold mode, backoff, in-flight window, backlog and outbox
+/// pass, so a dead or slow broker never holds up another.
+struct Link {
+    slot: u16,
     status: &'static BrokerShared,
     cfg: BrokerConfig,
     client: Option<Client>,
@@ -400,9 +424,10 @@ struct Worker {
     /// message that makes the broker close the connection is identified (and charged a failed
     /// attempt) instead of killing every reconnect.
     probe: u32,
-    /// Next ring position to look at; records between the tail and here are in `scanned`.
-    cursor: u64,
-    scanned: VecDeque<Scanned>,
+    /// Ring records of this (hot) broker the scan went past while its window was full: sent
+    /// before anything newer for it. Bounded: past a quarter of the ring the broker goes cold.
+    backlog: VecDeque<(u64, u64)>,
+    backlog_slots: u64,
     /// Outbox rows fetched and not yet handed to libmosquitto.
     fetched: VecDeque<outbox::Row>,
     /// Acknowledged outbox rows to delete.
@@ -413,29 +438,20 @@ struct Worker {
     /// from the head (after a reconnect, going cold, or reaching the end of a pass).
     drain_after: Option<(i16, i64)>,
     next_outbox_poll: Instant,
-    /// A broker settings change waiting for the in-flight window to drain.
+    /// A settings change waiting for the in-flight window to drain.
     switch_to: Option<(BrokerConfig, Instant)>,
     refusal: Option<String>,
-    waiter: Option<Waiter>,
-    rebuild_waiter: bool,
-    ext_present: bool,
-    next_ext_check: Instant,
-    next_prune: Instant,
+    /// Removed from the catalog: the slot is released once the scan has passed this ring head
+    /// (every record published to it has been seen and dead-lettered).
+    removed_at: Option<u64>,
 }
 
-impl Worker {
-    fn new() -> Worker {
-        let status = &crate::publish::require_shared().brokers[0];
-        let cfg = BrokerConfig::default_broker();
+impl Link {
+    fn new(slot: u16, cfg: BrokerConfig) -> Link {
+        let status = &crate::publish::require_shared().brokers()[slot as usize];
         status.set_identity(&cfg.name, &cfg.host, cfg.port);
-        let ring = shmem::ring();
-        // A restarted worker cannot know where the old one's scan was: look again from the tail.
-        // (QoS 1/2 records the old worker had in flight are sent again: at least once.)
-        status.flip_head.fetch_max(ring.head(), Ordering::AcqRel);
-        Worker {
-            ring,
-            scratch: Vec::new(),
-            events: Vec::new(),
+        Link {
+            slot,
             status,
             cfg,
             client: None,
@@ -444,8 +460,8 @@ impl Worker {
             inflight: HashMap::new(),
             last_progress: Instant::now(),
             probe: 0,
-            cursor: ring.tail(),
-            scanned: VecDeque::new(),
+            backlog: VecDeque::new(),
+            backlog_slots: 0,
             fetched: VecDeque::new(),
             to_delete: Vec::new(),
             outbox_check: true,
@@ -453,12 +469,125 @@ impl Worker {
             next_outbox_poll: Instant::now(),
             switch_to: None,
             refusal: None,
+            removed_at: None,
+        }
+    }
+
+    fn cold(&self) -> bool {
+        self.status.mode.load(Ordering::Acquire) == MODE_COLD
+    }
+
+    fn window_open(&self) -> bool {
+        let window = if self.probe > 0 { 1 } else { self.cfg.max_inflight as usize };
+        self.state == ConnState::Connected
+            && self.switch_to.is_none()
+            && self.removed_at.is_none()
+            && self.inflight.len() < window
+    }
+
+    /// Can a new ring record for this broker be handed over right now?
+    fn takes_ring_record(&self) -> bool {
+        self.cold() || (self.backlog.is_empty() && self.window_open())
+    }
+
+    fn note_sent(&mut self, mid: i32, what: Inflight) {
+        if self.inflight.is_empty() {
+            self.last_progress = Instant::now();
+        }
+        self.inflight.insert(mid, what);
+    }
+
+    fn client_id(&self) -> String {
+        if !self.cfg.client_id.is_empty() {
+            return self.cfg.client_id.clone();
+        }
+        // SAFETY: plain call; unique per cluster, stable across restarts.
+        let sys = unsafe { pg::GetSystemIdentifier() };
+        if self.slot == 0 {
+            format!("pg_mqtt_pub-{sys}")
+        } else {
+            format!("pg_mqtt_pub-{sys}-{}", self.cfg.name)
+        }
+    }
+
+    fn service_socket(&mut self, readable: bool, writable: bool) {
+        let Some(c) = self.client.as_mut() else { return };
+        if c.socket() < 0 {
+            return;
+        }
+        if readable {
+            c.loop_read();
+        }
+        if c.socket() >= 0 && (writable || c.want_write()) {
+            c.loop_write();
+        }
+        if c.socket() >= 0 {
+            c.loop_misc();
+        }
+    }
+}
+
+/// How often the worker re-reads the broker catalog without being told (COMMIT PREPARED of a
+/// catalog change, or a change made with triggers disabled).
+const CATALOG_RECHECK: Duration = Duration::from_secs(10);
+
+struct Worker {
+    ring: Ring,
+    scratch: Vec<u8>,
+    events: Vec<Event>,
+    links: Vec<Link>,
+    /// slot → index in `links`
+    by_slot: Vec<Option<usize>>,
+    /// Next ring position to look at; records between the tail and here are in `scanned`.
+    cursor: u64,
+    scanned: VecDeque<Scanned>,
+    waiter: Option<Waiter>,
+    rebuild_waiter: bool,
+    ready: Vec<(usize, bool, bool)>,
+    ext_present: bool,
+    next_ext_check: Instant,
+    next_prune: Instant,
+    generation: u64,
+    next_catalog_check: Instant,
+}
+
+impl Worker {
+    fn new() -> Worker {
+        let shared = crate::publish::require_shared();
+        let ring = shmem::ring();
+        let default = Link::new(0, BrokerConfig::default_broker());
+        // A restarted worker cannot know where the old one's scan was: look again from the tail.
+        // (QoS 1/2 records the old worker had in flight are sent again: at least once.)
+        for b in shared.brokers() {
+            b.flip_head.fetch_max(ring.head(), Ordering::AcqRel);
+        }
+        let mut w = Worker {
+            ring,
+            scratch: Vec::new(),
+            events: Vec::new(),
+            links: vec![default],
+            by_slot: Vec::new(),
+            cursor: ring.tail(),
+            scanned: VecDeque::new(),
             waiter: None,
             rebuild_waiter: true,
+            ready: Vec::new(),
             ext_present: false,
             next_ext_check: Instant::now(),
             next_prune: Instant::now(),
+            generation: u64::MAX,
+            next_catalog_check: Instant::now(),
+        };
+        w.index_links();
+        w
+    }
+
+    fn index_links(&mut self) {
+        self.by_slot = vec![None; crate::publish::require_shared().brokers().len()];
+        for (i, l) in self.links.iter().enumerate() {
+            self.by_slot[l.slot as usize] = Some(i);
         }
+        self.rebuild_waiter = true;
     }
 
     fn run(mut self) -> ! {
@@ -479,36 +608,43 @@ impl Worker {
                         "extension not installed; idle"
                     };
                     guard::log(Level::LOG, format!("pg_mqtt_pub worker: {msg}"));
+                    self.next_catalog_check = Instant::now();
                 }
                 let every = if self.ext_present { 10 } else { 1 };
                 self.next_ext_check = Instant::now() + Duration::from_secs(every);
             }
-            if Instant::now() >= self.next_outbox_poll {
-                // Rows can appear without a wake-up (COMMIT PREPARED): look now and then.
-                self.outbox_check = true;
-                let every = if self.cold() { gucs::WORKER_POLL_INTERVAL_MS.get() as u64 } else { 1000 };
-                self.next_outbox_poll = Instant::now() + Duration::from_millis(every);
+            self.maybe_sync_catalog();
+            for l in &mut self.links {
+                if Instant::now() >= l.next_outbox_poll {
+                    // Rows can appear without a wake-up (COMMIT PREPARED): look now and then.
+                    l.outbox_check = true;
+                    let every = if l.cold() { gucs::WORKER_POLL_INTERVAL_MS.get() as u64 } else { 1000 };
+                    l.next_outbox_poll = Instant::now() + Duration::from_millis(every);
+                }
             }
             self.maybe_prune();
-            self.manage_connection();
-            self.service_socket(false, false);
-            self.handle_events();
+            for l in 0..self.links.len() {
+                self.manage_connection(l);
+                self.links[l].service_socket(false, false);
+                self.handle_events(l);
+            }
             let mut more = self.process_ring();
             self.release_ring();
-            more |= self.process_outbox();
-            self.flush_deletes();
-            self.handle_events();
+            for l in 0..self.links.len() {
+                more |= self.process_outbox(l);
+                self.flush_deletes(l);
+                self.handle_events(l);
+            }
             self.release_ring();
-            self.flush_deletes();
-            self.maybe_go_hot();
-            self.check_ack_timeout();
-            self.maybe_switch();
+            for l in 0..self.links.len() {
+                self.flush_deletes(l);
+                self.maybe_go_hot(l);
+                self.check_ack_timeout(l);
+                self.maybe_switch(l);
+            }
+            self.retire_removed();
             self.wait(more);
         }
-    }
-
-    fn cold(&self) -> bool {
-        self.status.mode.load(Ordering::Acquire) == MODE_COLD
     }
 
     /// Run `f` (outbox access) in a transaction, unless the extension has been dropped in the
@@ -523,113 +659,234 @@ impl Worker {
         r
     }
 
-    /// Is there anything for a broker connection to do?
-    fn active(&self) -> bool {
-        self.ext_present || self.ring.used_slots() > 0 || !self.inflight.is_empty()
+    /// Re-read `mqtt_pub.brokers` when a transaction changed it (or now and then), and make the
+    /// set of links match: new brokers get a link (cold until connected and drained), changed
+    /// ones reconnect, removed ones are retired.
+    fn maybe_sync_catalog(&mut self) {
+        let generation = crate::publish::require_shared().broker_generation.load(Ordering::Acquire);
+        if generation == self.generation && Instant::now() < self.next_catalog_check {
+            return;
+        }
+        self.generation = generation;
+        self.next_catalog_check = Instant::now() + CATALOG_RECHECK;
+        let named = if self.ext_present {
+            match self.with_outbox(crate::catalog::load_all) {
+                Some(n) => n,
+                None => return,
+            }
+        } else {
+            Vec::new()
+        };
+        let nslots = self.by_slot.len();
+        for n in named {
+            let slot = n.slot as usize;
+            if slot == 0 || slot >= nslots {
+                guard::log(
+                    Level::WARNING,
+                    format!(
+                        "pg_mqtt_pub: broker \"{}\" uses slot {slot}, beyond pg_mqtt_pub.max_brokers ({nslots}); not served",
+                        n.cfg.name
+                    ),
+                );
+                continue;
+            }
+            match self.by_slot[slot] {
+                Some(i) if self.links[i].removed_at.is_none() && self.links[i].cfg.name == n.cfg.name => {
+                    if self.links[i].cfg != n.cfg && self.links[i].switch_to.as_ref().is_none_or(|s| s.0 != n.cfg) {
+                        guard::log(Level::LOG, format!("pg_mqtt_pub: broker \"{}\" changed, reconnecting", n.cfg.name));
+                        self.links[i].switch_to = Some((n.cfg, Instant::now() + DRAIN_GRACE));
+                    }
+                }
+                Some(_) => {} // the slot is still being released; picked up on a later pass
+                None => {
+                    guard::log(
+                        Level::LOG,
+                        format!("pg_mqtt_pub: broker \"{}\" added ({}:{})", n.cfg.name, n.cfg.host, n.cfg.port),
+                    );
+                    self.links.push(Link::new(n.slot, n.cfg));
+                    self.index_links();
+                }
+            }
+        }
+        // Brokers no longer in the catalog.
+        let present: Vec<String> = if self.ext_present {
+            self.with_outbox(|| crate::catalog::load_all().into_iter().map(|n| n.cfg.name).collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        for l in 1..self.links.len() {
+            if self.links[l].removed_at.is_none() && !present.contains(&self.links[l].cfg.name) {
+                self.remove_link(l);
+            }
+        }
     }
 
-    fn manage_connection(&mut self) {
+    /// A broker was removed: stop talking to it; whatever of its messages is still in the ring
+    /// (in flight, backlog, or not scanned yet) goes to the dead letters.
+    fn remove_link(&mut self, l: usize) {
+        guard::log(Level::LOG, format!("pg_mqtt_pub: broker \"{}\" removed", self.links[l].cfg.name));
+        let k = &mut self.links[l];
+        k.removed_at = Some(self.ring.head());
+        if let Some(mut c) = k.client.take() {
+            c.disconnect();
+            c.loop_write();
+        }
+        k.state = ConnState::Idle;
+        k.status.set_connected(false);
+        let mut recs: Vec<u64> = k.backlog.drain(..).map(|b| b.0).collect();
+        k.backlog_slots = 0;
+        recs.extend(k.inflight.drain().filter_map(|(_, f)| if let Inflight::Ring(p) = f { Some(p) } else { None }));
+        k.fetched.clear();
+        recs.sort_unstable();
+        for pos in recs {
+            self.dead_letter_ring(l, pos, "the broker was removed before this message was acknowledged");
+        }
+        self.rebuild_waiter = true;
+    }
+
+    /// Release the slots of removed brokers once the scan has seen every record sent to them.
+    fn retire_removed(&mut self) {
+        let before = self.links.len();
+        let cursor = self.cursor;
+        self.links.retain(|k| match k.removed_at {
+            Some(head) if cursor >= head => {
+                k.status.release();
+                false
+            }
+            _ => true,
+        });
+        if self.links.len() != before {
+            self.index_links();
+        }
+    }
+
+    /// Is there anything for broker connections to do?
+    fn active(&self) -> bool {
+        self.ext_present || self.ring.used_slots() > 0 || self.links.iter().any(|k| !k.inflight.is_empty())
+    }
+
+    fn manage_connection(&mut self, l: usize) {
         let now = Instant::now();
-        if !self.active() && self.state != ConnState::Idle {
+        if self.links[l].removed_at.is_some() {
+            return;
+        }
+        if !self.active() && self.links[l].state != ConnState::Idle {
             // Extension dropped and nothing left to deliver: let go of the broker.
-            if let Some(mut c) = self.client.take() {
+            let k = &mut self.links[l];
+            if let Some(mut c) = k.client.take() {
                 c.disconnect();
                 c.loop_write();
             }
-            self.state = ConnState::Idle;
-            self.status.set_connected(false);
-            self.go_cold();
+            k.state = ConnState::Idle;
+            k.status.set_connected(false);
+            self.go_cold(l);
             self.rebuild_waiter = true;
-            guard::log(Level::LOG, format!("pg_mqtt_pub: idle, disconnected from broker \"{}\"", self.cfg.name));
+            guard::log(
+                Level::LOG,
+                format!("pg_mqtt_pub: idle, disconnected from broker \"{}\"", self.links[l].cfg.name),
+            );
             return;
         }
-        match self.state {
-            ConnState::Idle if self.active() => self.connect(),
+        match self.links[l].state {
+            ConnState::Idle if self.active() => self.connect(l),
             ConnState::Idle => {}
-            ConnState::Retry { at } if now >= at => self.connect(),
+            ConnState::Retry { at } if now >= at => self.connect(l),
             ConnState::Connecting { since } => {
-                let limit = Duration::from_secs(self.cfg.keepalive.max(10) as u64);
+                let k = &self.links[l];
+                let limit = Duration::from_secs(k.cfg.keepalive.max(10) as u64);
                 if now.duration_since(since) > limit {
-                    self.fail(format!(
-                        "connecting to {}:{} timed out after {} s",
-                        self.cfg.host,
-                        self.cfg.port,
-                        limit.as_secs()
-                    ));
+                    let why =
+                        format!("connecting to {}:{} timed out after {} s", k.cfg.host, k.cfg.port, limit.as_secs());
+                    self.fail(l, why);
                 }
             }
             _ => {}
         }
     }
 
-    fn client_id(&self) -> String {
-        if !self.cfg.client_id.is_empty() {
-            return self.cfg.client_id.clone();
-        }
-        // SAFETY: plain call; unique per cluster, stable across restarts.
-        format!("pg_mqtt_pub-{}", unsafe { pg::GetSystemIdentifier() })
-    }
-
-    fn connect(&mut self) {
+    fn connect(&mut self, l: usize) {
         self.rebuild_waiter = true;
-        self.status.set_identity(&self.cfg.name, &self.cfg.host, self.cfg.port);
-        let result = match self.client.as_mut() {
+        let k = &mut self.links[l];
+        k.status.set_identity(&k.cfg.name, &k.cfg.host, k.cfg.port);
+        let result = match k.client.as_mut() {
             Some(_) => Ok(()), // still connecting
             None => {
-                let id = self.client_id();
+                let id = k.client_id();
                 let opts = ClientOptions {
                     client_id: &id,
-                    protocol: self.cfg.protocol,
-                    max_inflight: self.cfg.max_inflight,
-                    username: &self.cfg.username,
-                    password: &self.cfg.password,
-                    use_tls: self.cfg.use_tls,
-                    ca_cert: &self.cfg.ca_cert,
+                    protocol: k.cfg.protocol,
+                    max_inflight: k.cfg.max_inflight,
+                    username: &k.cfg.username,
+                    password: &k.cfg.password,
+                    use_tls: k.cfg.use_tls,
+                    ca_cert: &k.cfg.ca_cert,
+                    client_cert: &k.cfg.client_cert,
+                    client_key: &k.cfg.client_key,
+                    tls_version: &k.cfg.tls_version,
                 };
                 Client::new(&opts).and_then(|mut c| {
-                    let r = c.connect(&self.cfg.host, self.cfg.port, self.cfg.keepalive);
-                    self.client = Some(c);
+                    let r = c.connect(&k.cfg.host, k.cfg.port, k.cfg.keepalive);
+                    k.client = Some(c);
                     r
                 })
             }
         };
         match result {
-            Ok(()) => self.state = ConnState::Connecting { since: Instant::now() },
-            Err(e) => self.fail(format!("cannot connect to {}:{}: {e}", self.cfg.host, self.cfg.port)),
+            Ok(()) => self.links[l].state = ConnState::Connecting { since: Instant::now() },
+            Err(e) => {
+                let k = &self.links[l];
+                let why = format!("cannot connect to {}:{}: {e}", k.cfg.host, k.cfg.port);
+                self.fail(l, why)
+            }
         }
     }
 
-    /// The broker can no longer be written to: publishers use the outbox from now on.
-    fn go_cold(&mut self) {
+    /// The broker can no longer be written to: publishers use the outbox from now on, and its
+    /// backlog in the ring is taken back into the outbox.
+    fn go_cold(&mut self, l: usize) {
         let ring = self.ring;
-        let s = self.status;
+        let k = &mut self.links[l];
+        let s = k.status;
         shmem::with_lock(shmem::RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
             if s.mode.load(Ordering::Acquire) != MODE_COLD {
                 s.flip_head.store(ring.head(), Ordering::Release);
                 s.mode.store(MODE_COLD, Ordering::Release);
             }
         });
-        self.fetched.clear();
-        self.drain_after = None;
-        self.outbox_check = true;
+        k.fetched.clear();
+        k.drain_after = None;
+        k.outbox_check = true;
+        if !k.backlog.is_empty() {
+            let recs: Vec<(u64, u64)> = k.backlog.drain(..).collect();
+            k.backlog_slots = 0;
+            if !self.rescue(&recs) {
+                // no outbox to put them in (extension dropped): keep them for later
+                let k = &mut self.links[l];
+                k.backlog_slots = recs.iter().map(|r| r.1).sum();
+                k.backlog.extend(recs);
+            }
+        }
     }
 
     /// A connection attempt failed or the connection dropped: record why, schedule a retry.
-    fn fail(&mut self, why: String) {
-        let was_connected = self.state == ConnState::Connected;
-        self.go_cold();
-        self.status.set_connected(false);
-        self.status.set_error(&why);
+    fn fail(&mut self, l: usize, why: String) {
+        let was_connected = self.links[l].state == ConnState::Connected;
+        self.go_cold(l);
+        let k = &mut self.links[l];
+        k.status.set_connected(false);
+        k.status.set_error(&why);
         if was_connected {
-            guard::log(Level::WARNING, format!("pg_mqtt_pub: lost connection to broker \"{}\": {why}", self.cfg.name));
-            self.failures = 0;
-        } else if self.failures == 0 {
-            guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", self.cfg.name));
+            guard::log(Level::WARNING, format!("pg_mqtt_pub: lost connection to broker \"{}\": {why}", k.cfg.name));
+            k.failures = 0;
+        } else if k.failures == 0 {
+            guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", k.cfg.name));
         }
-        self.drop_client(true);
-        let delay = reconnect_delay_ms(gucs::RECONNECT_INTERVAL_MS.get() as u64, self.failures);
-        self.failures = self.failures.saturating_add(1);
-        self.state = ConnState::Retry { at: Instant::now() + Duration::from_millis(delay) };
+        self.drop_client(l, true);
+        let k = &mut self.links[l];
+        let delay = reconnect_delay_ms(gucs::RECONNECT_INTERVAL_MS.get() as u64, k.failures);
+        k.failures = k.failures.saturating_add(1);
+        k.state = ConnState::Retry { at: Instant::now() + Duration::from_millis(delay) };
         self.rebuild_waiter = true;
     }
 
@@ -637,19 +894,21 @@ impl Worker {
     /// unacknowledged ring records go to the outbox (lane 0, ahead of everything), unacknowledged
     /// outbox rows are simply fetched again. (libmosquitto would resend them from its memory,
     /// without letting us notice a message that keeps killing the connection.)
-    fn drop_client(&mut self, count_suspect: bool) {
-        if let Some(mut c) = self.client.take() {
+    fn drop_client(&mut self, l: usize, count_suspect: bool) {
+        let k = &mut self.links[l];
+        if let Some(mut c) = k.client.take() {
             c.disconnect();
             c.loop_write();
         }
         self.rebuild_waiter = true;
-        if self.inflight.is_empty() {
+        if k.inflight.is_empty() {
             return;
         }
-        let inflight: Vec<Inflight> = self.inflight.drain().map(|(_, f)| f).collect();
-        if count_suspect && self.probe > 0 && inflight.len() == 1 {
+        let inflight: Vec<Inflight> = k.inflight.drain().map(|(_, f)| f).collect();
+        let probing = k.probe > 0;
+        if count_suspect && probing && inflight.len() == 1 {
             // The connection died while only this message was in flight.
-            self.message_failed(inflight[0], "the broker closed the connection when this message was sent".into());
+            self.message_failed(l, inflight[0], "the broker closed the connection when this message was sent".into());
         } else {
             let mut ring: Vec<(u64, u64)> =
                 inflight.iter().filter_map(|f| if let Inflight::Ring(p) = f { Some((*p, 0)) } else { None }).collect();
@@ -658,26 +917,11 @@ impl Worker {
                 self.rescue(&ring);
             }
         }
-        self.probe = if count_suspect { (inflight.len() as u32).min(10) } else { 0 };
-        self.fetched.clear();
-        self.drain_after = None;
-        self.status.inflight.store(0, Ordering::Relaxed);
-    }
-
-    fn service_socket(&mut self, readable: bool, writable: bool) {
-        let Some(c) = self.client.as_mut() else { return };
-        if c.socket() < 0 {
-            return;
-        }
-        if readable {
-            c.loop_read();
-        }
-        if c.socket() >= 0 && (writable || c.want_write()) {
-            c.loop_write();
-        }
-        if c.socket() >= 0 {
-            c.loop_misc();
-        }
+        let k = &mut self.links[l];
+        k.probe = if count_suspect { (inflight.len() as u32).min(10) } else { 0 };
+        k.fetched.clear();
+        k.drain_after = None;
+        k.status.inflight.store(0, Ordering::Relaxed);
     }
 
     fn mark_ring_done(&mut self, pos: u64) {
@@ -686,34 +930,32 @@ impl Worker {
         }
     }
 
-    fn handle_events(&mut self) {
-        let Some(c) = self.client.as_mut() else { return };
+    fn handle_events(&mut self, l: usize) {
+        let Some(c) = self.links[l].client.as_mut() else { return };
         let mut events = std::mem::take(&mut self.events);
         c.take_events(&mut events);
         for ev in events.iter().copied() {
+            let k = &mut self.links[l];
             match ev {
                 Event::Connected(0) => {
-                    self.state = ConnState::Connected;
-                    self.failures = 0;
-                    self.refusal = None;
-                    self.outbox_check = true;
-                    self.last_progress = Instant::now();
-                    self.status.set_connected(true);
+                    k.state = ConnState::Connected;
+                    k.failures = 0;
+                    k.refusal = None;
+                    k.outbox_check = true;
+                    k.last_progress = Instant::now();
+                    k.status.set_connected(true);
                     guard::log(
                         Level::LOG,
-                        format!(
-                            "pg_mqtt_pub: connected to broker \"{}\" at {}:{}",
-                            self.cfg.name, self.cfg.host, self.cfg.port
-                        ),
+                        format!("pg_mqtt_pub: connected to broker \"{}\" at {}:{}", k.cfg.name, k.cfg.host, k.cfg.port),
                     );
                 }
                 Event::Connected(code) => {
-                    let why = self.client.as_ref().map(|c| c.describe_connack(code)).unwrap_or_default();
-                    self.refusal = Some(why);
+                    let why = k.client.as_ref().map(|c| c.describe_connack(code)).unwrap_or_default();
+                    k.refusal = Some(why);
                 }
                 Event::Disconnected(rc) => {
-                    if matches!(self.state, ConnState::Connected | ConnState::Connecting { .. }) {
-                        let why = self.refusal.take().unwrap_or_else(|| {
+                    if matches!(k.state, ConnState::Connected | ConnState::Connecting { .. }) {
+                        let why = k.refusal.take().unwrap_or_else(|| {
                             let base = if rc == 0 {
                                 "disconnected".to_string()
                             } else if rc >= 0x80 {
@@ -724,57 +966,65 @@ impl Worker {
                             } else {
                                 format!("connection lost: {}", crate::broker::strerror(rc))
                             };
-                            self.client.as_ref().map(|c| c.with_log(base.clone())).unwrap_or(base)
+                            k.client.as_ref().map(|c| c.with_log(base.clone())).unwrap_or(base)
                         });
-                        self.fail(why);
+                        self.fail(l, why);
                     }
                 }
                 Event::Published { mid, reason } => {
-                    let Some(what) = self.inflight.remove(&mid) else { continue };
-                    self.last_progress = Instant::now();
-                    self.probe = self.probe.saturating_sub(1);
+                    let Some(what) = k.inflight.remove(&mid) else { continue };
+                    k.last_progress = Instant::now();
+                    k.probe = k.probe.saturating_sub(1);
                     if reason >= 0x80 {
                         let text = crate::broker::reason_string(reason).to_lowercase();
-                        self.message_failed(what, format!("broker refused: {text} (0x{reason:02x})"));
+                        self.message_failed(l, what, format!("broker refused: {text} (0x{reason:02x})"));
                         continue;
                     }
-                    self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    k.status.messages_sent.fetch_add(1, Ordering::Relaxed);
                     match what {
                         Inflight::Ring(pos) => self.mark_ring_done(pos),
-                        Inflight::Outbox { id, .. } => self.to_delete.push(id),
+                        Inflight::Outbox { id, .. } => k.to_delete.push(id),
                     }
                 }
             }
         }
-        self.status.inflight.store(self.inflight.len() as u32, Ordering::Relaxed);
         self.events = events;
-    }
-
-    fn window_open(&self) -> bool {
-        let window = if self.probe > 0 { 1 } else { self.cfg.max_inflight as usize };
-        self.state == ConnState::Connected && self.switch_to.is_none() && self.inflight.len() < window
-    }
-
-    fn note_sent(&mut self, mid: i32, what: Inflight) {
-        if self.inflight.is_empty() {
-            self.last_progress = Instant::now();
+        // libmosquitto closes the socket of a failed TLS handshake without a disconnect callback
+        // (loop_read returns MOSQ_ERR_TLS): notice it here instead of waiting for the timeout.
+        let k = &self.links[l];
+        if matches!(k.state, ConnState::Connecting { .. } | ConnState::Connected)
+            && k.client.as_ref().is_some_and(|c| c.socket() < 0)
+        {
+            let why = k.client.as_ref().map(|c| c.with_log("TLS handshake failed".into())).unwrap_or_default();
+            self.fail(l, why);
         }
-        self.inflight.insert(mid, what);
+        let k = &self.links[l];
+        k.status.inflight.store(k.inflight.len() as u32, Ordering::Relaxed);
     }
 
     /// One message failed (the broker refused it, or the client library did): count the attempt
     /// in the outbox with exponential backoff, or dead-letter it after `poison_max_attempts`.
     /// Other messages keep flowing: a failed row simply is not due until its `next_retry_at`.
-    fn message_failed(&mut self, what: Inflight, why: String) {
-        self.status.messages_failed.fetch_add(1, Ordering::Relaxed);
-        self.status.set_error(&why);
+    fn message_failed(&mut self, l: usize, what: Inflight, why: String) {
         let base = gucs::RETRY_BASE_MS.get() as i64;
         let max = gucs::POISON_MAX_ATTEMPTS.get();
+        self.record_failure(l, what, why, base, max);
+    }
+
+    /// A ring record that can never be delivered (its broker was removed): dead-letter it.
+    fn dead_letter_ring(&mut self, l: usize, pos: u64, why: &str) {
+        self.record_failure(l, Inflight::Ring(pos), why.to_string(), 0, 1);
+    }
+
+    fn record_failure(&mut self, l: usize, what: Inflight, why: String, base: i64, max: i32) {
+        let status = self.links[l].status;
+        status.messages_failed.fetch_add(1, Ordering::Relaxed);
+        status.set_error(&why);
+        let name = self.links[l].cfg.name.clone();
         let result = match what {
             Inflight::Outbox { id, .. } => self.with_outbox(|| outbox::record_failure(id, &why, base, max)).flatten(),
             Inflight::Ring(pos) => {
                 let ring = self.ring;
-                let name = self.cfg.name.clone();
                 let mut scratch = Vec::new();
                 let r = self
                     .with_outbox(|| {
@@ -796,87 +1046,147 @@ impl Worker {
         };
         match result {
             Some(f) if f.dead_lettered => {
-                self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                status.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 guard::log(
                     Level::WARNING,
                     format!(
-                        "pg_mqtt_pub: message to \"{}\" on broker \"{}\" moved to mqtt_pub.dead_letters after {} attempts: {why}",
-                        f.topic, self.cfg.name, f.attempts
+                        "pg_mqtt_pub: message to \"{}\" on broker \"{name}\" moved to mqtt_pub.dead_letters after {} attempts: {why}",
+                        f.topic, f.attempts
                     ),
                 );
             }
             Some(f) => {
                 // wake up when it is due again
                 let delay = Duration::from_millis((base as u64).saturating_mul(1 << (f.attempts - 1).clamp(0, 20)));
-                self.next_outbox_poll = self.next_outbox_poll.min(Instant::now() + delay);
+                let k = &mut self.links[l];
+                k.next_outbox_poll = k.next_outbox_poll.min(Instant::now() + delay);
             }
             None => {}
         }
     }
 
-    /// Scan the ring from the cursor: publish records of a hot broker, take records of a cold
-    /// broker back into the outbox (lane 0), skip cancelled reservations. Returns true if more
-    /// could be done right away.
+    /// Hand one ring record to broker `l`. `None`: not connected, the caller keeps it;
+    /// `Some(done)`: handed over, and already finished (QoS 0) or not (acknowledgement pending,
+    /// or refused: then it is in `failed`).
+    fn send_ring_record(
+        &mut self,
+        l: usize,
+        pos: u64,
+        scratch: &mut Vec<u8>,
+        failed: &mut Vec<(usize, u64, String)>,
+    ) -> Option<bool> {
+        let ring = self.ring;
+        // SAFETY: only consumer; pos is a scanned, unreleased record.
+        let Peek::Ready(r) = (unsafe { ring.peek_at(pos, scratch) }) else { return Some(true) };
+        let k = &mut self.links[l];
+        let c = k.client.as_mut()?;
+        let (qos, h) = (r.qos, c.publish(r.topic_nul, r.payload, r.qos, r.retain));
+        match h {
+            Handoff::NotConnected => return None,
+            Handoff::Accepted { mid } if qos > 0 => k.note_sent(mid, Inflight::Ring(pos)),
+            Handoff::Accepted { .. } => {
+                k.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                return Some(true);
+            }
+            Handoff::Refused { rc } => {
+                failed.push((l, pos, format!("refused by the MQTT client library: {}", crate::broker::strerror(rc))))
+            }
+        }
+        Some(false)
+    }
+
+    /// Scan the ring from the cursor: publish records of a hot broker (or queue them in its
+    /// backlog while its window is full), take records of a cold broker back into the outbox
+    /// (lane 0), dead-letter records of a removed broker, skip cancelled reservations. Returns
+    /// true if more could be done right away.
     fn process_ring(&mut self) -> bool {
         let mut rescue: Vec<(u64, u64)> = Vec::new();
-        let mut failed: Vec<(u64, String)> = Vec::new();
+        let mut failed: Vec<(usize, u64, String)> = Vec::new();
+        let mut removed: Vec<(usize, u64)> = Vec::new();
+        let mut orphans: Vec<(u64, u16)> = Vec::new();
         let mut more = true;
         let ring = self.ring;
         let mut scratch = std::mem::take(&mut self.scratch);
+        // Backlogs first: they are older than anything the scan finds.
+        for l in 0..self.links.len() {
+            while !self.links[l].backlog.is_empty() && self.links[l].window_open() && !self.links[l].cold() {
+                let (pos, n) = self.links[l].backlog[0];
+                match self.send_ring_record(l, pos, &mut scratch, &mut failed) {
+                    None => break,
+                    Some(true) => self.mark_ring_done(pos),
+                    Some(false) => {}
+                }
+                let k = &mut self.links[l];
+                k.backlog.pop_front();
+                k.backlog_slots -= n;
+            }
+        }
+        let shared = crate::publish::require_shared();
+        let backlog_limit = ring.capacity() / 4;
         for _ in 0..BATCH {
             let pos = self.cursor;
-            let open = self.window_open();
-            let mut refused = None;
             // SAFETY: this process is the ring's only consumer; pos is a record boundary.
-            let (n, outcome) = match unsafe { ring.peek_at(pos, &mut scratch) } {
+            let (n, done) = match unsafe { ring.peek_at(pos, &mut scratch) } {
                 Peek::Empty | Peek::NotReady => {
                     more = false;
                     break;
                 }
-                Peek::Cancelled(n) => (n, None),
+                Peek::Cancelled(n) => (n, true),
                 Peek::Ready(r) => {
-                    if self.status.mode.load(Ordering::Acquire) == MODE_COLD {
+                    let n = r.nslots;
+                    let Some(l) = self.by_slot.get(r.broker as usize).copied().flatten() else {
+                        if shared.broker_generation.load(Ordering::Acquire) != self.generation {
+                            break; // a broker was added or removed: sync the links first
+                        }
+                        // No broker owns the slot: nothing can deliver it.
+                        orphans.push((pos, r.broker));
+                        self.scanned.push_back(Scanned { pos, nslots: n, done: false });
+                        self.cursor = pos + n;
+                        continue;
+                    };
+                    let k = &self.links[l];
+                    if k.removed_at.is_some() {
+                        removed.push((l, pos));
+                        (n, false)
+                    } else if k.cold() {
                         if !self.ext_present {
                             more = false;
                             break; // nowhere to put it yet
                         }
-                        rescue.push((pos, r.nslots));
-                        (r.nslots, Some(None))
+                        rescue.push((pos, n));
+                        (n, false)
+                    } else if k.takes_ring_record() {
+                        match self.send_ring_record(l, pos, &mut scratch, &mut failed) {
+                            None => {
+                                more = false;
+                                break;
+                            }
+                            Some(done) => (n, done),
+                        }
+                    } else if self.links.len() == 1 {
+                        // the only broker is busy: leave the record where it is
+                        more = false;
+                        break;
                     } else {
-                        if !open {
-                            more = false;
-                            break;
+                        // Busy broker: queue the record for it and keep scanning for the others.
+                        let k = &mut self.links[l];
+                        k.backlog.push_back((pos, n));
+                        k.backlog_slots += n;
+                        if k.backlog_slots > backlog_limit {
+                            self.scanned.push_back(Scanned { pos, nslots: n, done: false });
+                            self.cursor = pos + n;
+                            let why = format!(
+                                "broker \"{}\" is too slow: its unsent messages fill a quarter of the ring; using the outbox",
+                                self.links[l].cfg.name
+                            );
+                            guard::log(Level::WARNING, format!("pg_mqtt_pub: {why}"));
+                            self.go_cold(l);
+                            continue;
                         }
-                        let Some(c) = self.client.as_mut() else { break };
-                        let h = c.publish(r.topic_nul, r.payload, r.qos, r.retain);
-                        if h == Handoff::NotConnected {
-                            more = false;
-                            break;
-                        }
-                        if let Handoff::Refused { rc } = h {
-                            refused =
-                                Some(format!("refused by the MQTT client library: {}", crate::broker::strerror(rc)));
-                        }
-                        (r.nslots, Some(Some((h, r.qos))))
+                        (n, false)
                     }
                 }
             };
-            let done = match outcome {
-                None => true,        // cancelled
-                Some(None) => false, // to rescue
-                Some(Some((Handoff::Accepted { mid }, q))) if q > 0 => {
-                    self.note_sent(mid, Inflight::Ring(pos));
-                    false
-                }
-                Some(Some((Handoff::Accepted { .. }, _))) => {
-                    self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
-                    true
-                }
-                Some(Some(_)) => false, // refused: handled below
-            };
-            if let Some(why) = refused {
-                failed.push((pos, why));
-            }
             self.scanned.push_back(Scanned { pos, nslots: n, done });
             self.cursor = pos + n;
         }
@@ -884,35 +1194,57 @@ impl Worker {
         if !rescue.is_empty() {
             self.rescue(&rescue);
         }
-        for (pos, why) in failed {
-            self.message_failed(Inflight::Ring(pos), why);
+        for (l, pos) in removed {
+            self.dead_letter_ring(l, pos, "the broker was removed");
         }
-        self.status.inflight.store(self.inflight.len() as u32, Ordering::Relaxed);
+        for (pos, slot) in orphans {
+            let mut scratch = Vec::new();
+            self.with_outbox(|| {
+                // SAFETY: scanned, not released.
+                if let Peek::Ready(r) = unsafe { ring.peek_at(pos, &mut scratch) } {
+                    let name = format!("#{slot}");
+                    let row = outbox::NewRow::of(&name, &r.message(), outbox::LANE_PUBLISHED);
+                    outbox::insert_failed(row, "no broker uses this status slot any more", 0, 1);
+                }
+            });
+            self.mark_ring_done(pos);
+        }
+        for (l, pos, why) in failed {
+            self.message_failed(l, Inflight::Ring(pos), why);
+        }
+        for k in &self.links {
+            k.status.inflight.store(k.inflight.len() as u32, Ordering::Relaxed);
+        }
         more
     }
 
     /// Move ring records of a cold broker into the outbox (lane 0, ahead of everything written
-    /// by publishers since), then let the ring forget them.
-    fn rescue(&mut self, records: &[(u64, u64)]) {
+    /// by publishers since), then let the ring forget them. False if there is no outbox.
+    fn rescue(&mut self, records: &[(u64, u64)]) -> bool {
         let ring = self.ring;
         let mut scratch = Vec::new();
-        let name = self.cfg.name.clone();
+        let names: Vec<Option<String>> =
+            self.by_slot.iter().map(|i| i.map(|i| self.links[i].cfg.name.clone())).collect();
         let done = self.with_outbox(|| {
             for &(pos, _) in records {
                 // SAFETY: these records are scanned but not released: still intact in the ring.
                 if let Peek::Ready(r) = unsafe { ring.peek_at(pos, &mut scratch) } {
-                    let mut row = std::iter::once(outbox::NewRow::of(&name, &r.message(), outbox::LANE_RECOVERED));
+                    let Some(Some(name)) = names.get(r.broker as usize) else { continue };
+                    let mut row = std::iter::once(outbox::NewRow::of(name, &r.message(), outbox::LANE_RECOVERED));
                     outbox::insert(&mut row);
                 }
             }
         });
         if done.is_none() {
-            return; // no outbox to put them in: they stay in the ring
+            return false; // no outbox to put them in: they stay in the ring
         }
         for &(pos, _) in records {
             self.mark_ring_done(pos);
         }
-        self.outbox_check = true;
+        for k in &mut self.links {
+            k.outbox_check = true;
+        }
+        true
     }
 
     /// Free the ring up to the first record not yet delivered.
@@ -928,57 +1260,61 @@ impl Worker {
         }
     }
 
-    /// Deliver outbox rows, oldest first. Returns true if more could be done right away.
-    fn process_outbox(&mut self) -> bool {
-        if self.state != ConnState::Connected || !self.ext_present {
+    /// Deliver broker `l`'s outbox rows, oldest first. Returns true if more could be done now.
+    fn process_outbox(&mut self, l: usize) -> bool {
+        if self.links[l].state != ConnState::Connected || !self.ext_present {
             return false;
         }
         loop {
-            if !self.window_open() {
+            let k = &mut self.links[l];
+            if !k.window_open() {
                 return false;
             }
-            if self.fetched.is_empty() {
-                if !self.outbox_check {
+            if k.fetched.is_empty() {
+                if !k.outbox_check {
                     return false;
                 }
                 // While a cold broker may still have records in the ring from before it went cold
                 // (the scan has not passed flip_head), only recovered rows (lane 0) may go: a
                 // publisher's row is newer than any of those records.
-                let recovered_only = self.cold() && self.cursor < self.status.flip_head.load(Ordering::Acquire);
-                let mut exclude: Vec<i64> = self.to_delete.clone();
-                exclude.extend(self.inflight.values().filter_map(|f| match f {
+                let recovered_only = k.cold() && self.cursor < k.status.flip_head.load(Ordering::Acquire);
+                let mut exclude: Vec<i64> = k.to_delete.clone();
+                exclude.extend(k.inflight.values().filter_map(|f| match f {
                     Inflight::Outbox { id, .. } => Some(*id),
                     Inflight::Ring(_) => None,
                 }));
                 let limit = gucs::OUTBOX_BATCH_SIZE.get() as usize;
-                let name = self.cfg.name.clone();
-                let after = self.drain_after;
+                let name = k.cfg.name.clone();
+                let after = k.drain_after;
                 let Some(rows) = self.with_outbox(|| outbox::fetch(&name, limit, &exclude, recovered_only, after))
                 else {
                     return false;
                 };
+                let k = &mut self.links[l];
                 if rows.len() < limit {
                     // end of this pass; the next one starts from the head (retries that came due)
-                    self.outbox_check = after.is_some();
-                    self.drain_after = None;
+                    k.outbox_check = after.is_some();
+                    k.drain_after = None;
                 } else {
-                    self.drain_after = rows.last().map(|r| (r.lane, r.id));
+                    k.drain_after = rows.last().map(|r| (r.lane, r.id));
                 }
                 if rows.is_empty() {
                     return false;
                 }
-                self.fetched.extend(rows);
+                k.fetched.extend(rows);
             }
-            let row = self.fetched.pop_front().expect("fetched above");
-            let Some(c) = self.client.as_mut() else { return false };
+            let k = &mut self.links[l];
+            let row = k.fetched.pop_front().expect("fetched above");
+            let Some(c) = k.client.as_mut() else { return false };
             match c.publish(&row.topic_nul, &row.payload, row.qos, row.retain) {
-                Handoff::Accepted { mid } => self.note_sent(mid, Inflight::Outbox { id: row.id }),
+                Handoff::Accepted { mid } => k.note_sent(mid, Inflight::Outbox { id: row.id }),
                 Handoff::Refused { rc } => self.message_failed(
+                    l,
                     Inflight::Outbox { id: row.id },
                     format!("refused by the MQTT client library: {}", crate::broker::strerror(rc)),
                 ),
                 Handoff::NotConnected => {
-                    self.fetched.push_front(row);
+                    k.fetched.push_front(row);
                     return false;
                 }
             }
@@ -987,31 +1323,35 @@ impl Worker {
 
     /// Delete acknowledged rows, in batches: one transaction per few acknowledgements would cap
     /// the drain rate at the transaction rate. Everything goes once the window empties.
-    fn flush_deletes(&mut self) {
-        let outbox_in_flight = self.inflight.values().any(|f| matches!(f, Inflight::Outbox { .. }));
-        if self.to_delete.is_empty() || (self.to_delete.len() < DELETE_BATCH && outbox_in_flight) {
+    fn flush_deletes(&mut self, l: usize) {
+        let k = &mut self.links[l];
+        let outbox_in_flight = k.inflight.values().any(|f| matches!(f, Inflight::Outbox { .. }));
+        if k.to_delete.is_empty() || (k.to_delete.len() < DELETE_BATCH && outbox_in_flight) {
             return;
         }
-        let ids = std::mem::take(&mut self.to_delete);
+        let ids = std::mem::take(&mut k.to_delete);
         self.with_outbox(|| outbox::delete(&ids)); // without the extension the rows are gone anyway
     }
 
     /// A cold broker whose outbox is empty, with nobody about to write to it, goes hot again.
-    fn maybe_go_hot(&mut self) {
-        if !self.cold()
-            || self.state != ConnState::Connected
+    fn maybe_go_hot(&mut self, l: usize) {
+        let k = &self.links[l];
+        if !k.cold()
+            || k.state != ConnState::Connected
+            || k.removed_at.is_some()
             || !self.ext_present
-            || self.outbox_check
-            || !self.fetched.is_empty()
-            || !self.to_delete.is_empty()
-            || self.inflight.values().any(|f| matches!(f, Inflight::Outbox { .. }))
-            || self.cursor < self.status.flip_head.load(Ordering::Acquire)
-            || self.status.cold_writers.load(Ordering::Acquire) != 0
+            || k.outbox_check
+            || !k.fetched.is_empty()
+            || !k.to_delete.is_empty()
+            || !k.backlog.is_empty()
+            || k.inflight.values().any(|f| matches!(f, Inflight::Outbox { .. }))
+            || self.cursor < k.status.flip_head.load(Ordering::Acquire)
+            || k.status.cold_writers.load(Ordering::Acquire) != 0
         {
             return;
         }
-        let s = self.status;
-        let name = self.cfg.name.clone();
+        let s = k.status;
+        let name = k.cfg.name.clone();
         // The check runs under the ring lock, with a snapshot taken inside it: no publisher can
         // register as a cold writer (or see the mode) between "outbox empty" and "hot".
         let hot = self.with_outbox(|| {
@@ -1025,12 +1365,9 @@ impl Worker {
             })
         });
         if hot == Some(true) {
-            guard::log(
-                Level::LOG,
-                format!("pg_mqtt_pub: broker \"{}\" outbox drained, back to the hot path", self.cfg.name),
-            );
+            guard::log(Level::LOG, format!("pg_mqtt_pub: broker \"{name}\" outbox drained, back to the hot path"));
         } else {
-            self.outbox_check = true;
+            self.links[l].outbox_check = true;
         }
     }
 
@@ -1059,90 +1396,133 @@ impl Worker {
     }
 
     /// A broker that keeps the connection but stops acknowledging must not stall delivery.
-    fn check_ack_timeout(&mut self) {
+    fn check_ack_timeout(&mut self, l: usize) {
         let limit = Duration::from_millis(gucs::ACK_TIMEOUT_MS.get() as u64);
-        if self.state == ConnState::Connected && !self.inflight.is_empty() && self.last_progress.elapsed() > limit {
+        let k = &self.links[l];
+        if k.state == ConnState::Connected && !k.inflight.is_empty() && k.last_progress.elapsed() > limit {
             let why = format!(
                 "no acknowledgement for {} ms with {} messages in flight; reconnecting",
                 limit.as_millis(),
-                self.inflight.len()
+                k.inflight.len()
             );
-            self.fail(why);
-            self.failures = 0; // reconnect at once
-            self.state = ConnState::Retry { at: Instant::now() };
+            self.fail(l, why);
+            let k = &mut self.links[l];
+            k.failures = 0; // reconnect at once
+            k.state = ConnState::Retry { at: Instant::now() };
         }
     }
 
+    /// SIGHUP: the default broker's settings may have changed (and the protocol and window of
+    /// every broker); the catalog is read again too.
     fn reloaded(&mut self) {
+        self.next_catalog_check = Instant::now();
         let new = BrokerConfig::default_broker();
-        if new == self.cfg {
-            return;
+        let proto = (new.protocol, new.max_inflight);
+        for l in 0..self.links.len() {
+            let k = &mut self.links[l];
+            let mut target = if l == 0 { new.clone() } else { k.cfg.clone() };
+            (target.protocol, target.max_inflight) = proto;
+            if target == k.cfg {
+                continue;
+            }
+            guard::log(
+                Level::LOG,
+                format!(
+                    "pg_mqtt_pub: broker \"{}\" settings changed, reconnecting to {}:{}",
+                    target.name, target.host, target.port
+                ),
+            );
+            k.switch_to = Some((target, Instant::now() + DRAIN_GRACE));
         }
-        guard::log(
-            Level::LOG,
-            format!("pg_mqtt_pub: broker \"{}\" settings changed, reconnecting to {}:{}", new.name, new.host, new.port),
-        );
-        self.switch_to = Some((new, Instant::now() + DRAIN_GRACE));
     }
 
     /// Complete a pending settings switch once in-flight messages are acknowledged (or the grace
     /// period ends: then they are taken back into the outbox and sent again).
-    fn maybe_switch(&mut self) {
-        let Some((_, deadline)) = &self.switch_to else { return };
-        let connected = self.state == ConnState::Connected;
-        if connected && !self.inflight.is_empty() && Instant::now() < *deadline {
+    fn maybe_switch(&mut self, l: usize) {
+        let k = &self.links[l];
+        let Some((_, deadline)) = &k.switch_to else { return };
+        if k.state == ConnState::Connected && !k.inflight.is_empty() && Instant::now() < *deadline {
             return;
         }
-        let (new, _) = self.switch_to.take().expect("checked above");
-        self.go_cold();
-        self.drop_client(false);
-        self.cfg = new;
-        self.status.set_connected(false);
-        self.state = ConnState::Idle;
-        self.failures = 0;
+        let (new, _) = self.links[l].switch_to.take().expect("checked above");
+        self.go_cold(l);
+        self.drop_client(l, false);
+        let k = &mut self.links[l];
+        k.cfg = new;
+        k.status.set_connected(false);
+        k.status.set_identity(&k.cfg.name, &k.cfg.host, k.cfg.port);
+        k.state = ConnState::Idle;
+        k.failures = 0;
         self.rebuild_waiter = true;
     }
 
+    /// Could the scan make progress right now (so the worker must not sleep)?
     fn ring_ready(&mut self) -> bool {
+        if self.links.iter().any(|k| !k.backlog.is_empty() && k.window_open()) {
+            return true;
+        }
         // SAFETY: only consumer; the view is dropped immediately.
-        matches!(unsafe { self.ring.peek_at(self.cursor, &mut self.scratch) }, Peek::Ready(_) | Peek::Cancelled(_))
+        match unsafe { self.ring.peek_at(self.cursor, &mut self.scratch) } {
+            Peek::Cancelled(_) => true,
+            Peek::Ready(r) => match self.by_slot.get(r.broker as usize).copied().flatten() {
+                Some(l) => {
+                    let k = &self.links[l];
+                    k.removed_at.is_some() || k.takes_ring_record() || (self.links.len() > 1 && !k.cold())
+                }
+                None => true,
+            },
+            Peek::Empty | Peek::NotReady => false,
+        }
     }
 
     fn wait(&mut self, more: bool) {
-        let fd = self.client.as_ref().map(|c| c.socket()).unwrap_or(-1);
-        if self.rebuild_waiter || self.waiter.as_ref().is_none_or(|w| w.fd != fd) {
-            self.waiter = Some(Waiter::new(fd));
+        let fds: Vec<(usize, c_int)> = self
+            .links
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.client.as_ref().map(|c| (i, c.socket())))
+            .filter(|&(_, fd)| fd >= 0)
+            .collect();
+        if self.rebuild_waiter || self.waiter.as_ref().is_none_or(|w| !w.same_sockets(&fds)) {
+            self.waiter = Some(Waiter::new(&fds));
             self.rebuild_waiter = false;
         }
-        let want_write = self.client.as_ref().is_some_and(|c| c.socket() >= 0 && c.want_write());
         let now = Instant::now();
         let until = |t: Instant| t.saturating_duration_since(now).as_millis() as i64;
         let mut timeout: i64 = 1000; // keepalive handling granularity
-        if let ConnState::Retry { at } = self.state {
-            timeout = timeout.min(until(at));
+        let mut busy = more;
+        for k in &self.links {
+            if let ConnState::Retry { at } = k.state {
+                timeout = timeout.min(until(at));
+            }
+            if k.state == ConnState::Connected {
+                timeout = timeout.min(until(k.next_outbox_poll));
+            }
+            busy |= k.outbox_check && k.window_open() && self.ext_present;
         }
         if !self.ext_present {
             timeout = timeout.min(until(self.next_ext_check));
         }
-        if self.state == ConnState::Connected {
-            timeout = timeout.min(until(self.next_outbox_poll));
-        }
+        timeout = timeout.min(until(self.next_catalog_check));
         let shared = crate::publish::require_shared();
         let mut sleeping = false;
-        if more || (self.outbox_check && self.window_open() && self.ext_present) {
+        if busy {
             timeout = 0;
         } else {
             // The wake-up protocol (shmem.rs): announce, then re-check, then sleep.
             shared.worker_sleeping.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             sleeping = true;
-            if (self.window_open() || self.cold()) && self.ring_ready() {
+            if self.ring_ready() || shared.broker_generation.load(Ordering::Acquire) != self.generation {
                 timeout = 0;
             }
         }
         let w = self.waiter.as_mut().expect("waiter built above");
-        w.want_write(want_write);
-        let (latch, readable, writable) = w.wait(timeout.max(0));
+        for (i, k) in self.links.iter().enumerate() {
+            w.want_write(i, k.client.as_ref().is_some_and(|c| c.socket() >= 0 && c.want_write()));
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        let latch = w.wait(timeout.max(0), &mut ready);
         if sleeping {
             shared.worker_sleeping.store(false, Ordering::SeqCst);
         }
@@ -1154,12 +1534,17 @@ impl Worker {
         // is raised whether or not we slept). Profiled: treating every wake-up as "look at the
         // outbox" ran one outbox query per commit.
         if shared.outbox_dirty.swap(false, Ordering::AcqRel) {
-            self.outbox_check = true;
+            for k in &mut self.links {
+                k.outbox_check = true;
+            }
         }
         guard::check_for_interrupts();
-        if readable || writable {
-            self.service_socket(readable, writable);
+        for &(l, r, w) in &ready {
+            if let Some(k) = self.links.get_mut(l) {
+                k.service_socket(r, w);
+            }
         }
+        self.ready = ready;
     }
 
     /// Shutting down: the ring is shared memory and will not survive the restart, so everything
@@ -1186,7 +1571,10 @@ impl Worker {
         if left.is_empty() || !self.ext_present {
             return;
         }
-        self.inflight.clear();
+        for k in &mut self.links {
+            k.inflight.clear();
+            k.backlog.clear();
+        }
         self.rescue(&left);
         self.release_ring();
         guard::log(
@@ -1196,22 +1584,26 @@ impl Worker {
     }
 
     fn shutdown(&mut self) -> ! {
-        if self.state == ConnState::Connected {
-            let until = Instant::now() + SHUTDOWN_GRACE;
-            while !self.inflight.is_empty() && Instant::now() < until && self.state == ConnState::Connected {
-                self.service_socket(true, true);
-                self.handle_events();
-                nap(10);
+        let until = Instant::now() + SHUTDOWN_GRACE;
+        while Instant::now() < until
+            && self.links.iter().any(|k| !k.inflight.is_empty() && k.state == ConnState::Connected)
+        {
+            for l in 0..self.links.len() {
+                self.links[l].service_socket(true, true);
+                self.handle_events(l);
             }
-            self.release_ring();
-            let ids = std::mem::take(&mut self.to_delete);
+            nap(10);
+        }
+        self.release_ring();
+        for l in 0..self.links.len() {
+            let ids = std::mem::take(&mut self.links[l].to_delete);
             self.with_outbox(|| outbox::delete(&ids));
-            if let Some(c) = self.client.as_mut() {
+            if let Some(c) = self.links[l].client.as_mut() {
                 c.disconnect();
                 c.loop_write();
             }
+            self.links[l].client = None;
         }
-        self.client = None;
         self.save_ring_to_outbox();
         // SAFETY: exits the process.
         unsafe { pg::proc_exit(0) }

@@ -70,13 +70,16 @@ class Broker:
     subscribers (which log in) have subscribed again, then opens the gate with a reload (SIGHUP).
     """
 
-    def __init__(self, name, port, extra_conf=""):
+    def __init__(self, name, port, extra_conf="", users=(), anonymous=True):
         self.port = port
         self.extra = extra_conf
+        self.anonymous = anonymous
         self.dir = scratch(f"mosquitto-{name}")
         self.conf = os.path.join(self.dir, "mosquitto.conf")
         self.passwd = os.path.join(self.dir, "passwd")
         subprocess.run(["mosquitto_passwd", "-b", "-c", self.passwd, SUB_USER, SUB_PASSWORD], check=True)
+        for user, password in users:
+            subprocess.run(["mosquitto_passwd", "-b", self.passwd, user, password], check=True)
         shutil.chown(self.dir, "mosquitto")
         shutil.chown(self.passwd, "mosquitto")
         self.log = os.path.join(self.dir, "mosquitto.log")
@@ -85,10 +88,16 @@ class Broker:
 
     def write_conf(self, gated):
         with open(self.conf, "w") as f:
-            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous {'false' if gated else 'true'}\n"
+            anonymous = self.anonymous and not gated
+            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous {'true' if anonymous else 'false'}\n"
                     f"password_file {self.passwd}\npersistence false\nmax_queued_messages 0\n{self.extra}\n")
 
     def start(self, gated=False):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            raise RuntimeError(f"port {self.port} is taken (a broker left over from an earlier run?)")
+        except OSError:
+            pass
         self.write_conf(gated)
         self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         wait_port(self.port)
@@ -194,7 +203,7 @@ class Subscriber:
 
     count = 0
 
-    def __init__(self, port, topic="#"):
+    def __init__(self, port, topic="#", tls=None):
         Subscriber.count += 1
         self.port = port
         self.messages = []
@@ -207,10 +216,12 @@ class Subscriber:
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_disconnect = lambda *a: self.subscribed.clear()
         self.client.username_pw_set(SUB_USER, SUB_PASSWORD)
+        if tls:
+            self.client.tls_set(ca_certs=tls["ca"], certfile=tls.get("cert"), keyfile=tls.get("key"))
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, options=SubscribeOptions(qos=2, retainAsPublished=True))
         props = Properties(PacketTypes.CONNECT)
         props.ReceiveMaximum = 65535
-        self.client.connect("127.0.0.1", port, keepalive=30, properties=props)
+        self.client.connect("localhost" if tls else "127.0.0.1", port, keepalive=30, properties=props)
         self.client.loop_start()
         if not self.subscribed.wait(10):
             raise TimeoutError("subscriber could not subscribe")

@@ -1,0 +1,91 @@
+-- pg_mqtt_pub: named brokers. Every argument error of mqtt_broker_add / mqtt_broker_remove,
+-- the catalog and its password-free view, removal with outbox rows (refused, then forced into
+-- the dead letters) and with triggers, privileges. No broker is reachable in this cluster, so a
+-- named broker stays cold and its messages wait in the outbox.
+\set SHOW_CONTEXT never
+CREATE EXTENSION pg_mqtt_pub;
+
+-- argument errors
+SELECT mqtt_broker_add(NULL, 'h');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('x', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('default', 'h');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('no spaces', 'h');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('x', 'mqtt://h:1883');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('x', '');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('x', 'h', 0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('x', 'h', 65536);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('x', 'h', keepalive := 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('x', 'h', password := 'p');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('x', 'h', ca_cert := '/ca.pem');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('x', 'h', use_tls := true, client_cert := '/c.pem');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_add('x', 'h', use_tls := true, tls_version := 'tlsv1.0');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_remove(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_remove('default');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_remove('nope');
+\echo :LAST_ERROR_SQLSTATE
+
+-- adding: the catalog, the view without passwords, duplicates
+SELECT mqtt_broker_add('cloud', 'mqtt.example.com', 8883, 'pg', 'top-secret', true, '/etc/ssl/ca.pem');
+SELECT mqtt_broker_add(name := 'plant-2', host := '127.0.0.1', port := 1);
+SELECT mqtt_broker_add('cloud', 'other.example.com');
+\echo :LAST_ERROR_SQLSTATE
+SELECT name, slot, host, port, username, use_tls, ca_cert, tls_version, keepalive FROM mqtt_pub.brokers ORDER BY slot;
+SELECT name, host, port, username, has_password, use_tls, ca_cert, client_cert, client_key, tls_version, client_id, keepalive
+FROM mqtt_pub.broker_list ORDER BY name \gx
+
+-- publishing to a named broker: usable in the same transaction that adds it; cold, so outbox
+BEGIN;
+SELECT mqtt_broker_add('same-tx', '127.0.0.1', 1);
+SELECT mqtt_publish('regress/same-tx', 'x', 1, broker := 'same-tx');
+COMMIT;
+SELECT mqtt_publish('regress/cloud', 'to the cloud', 1, broker := 'cloud');
+SELECT mqtt_publish_batch('regress/plant', ARRAY['a', 'b'], 1, broker := 'plant-2');
+SELECT broker, topic, encode(payload, 'escape') AS payload FROM mqtt_pub.outbox ORDER BY id;
+
+-- removal: refused with outbox rows, forced into the dead letters; refused while triggers use it
+SELECT mqtt_broker_remove('cloud');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_remove('cloud', force := true);
+SELECT broker, topic, last_error FROM mqtt_pub.dead_letters ORDER BY id;
+SELECT mqtt_publish('regress/cloud', 'gone', broker := 'cloud');
+\echo :LAST_ERROR_SQLSTATE
+CREATE TABLE uses_plant (id int PRIMARY KEY);
+SELECT mqtt_trigger_event_setup('uses_plant', broker := 'plant-2');
+SELECT mqtt_broker_remove('plant-2', true);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_trigger_remove('uses_plant');
+SELECT mqtt_broker_remove('plant-2', true);
+SELECT mqtt_broker_remove('same-tx', true);
+SELECT count(*) AS brokers_left FROM mqtt_pub.brokers;
+
+-- privileges: managing brokers and reading them is not public
+CREATE ROLE mqtt_regress_user;
+SET ROLE mqtt_regress_user;
+SELECT mqtt_broker_add('mine', 'h');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_broker_remove('mine');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mqtt_pub.brokers;
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mqtt_pub.broker_list;
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+DROP ROLE mqtt_regress_user;
+
+DROP TABLE uses_plant;
+DROP EXTENSION pg_mqtt_pub;

@@ -1,0 +1,213 @@
+//! The broker catalog `mqtt_pub.brokers`: which named brokers exist, how to reach them, and
+//! which shared-memory status slot each one uses.
+//!
+//! Slot 0 is `default` (settings, never a row). `mqtt_broker_add` gives a named broker the lowest
+//! free slot; the slot is the broker's identity in the ring and in the pending messages of a
+//! transaction (txn.rs); the outbox stores names.
+//!
+//! **Publishers** resolve names through a per-backend cache, refreshed when
+//! `Shared::broker_generation` moves. A statement trigger on the table marks the transaction,
+//! and its COMMIT bumps the generation (after the change is visible to others) and wakes the
+//! worker, which reloads the catalog within one loop iteration.
+//!
+//! **Why a slot never changes owner under a transaction that uses it:** publishing to a named
+//! broker takes AccessShareLock on `mqtt_pub.brokers` until the transaction ends;
+//! `mqtt_broker_remove` takes ACCESS EXCLUSIVE, so it waits for those transactions (and they for
+//! it); the generation is bumped before the remover's lock is released. A removed broker's slot
+//! is reused only after the worker has released it (`status.in_use` false, see worker.rs).
+
+use crate::guard::{guard, Code, PgError};
+use crate::gucs::BrokerConfig;
+use crate::outbox::{as_owner, with_spi};
+use crate::publish::require_shared;
+use pgrx_pg_sys as pg;
+use std::cell::{Cell, RefCell};
+use std::ffi::CStr;
+use std::sync::atomic::Ordering;
+
+struct Cache {
+    generation: u64,
+    relid: pg::Oid,
+    entries: Vec<(Vec<u8>, u16)>,
+}
+
+struct Local(RefCell<Cache>, Cell<bool>);
+// SAFETY: a backend is single-threaded.
+unsafe impl Sync for Local {}
+static LOCAL: Local =
+    Local(RefCell::new(Cache { generation: u64::MAX, relid: pg::InvalidOid, entries: Vec::new() }), Cell::new(false));
+
+/// OID of `mqtt_pub.brokers`, or InvalidOid when the extension is not installed.
+fn brokers_relid() -> pg::Oid {
+    // SAFETY: syscache lookups; missing_ok.
+    unsafe {
+        let ns = pg::get_namespace_oid(c"mqtt_pub".as_ptr(), true);
+        if ns == pg::InvalidOid {
+            return pg::InvalidOid;
+        }
+        pg::get_relname_relid(c"brokers".as_ptr(), ns)
+    }
+}
+
+fn text_at(row: usize, col: i32) -> Option<String> {
+    // SAFETY: called right after a successful SPI query, row < SPI_processed.
+    unsafe {
+        let t = &*pg::SPI_tuptable;
+        let p = pg::SPI_getvalue(*t.vals.add(row), t.tupdesc, col);
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+fn reload(c: &mut Cache, relid: pg::Oid) {
+    let generation = require_shared().broker_generation.load(Ordering::Acquire);
+    let entries = with_spi(|| {
+        // SAFETY: inside SPI; the table is readable by its owner only (it holds passwords).
+        unsafe {
+            as_owner(|| {
+                pg::SPI_execute(c"SELECT name, slot FROM mqtt_pub.brokers".as_ptr(), true, 0);
+                (0..pg::SPI_processed as usize)
+                    .filter_map(|r| {
+                        let name = text_at(r, 1)?.into_bytes();
+                        let slot = text_at(r, 2)?.parse().ok()?;
+                        Some((name, slot))
+                    })
+                    .collect()
+            })
+        }
+    });
+    *c = Cache { generation, relid, entries };
+}
+
+/// The slot of broker `name` for publishing in this transaction, or ERROR 42704.
+pub fn slot_of(name: &[u8]) -> u16 {
+    if name == b"default" {
+        return 0;
+    }
+    let relid = brokers_relid();
+    if relid != pg::InvalidOid {
+        // SAFETY: a heavyweight lock held to the end of the transaction (see the module doc).
+        unsafe { pg::LockRelationOid(relid, pg::AccessShareLock as i32) };
+        let generation = require_shared().broker_generation.load(Ordering::Acquire);
+        let mut c = LOCAL.0.borrow_mut();
+        if c.generation != generation || c.relid != relid {
+            reload(&mut c, relid);
+        }
+        let mut found = c.entries.iter().find(|e| e.0 == name).map(|e| e.1);
+        if found.is_none() {
+            // added in this very transaction (not committed, so no generation bump yet)?
+            reload(&mut c, relid);
+            found = c.entries.iter().find(|e| e.0 == name).map(|e| e.1);
+        }
+        if let Some(slot) = found {
+            return slot;
+        }
+    }
+    PgError::new(
+        Code::ERRCODE_UNDEFINED_OBJECT,
+        format!("MQTT broker \"{}\" does not exist", String::from_utf8_lossy(name)),
+    )
+    .hint("Use \"default\" or a broker added with mqtt_broker_add(); SELECT broker_name FROM mqtt_status() lists them.")
+    .raise()
+}
+
+/// The name of the broker in `slot` (as the outbox stores it).
+pub fn name_of(slot: u16) -> String {
+    if slot == 0 {
+        return "default".into();
+    }
+    let c = LOCAL.0.borrow();
+    match c.entries.iter().find(|e| e.1 == slot) {
+        Some(e) => String::from_utf8_lossy(&e.0).into_owned(),
+        // Cannot happen for a slot that slot_of returned in this transaction (the lock keeps it).
+        None => format!("#{slot}"),
+    }
+}
+
+/// A named broker as the worker needs it.
+pub struct Named {
+    pub slot: u16,
+    pub cfg: BrokerConfig,
+}
+
+/// Worker: every named broker (inside a transaction).
+pub fn load_all() -> Vec<Named> {
+    with_spi(|| {
+        // SAFETY: inside SPI, in the worker's transaction (it runs as the bootstrap superuser).
+        unsafe {
+            pg::SPI_execute(
+                c"SELECT slot, name, host, port, coalesce(username, ''), coalesce(password, ''), use_tls, \
+                  coalesce(ca_cert, ''), coalesce(client_cert, ''), coalesce(client_key, ''), tls_version, \
+                  coalesce(client_id, ''), keepalive FROM mqtt_pub.brokers ORDER BY slot"
+                    .as_ptr(),
+                true,
+                0,
+            );
+            (0..pg::SPI_processed as usize)
+                .filter_map(|r| {
+                    let t = |c| text_at(r, c).unwrap_or_default();
+                    let default = BrokerConfig::default_broker();
+                    Some(Named {
+                        slot: t(1).parse().ok()?,
+                        cfg: BrokerConfig {
+                            name: t(2),
+                            host: t(3),
+                            port: t(4).parse().ok()?,
+                            username: t(5),
+                            password: t(6),
+                            use_tls: t(7) == "t",
+                            ca_cert: t(8),
+                            client_cert: t(9),
+                            client_key: t(10),
+                            tls_version: t(11),
+                            client_id: t(12),
+                            keepalive: t(13).parse().ok()?,
+                            protocol: default.protocol,
+                            max_inflight: default.max_inflight,
+                        },
+                    })
+                })
+                .collect()
+        }
+    })
+}
+
+/// Is status slot `slot` still held by the worker (a removed broker not yet released)?
+pub fn slot_busy(slot: usize) -> bool {
+    require_shared().brokers().get(slot).is_none_or(|b| b.in_use.load(Ordering::Acquire))
+}
+
+/// At COMMIT of a transaction that changed the catalog: tell everyone.
+pub fn at_commit() {
+    if LOCAL.1.replace(false) {
+        if let Some(s) = crate::shmem::shared() {
+            s.broker_generation.fetch_add(1, Ordering::AcqRel);
+            crate::shmem::wake_worker_always();
+        }
+    }
+}
+
+pub fn at_abort() {
+    LOCAL.1.set(false);
+}
+
+crate::pg_finfo!(pg_finfo_mqtt_pub_brokers_changed, pg_finfo_mqtt_pub_broker_slot_busy);
+
+/// `mqtt_pub.brokers_changed()`: statement trigger on `mqtt_pub.brokers`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn mqtt_pub_brokers_changed(_fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    guard(|| {
+        LOCAL.1.set(true);
+        pg::Datum::from(0usize)
+    })
+}
+
+/// `mqtt_pub.broker_slot_busy(slot int) RETURNS boolean`: for slot allocation in mqtt_broker_add.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn mqtt_pub_broker_slot_busy(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    guard(|| {
+        // SAFETY: fcinfo is valid for this call.
+        let a = unsafe { crate::fmgr::Args::new(fcinfo) };
+        let slot = a.i32(0, "slot");
+        pg::Datum::from(slot < 0 || slot_busy(slot as usize))
+    })
+}

@@ -15,6 +15,7 @@ superuser and never logged; a role without grants can neither publish nor manage
 with the README's GRANT it can publish.
 """
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -138,6 +139,29 @@ def test_one_broker_down_the_others_keep_delivering(env):
     got = subs["plain"].wait_for("b/plain/", 250, timeout=30)
     assert [m.payload for m in got][50:] == [f"outage-{i}".encode() for i in range(1, 201)], "drained in order"
     wait_until(lambda: modes(c)["plain"] == "hot", 20, "plain hot again")
+
+
+def test_a_stalled_broker_does_not_hold_up_the_others(env):
+    """`plain` stops answering (SIGSTOP: the connection stays up, nothing is acknowledged). Its
+    window fills and its messages queue behind it; `tls` and `auth` keep delivering at once."""
+    c, brokers, subs = env["cluster"], env["brokers"], env["subs"]
+    before = {n: len(subs[n].matching(f"b/{n}/stall")) for n in subs}
+    brokers["plain"].kill(signal.SIGSTOP)
+    try:
+        with c.connect() as conn:
+            conn.execute("SELECT mqtt_publish('b/plain/stall/' || i, i::text, 1, broker := 'plain') "
+                         "FROM generate_series(1, 500) i")
+            for name in ("tls", "auth"):
+                conn.execute("SELECT mqtt_publish('b/' || %s || '/stall/' || i, i::text, 1, broker := %s) "
+                             "FROM generate_series(1, 200) i", (name, name))
+        for name in ("tls", "auth"):
+            got = subs[name].wait_for(f"b/{name}/stall", 200, timeout=10)
+            assert [int(m.payload) for m in got] == list(range(1, 201))
+        assert before["plain"] == len(subs["plain"].matching("b/plain/stall")) == 0
+    finally:
+        brokers["plain"].kill(signal.SIGCONT)
+    got = subs["plain"].wait_for("b/plain/stall", 500, timeout=30)
+    assert [int(m.payload) for m in got] == list(range(1, 501)), "the stalled broker gets everything, in order"
 
 
 def worker_pid(c):

@@ -374,6 +374,27 @@ AS $$
           WHERE get_byte(args, e - 1) = 0) z
 $$;
 
+-- A table argument of the helpers, parsed as SQL parses a table name (quotes, schema, case
+-- rules, the caller's search_path) and never spliced into SQL text.
+CREATE FUNCTION mqtt_pub.resolve_table(table_name text) RETURNS regclass
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    rel regclass;
+BEGIN
+    IF table_name IS NULL THEN
+        RAISE EXCEPTION 'table_name must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass the table, e.g. ''orders'' or ''sales."Order Lines"''.';
+    END IF;
+    rel := pg_catalog.to_regclass(table_name);
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'table "%" does not exist', table_name USING ERRCODE = 'undefined_table',
+            HINT = 'Check the name and the search_path; quote mixed-case names: ''"MyTable"''.';
+    END IF;
+    RETURN rel;
+END
+$$;
+
 -- The table named by a setup argument, and the topic prefix to use: the shared checks.
 CREATE FUNCTION mqtt_pub.setup_target(
     table_name   text,
@@ -392,19 +413,10 @@ DECLARE
     nsp    name;
     rname  name;
 BEGIN
-    IF table_name IS NULL THEN
-        RAISE EXCEPTION 'table_name must not be NULL' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'Pass the table, e.g. ''orders'' or ''sales."Order Lines"''.';
-    END IF;
+    rel := mqtt_pub.resolve_table(table_name);
     IF include_meta IS NULL THEN
         RAISE EXCEPTION 'include_meta must not be NULL' USING ERRCODE = 'null_value_not_allowed',
             HINT = 'Pass include_meta := true or false.';
-    END IF;
-    -- Parsed as an identifier (quotes, schema, case rules), never spliced into SQL text.
-    rel := pg_catalog.to_regclass(table_name);
-    IF rel IS NULL THEN
-        RAISE EXCEPTION 'table "%" does not exist', table_name USING ERRCODE = 'undefined_table',
-            HINT = 'Check the name and the search_path; quote mixed-case names: ''"MyTable"''.';
     END IF;
     SELECT c.relkind, n.nspname, c.relname INTO kind, nsp, rname
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
@@ -539,19 +551,8 @@ COMMENT ON FUNCTION mqtt_trigger_resultset_setup(text, text, text[], integer, te
 CREATE FUNCTION mqtt_trigger_remove(table_name text) RETURNS integer
 LANGUAGE plpgsql VOLATILE
 AS $$
-DECLARE
-    rel regclass;
 BEGIN
-    IF table_name IS NULL THEN
-        RAISE EXCEPTION 'table_name must not be NULL' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'Pass the table whose pg_mqtt_pub triggers to remove.';
-    END IF;
-    rel := pg_catalog.to_regclass(table_name);
-    IF rel IS NULL THEN
-        RAISE EXCEPTION 'table "%" does not exist', table_name USING ERRCODE = 'undefined_table',
-            HINT = 'Check the name and the search_path; quote mixed-case names: ''"MyTable"''.';
-    END IF;
-    RETURN mqtt_pub.drop_triggers(rel, NULL);
+    RETURN mqtt_pub.drop_triggers(mqtt_pub.resolve_table(table_name), NULL);
 END
 $$;
 COMMENT ON FUNCTION mqtt_trigger_remove(text) IS

@@ -82,6 +82,16 @@ pub fn broker_index(name: &[u8]) -> u16 {
     crate::catalog::slot_of(name)
 }
 
+/// A UTF-8 topic that may be published to, or ERROR 22023 saying what is wrong with it.
+fn require_valid_topic(topic: &[u8]) {
+    if let Err(e) = topic::validate_topic(topic) {
+        PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, e.message(&String::from_utf8_lossy(topic)))
+            .detail(e.detail())
+            .hint(e.hint())
+            .raise();
+    }
+}
+
 /// A checked destination: topic in UTF-8, QoS, broker index.
 pub struct Target<'a> {
     pub topic: std::borrow::Cow<'a, [u8]>,
@@ -92,13 +102,7 @@ pub struct Target<'a> {
 /// Check topic, QoS and broker the way every publishing function does (same errors).
 pub fn check_target<'a>(topic_bytes: &'a [u8], qos: i32, broker: &[u8]) -> Target<'a> {
     let topic = to_utf8(topic_bytes);
-    if let Err(e) = topic::validate_topic(&topic) {
-        let shown = String::from_utf8_lossy(&topic);
-        PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, e.message(&shown))
-            .detail(e.detail())
-            .hint(e.hint())
-            .raise();
-    }
+    require_valid_topic(&topic);
     let qos = topic::validate_qos(qos).unwrap_or_else(|m| {
         PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, m)
             .detail("MQTT defines QoS 0 (at most once), 1 (at least once) and 2 (exactly once).")
@@ -207,12 +211,7 @@ fn publish_batch_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
             continue;
         }
         envelope::batch_topic(&mut topic, &t.topic, i);
-        if let Err(e) = topic::validate_topic(&topic) {
-            PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, e.message(&String::from_utf8_lossy(&topic)))
-                .detail(e.detail())
-                .hint(e.hint())
-                .raise();
-        }
+        require_valid_topic(&topic);
         // SAFETY: a text element of the array.
         let payload = to_utf8(unsafe { varlena_bytes(*d) });
         let target = Target { topic: std::borrow::Cow::Borrowed(&topic), qos: t.qos, broker: t.broker };

@@ -22,8 +22,15 @@ from harness import PGBIN, SUB_PASSWORD, SUB_USER, Broker, Cluster, Subscriber, 
 OUT = os.path.join(HERE, "out")
 RAW_PUB = os.path.join(OUT, "raw_pub")
 BROKER_PORT, PG_PORT, DB = 18870, 25450, "bench"
-TRIGGER_SECONDS = float(os.environ.get("BENCH_TRIGGER_SECONDS", "4"))
-E2E_COUNT = int(os.environ.get("BENCH_E2E_COUNT", "200000"))
+# BENCH_SMOKE=1: every section, tiny sizes (CI runs it so the benchmark cannot rot; its numbers
+# mean nothing and nothing asserts them).
+SMOKE = os.environ.get("BENCH_SMOKE") == "1"
+TRIGGER_SECONDS = float(os.environ.get("BENCH_TRIGGER_SECONDS", "0.3" if SMOKE else "4"))
+E2E_COUNT = int(os.environ.get("BENCH_E2E_COUNT", "10000" if SMOKE else "200000"))
+PGBENCH_SECONDS = 1 if SMOKE else 10
+LATENCY_SECONDS = 1 if SMOKE else 10
+DRAIN_COUNT = 10_000 if SMOKE else 100_000
+RESULTS = os.environ.get("BENCH_RESULTS", os.path.join(OUT, "results.json"))
 PAYLOAD = 64
 # BENCH_SECTIONS=trigger,concurrency,... runs a subset (default: all)
 SECTIONS = set(os.environ.get("BENCH_SECTIONS", "trigger,concurrency,e2e,latency,drain,memory").split(","))
@@ -99,7 +106,7 @@ def trigger_cost(c, broker):
 
 
 def concurrency(c):
-    print("\n2. concurrency: pgbench, 8 clients, single-row INSERT transactions, 10 s each")
+    print(f"\n2. concurrency: pgbench, 8 clients, single-row INSERT transactions, {PGBENCH_SECONDS} s each")
     with c.connect(DB) as conn:
         conn.execute("CREATE TABLE bench_tx (id bigserial, v float8, at timestamptz DEFAULT now())")
         conn.execute("CREATE OR REPLACE FUNCTION bench_tx_fn() RETURNS trigger LANGUAGE plpgsql AS "
@@ -112,19 +119,26 @@ def concurrency(c):
     os.chmod(script, 0o644)
     tps = {}
     for label, fn in (("without trigger", None), ("with row_to_json-only trigger", "bench_tx_floor"),
-                      ("with publish trigger", "bench_tx_fn")):
+                      ("with publish trigger", "bench_tx_fn"), ("with mqtt_trigger_event_setup trigger", "helper")):
         with c.connect(DB) as conn:
             conn.execute("DROP TRIGGER IF EXISTS bench_tx_trg ON bench_tx")
-            if fn:
+            conn.execute("SELECT mqtt_trigger_remove('bench_tx')")
+            if fn == "helper":
+                conn.execute("SELECT mqtt_trigger_event_setup('bench_tx', 'bench/tx', '{INSERT}', qos := 0)")
+            elif fn:
                 conn.execute(f"CREATE TRIGGER bench_tx_trg AFTER INSERT ON bench_tx FOR EACH ROW EXECUTE FUNCTION {fn}()")
             conn.execute("TRUNCATE bench_tx")
         out = subprocess.run([f"{PGBIN}/pgbench", "-n", "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres",
-                              "-c", "8", "-j", "2", "-T", "10", "-f", script, DB], capture_output=True, text=True, check=True).stdout
+                              "-c", "8", "-j", "2", "-T", str(PGBENCH_SECONDS), "-f", script, DB], capture_output=True, text=True, check=True).stdout
         tps[label] = float(next(l for l in out.splitlines() if l.startswith("tps")).split("=")[1].split()[0])
         row(f"TPS {label}", tps[label], "tps")
     row("ratio with/without (target >= 0.90)", tps["with publish trigger"] / tps["without trigger"], "x")
     row("ratio with publish / with row_to_json-only", tps["with publish trigger"] / tps["with row_to_json-only trigger"], "x",
         "the cost of publishing itself")
+    row("ratio helper trigger / without (target >= 0.90)",
+        tps["with mqtt_trigger_event_setup trigger"] / tps["without trigger"], "x", "row + metadata, compiled")
+    with c.connect(DB) as conn:
+        conn.execute("SELECT mqtt_trigger_remove('bench_tx')")
 
 
 def count_subscriber(topic, qos, n):
@@ -172,12 +186,12 @@ def worker_rss(c):
 
 
 def latency(c):
-    print("\n4. latency: ~1,000 messages/s for 10 s, COMMIT to receipt at a subscriber")
+    print(f"\n4. latency: ~1,000 messages/s for {LATENCY_SECONDS} s, COMMIT to receipt at a subscriber")
     s = Subscriber(BROKER_PORT, "bench/lat/#")
     sent = {}
     try:
         with c.connect(DB) as conn:
-            t_end = time.time() + 10
+            t_end = time.time() + LATENCY_SECONDS
             i = 0
             while time.time() < t_end:
                 conn.execute("SELECT mqtt_publish('bench/lat/x', %s, 1)", (str(i),))
@@ -194,7 +208,7 @@ def latency(c):
 
 
 def outage_drain(c, broker, raw_qos1):
-    n = 100_000
+    n = DRAIN_COUNT
     print(f"\n5. outage drain: {n:,} QoS 1 messages in the outbox, then the broker comes back")
     broker.kill()
     wait_until(lambda: mode(c) == "cold", 20, "cold")
@@ -263,9 +277,9 @@ def main():
     finally:
         c.stop()
         broker.stop()
-    with open(os.path.join(OUT, "results.json"), "w") as f:
+    with open(RESULTS, "w") as f:
         json.dump(results, f, indent=2, default=str)
-    print(f"\nwritten: {os.path.join(OUT, 'results.json')}")
+    print(f"\nwritten: {RESULTS}")
 
 
 if __name__ == "__main__":

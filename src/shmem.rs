@@ -16,6 +16,9 @@
 //! the worker sets `worker_sleeping`, re-checks the ring, then waits on its latch; a producer
 //! publishes its records, then sets the worker's latch only if `worker_sleeping` is set. Both sides
 //! put a SeqCst fence between their write and their read, so one of them always sees the other.
+//! After it found work the worker naps briefly *without* setting the flag for a couple of
+//! milliseconds (worker.rs, `LINGER`), so a steady stream of commits is picked up by polling
+//! instead of one signal per commit.
 
 use crate::gucs;
 use crate::ring::{self, Ring};

@@ -326,6 +326,8 @@ struct Waiter {
     set: *mut pg::WaitEventSet,
     /// (link index, fd, position in the set, write interest)
     socks: Vec<(usize, c_int, c_int, bool)>,
+    /// Room for every event of the set (kept, so a wait allocates nothing).
+    events: Vec<pg::WaitEvent>,
 }
 
 impl Waiter {
@@ -348,7 +350,9 @@ impl Waiter {
                     (l, fd, pos, false)
                 })
                 .collect();
-            Waiter { set, socks }
+            // SAFETY: WaitEvent is plain data.
+            let events = vec![std::mem::zeroed(); 2 + fds.len()];
+            Waiter { set, socks, events }
         }
     }
 
@@ -370,15 +374,12 @@ impl Waiter {
     /// Wait; returns whether the latch was set, and (link, readable, writable) per ready socket.
     fn wait(&mut self, timeout_ms: i64, ready: &mut Vec<(usize, bool, bool)>) -> bool {
         ready.clear();
-        let cap = 2 + self.socks.len();
-        // SAFETY: WaitEvent is plain data.
-        let mut evs: Vec<pg::WaitEvent> = vec![unsafe { std::mem::zeroed() }; cap];
-        // SAFETY: valid set; the vector has room for every event of the set.
-        let n = unsafe {
-            pg::WaitEventSetWait(self.set, timeout_ms, evs.as_mut_ptr(), cap as c_int, pg::PG_WAIT_EXTENSION)
-        };
+        let cap = self.events.len() as c_int;
+        // SAFETY: valid set; `events` has room for every event of the set.
+        let n =
+            unsafe { pg::WaitEventSetWait(self.set, timeout_ms, self.events.as_mut_ptr(), cap, pg::PG_WAIT_EXTENSION) };
         let mut latch = false;
-        for e in &evs[..n.max(0) as usize] {
+        for e in &self.events[..n.max(0) as usize] {
             latch |= e.events & pg::WL_LATCH_SET != 0;
             if let Some(s) = self.socks.iter().find(|s| s.2 == e.pos) {
                 let (r, w) = (e.events & pg::WL_SOCKET_READABLE != 0, e.events & pg::WL_SOCKET_WRITEABLE != 0);

@@ -8,7 +8,8 @@ secrets and privileges — against three real mosquitto brokers.
 
 Proves: messages routed by name reach that broker only; killing `plain` sends its messages to
 the outbox while `tls` and `auth` stay hot and keep delivering, and `plain` drains when it is
-back; a wrong CA, a wrong password and a closed port show up as `connected = false` with a
+back; a wrong CA, a server below the required TLS version, a wrong password and a closed
+port show up as `connected = false` with a
 `last_error` that says why, with reconnects spaced by the backoff and no file-descriptor leak;
 brokers can be added and removed while publishing; passwords are readable by nobody but the
 superuser and never logged; a role without grants can neither publish nor manage brokers, and
@@ -23,10 +24,10 @@ import time
 import psycopg
 import pytest
 
-from harness import Broker, Cluster, Subscriber, scratch, wait_until
+from harness import Broker, Cluster, Subscriber, scratch, wait_port, wait_until
 
 PG_PORT = 25442
-PLAIN, TLS, AUTH, EXTRA = 18851, 18852, 18853, 18854
+PLAIN, TLS, AUTH, EXTRA, TLS12_ONLY = 18851, 18852, 18853, 18854, 18855
 PUB_USER, PUB_PASSWORD = "pgpub", "s3cret-Pub-Pw"
 
 
@@ -72,7 +73,7 @@ def env():
             "pg_mqtt_pub.broker_host": "'127.0.0.1'",
             "pg_mqtt_pub.broker_port": PLAIN,  # default = the plain broker too
             "pg_mqtt_pub.reconnect_interval_ms": 200,
-            "pg_mqtt_pub.max_brokers": 7,  # default + 6 named
+            "pg_mqtt_pub.max_brokers": 8,  # default + 7 named
         }).start()
         tls_client = {"ca": pki["ca"], "cert": pki["client"], "key": pki["client-key"]}
         subs["plain"] = Subscriber(PLAIN, "b/#")
@@ -168,7 +169,7 @@ def worker_pid(c):
     return c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'")[0][0]
 
 
-def test_tls_auth_and_network_failures_are_explained(env):
+def test_tls_auth_and_network_failures_are_explained(env, request):
     c, pki, brokers = env["cluster"], env["pki"], env["brokers"]
     pid = worker_pid(c)
     fds_before = len(os.listdir(f"/proc/{pid}/fd"))
@@ -179,10 +180,20 @@ def test_tls_auth_and_network_failures_are_explained(env):
     c.sql("SELECT mqtt_broker_add('badpass', '127.0.0.1', %s, username := %s, password := 'wrong-password')",
           (AUTH, PUB_USER))
     c.sql("SELECT mqtt_broker_add('closed', '127.0.0.1', 1)")
+    # a TLS server that speaks TLS 1.2 at most (mosquitto's tls_version is a minimum, so openssl
+    # plays the server); the broker is added with tls_version := 'tlsv1.3'
+    tls12 = subprocess.Popen(["openssl", "s_server", "-quiet", "-accept", f"127.0.0.1:{TLS12_ONLY}", "-tls1_2",
+                              "-cert", pki["server"], "-key", pki["server-key"]],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    request.addfinalizer(tls12.kill)
+    wait_port(TLS12_ONLY)
+    c.sql("SELECT mqtt_broker_add('tls13', 'localhost', %s, use_tls := true, ca_cert := %s, tls_version := 'tlsv1.3')",
+          (TLS12_ONLY, pki["ca"]))
     with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):  # the shared-memory limit
         c.sql("SELECT mqtt_broker_add('one-too-many', '127.0.0.1', 1)")
     t0 = time.time()
-    expect = {"badca": "certificate verify failed", "badpass": "not authorized", "closed": "connection refused"}
+    expect = {"badca": "certificate verify failed", "badpass": "not authorized", "closed": "connection refused",
+              "tls13": "protocol version"}
     for name, text in expect.items():
         wait_until(lambda: (status_of(c, name) or [None, None, ""])[2] and text in status_of(c, name)[2].lower(), 15,
                    f"{name}: last_error mentioning {text!r} (have {status_of(c, name)})")

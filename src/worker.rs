@@ -568,8 +568,13 @@ impl Worker {
         let default = Link::new(0, BrokerConfig::default_broker());
         // A restarted worker cannot know where the old one's scan was: look again from the tail.
         // (QoS 1/2 records the old worker had in flight are sent again: at least once.)
-        for b in shared.brokers() {
+        for (i, b) in shared.brokers().iter().enumerate() {
             b.flip_head.fetch_max(ring.head(), Ordering::AcqRel);
+            // Named brokers' slots are claimed again from the catalog (maybe_sync_catalog): a
+            // slot whose broker was removed while no worker ran must not stay claimed forever.
+            if i > 0 && b.in_use.load(Ordering::Acquire) {
+                b.release();
+            }
         }
         let mut w = Worker {
             ring,
@@ -689,6 +694,7 @@ impl Worker {
             Vec::new()
         };
         let nslots = self.by_slot.len();
+        let present: Vec<String> = named.iter().map(|n| n.cfg.name.clone()).collect();
         for n in named {
             let slot = n.slot as usize;
             if slot == 0 || slot >= nslots {
@@ -720,12 +726,6 @@ impl Worker {
             }
         }
         // Brokers no longer in the catalog.
-        let present: Vec<String> = if self.ext_present {
-            self.with_outbox(|| crate::catalog::load_all().into_iter().map(|n| n.cfg.name).collect())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
         for l in 1..self.links.len() {
             if self.links[l].removed_at.is_none() && !present.contains(&self.links[l].cfg.name) {
                 self.remove_link(l);

@@ -297,3 +297,19 @@ def test_secrets_and_privileges(env):
     finally:
         c.sql("REVOKE ALL ON FUNCTION mqtt_publish(text, text, integer, boolean, text) FROM mqtt_app")
         c.sql("DROP ROLE mqtt_app")
+
+
+def test_worker_restart_serves_every_broker_again(env):
+    c, subs = env["cluster"], env["subs"]
+    old = worker_pid(c)
+    c.sql("SELECT pg_terminate_backend(%s)", (old,))
+    wait_until(lambda: c.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker' "
+                             "AND pid <> %s", (old,))[0][0] == 1, 30, "a new worker")
+    wait_until(lambda: modes(c) == {"default": "hot", "plain": "hot", "tls": "hot", "auth": "hot"}, 30,
+               "every broker hot again")
+    publish_to_all(c, "restart", 20)
+    for name in ("plain", "tls", "auth"):
+        wait_until(lambda: len([m for m in subs[name].snapshot() if m.payload.startswith(b"restart-")]) >= 20, 10,
+                   f"{name} delivers after the restart")
+        got = [m.payload for m in subs[name].snapshot() if m.payload.startswith(b"restart-")]
+        assert got == [f"restart-{i}".encode() for i in range(1, 21)], name

@@ -85,6 +85,7 @@ BEGIN
                   HINT = 'Pass max_count := 100, or how many dead letters to replay.';
     END IF;
     IF broker_name IS NOT NULL AND broker_name <> 'default'
+       AND NOT EXISTS (SELECT 1 FROM mqtt_pub.brokers b WHERE b.name = broker_name)
        AND NOT EXISTS (SELECT 1 FROM mqtt_pub.dead_letters d WHERE d.broker = broker_name) THEN
         RAISE EXCEPTION 'MQTT broker "%" does not exist', broker_name
             USING ERRCODE = 'undefined_object',

@@ -9,8 +9,9 @@ COMMENT ON SCHEMA mqtt_pub IS 'pg_mqtt_pub: outbox, dead letters and their views
 -- messages it takes back from the ring while a broker is down). The worker deletes a row only
 -- after the broker acknowledged it (QoS 1 PUBACK, QoS 2 PUBCOMP; QoS 0 once written).
 CREATE TABLE mqtt_pub.outbox (
-    id            bigserial   PRIMARY KEY,
-    broker        text        NOT NULL,
+    id            bigserial,
+    -- "C": broker names are ASCII, and every inserted row is compared in the key
+    broker        text        COLLATE "C" NOT NULL,
     topic         text        NOT NULL,
     payload       bytea       NOT NULL,
     qos           smallint    NOT NULL CHECK (qos BETWEEN 0 AND 2),
@@ -24,9 +25,11 @@ CREATE TABLE mqtt_pub.outbox (
     created_at      timestamptz NOT NULL DEFAULT now(),
     first_failed_at timestamptz,
     last_attempt_at timestamptz,
-    last_error      text
+    last_error      text,
+    -- The drain order is the key: one index to maintain per message, not two. (id alone comes
+    -- from the sequence; the worker always addresses a row by broker, lane and id.)
+    PRIMARY KEY (broker, lane, id)
 );
-CREATE INDEX outbox_drain_idx ON mqtt_pub.outbox (broker, lane, id);
 COMMENT ON TABLE mqtt_pub.outbox IS 'Messages waiting for a broker (the cold path); drained in order by the worker';
 
 CREATE VIEW mqtt_pub.outbox_summary AS
@@ -45,7 +48,7 @@ COMMENT ON VIEW mqtt_pub.outbox_summary IS 'Outbox depth per broker';
 CREATE TABLE mqtt_pub.dead_letters (
     id               bigserial   PRIMARY KEY,
     original_id      bigint,
-    broker           text        NOT NULL,
+    broker           text        COLLATE "C" NOT NULL,
     topic            text        NOT NULL,
     payload          bytea       NOT NULL,
     qos              smallint    NOT NULL,

@@ -21,11 +21,25 @@ pub const LANE_PUBLISHED: i16 = 1;
 /// A row fetched for delivery. `topic_nul` is UTF-8 with a trailing NUL (what libmosquitto wants).
 pub struct Row {
     pub id: i64,
+    /// Where the row is: deleting acknowledged rows by TID needs no index and no plan choice.
+    pub tid: Tid,
     pub lane: i16,
     pub topic_nul: Vec<u8>,
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
+}
+
+/// A row's physical address (`ctid`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tid(pub u32, pub u16);
+
+impl Tid {
+    /// From `ctid::text`, "(block,offset)".
+    fn parse(s: &str) -> Option<Tid> {
+        let (b, o) = s.trim_matches(|c| c == '(' || c == ')').split_once(',')?;
+        Some(Tid(b.parse().ok()?, o.parse().ok()?))
+    }
 }
 
 /// One message to insert.
@@ -214,7 +228,7 @@ pub struct Failure {
 /// Worker: delivery of row `id` failed. Count the attempt and schedule the next one at
 /// `base_ms · 2^(attempts-1)` from now; after `max_attempts`, move the row (same transaction) to
 /// `mqtt_pub.dead_letters`. `None` if the row no longer exists.
-pub fn record_failure(id: i64, why: &str, base_ms: i64, max_attempts: i32) -> Option<Failure> {
+pub fn record_failure(broker: &str, id: i64, why: &str, base_ms: i64, max_attempts: i32) -> Option<Failure> {
     with_spi(|| {
         // SAFETY: inside SPI; parameters match the placeholders.
         unsafe {
@@ -222,11 +236,12 @@ pub fn record_failure(id: i64, why: &str, base_ms: i64, max_attempts: i32) -> Op
                 "UPDATE mqtt_pub.outbox SET attempts = attempts + 1, last_error = $2, \
                  first_failed_at = coalesce(first_failed_at, now()), last_attempt_at = now(), \
                  next_retry_at = now() + make_interval(secs => $3::float8 * (2::float8 ^ attempts) / 1000.0) \
-                 WHERE id = $1 RETURNING attempts, topic",
+                 WHERE broker = $4 AND lane IN (0, 1) AND id = $1 RETURNING attempts, topic",
                 &[
                     (pg::INT8OID, pg::Datum::from(id)),
                     (pg::TEXTOID, bytes_datum(why.as_bytes())),
                     (pg::INT8OID, pg::Datum::from(base_ms)),
+                    (pg::TEXTOID, bytes_datum(broker.as_bytes())),
                 ],
                 false,
                 0,
@@ -236,11 +251,12 @@ pub fn record_failure(id: i64, why: &str, base_ms: i64, max_attempts: i32) -> Op
             let dead_lettered = attempts >= max_attempts;
             if dead_lettered {
                 exec_args(
-                    "WITH dead AS (DELETE FROM mqtt_pub.outbox WHERE id = $1 RETURNING *) \
+                    "WITH dead AS (DELETE FROM mqtt_pub.outbox WHERE broker = $2 AND lane IN (0, 1) AND id = $1 \
+                                   RETURNING *) \
                      INSERT INTO mqtt_pub.dead_letters \
                        (original_id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error) \
                      SELECT id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error FROM dead",
-                    &[(pg::INT8OID, pg::Datum::from(id))],
+                    &[(pg::INT8OID, pg::Datum::from(id)), (pg::TEXTOID, bytes_datum(broker.as_bytes()))],
                     false,
                     0,
                 );
@@ -274,7 +290,7 @@ pub fn insert_failed(row: NewRow<'_>, why: &str, base_ms: i64, max_attempts: i32
             first_value(1).map(|d| d.value() as i64)
         }
     })?;
-    record_failure(id, why, base_ms, max_attempts)
+    record_failure(row.broker, id, why, base_ms, max_attempts)
 }
 
 /// Worker: delete dead letters older than `days`, at most `batch` rows. Returns how many.
@@ -300,7 +316,8 @@ pub fn prune_dead_letters(days: i32, batch: i64) -> u64 {
 /// wading through their dead index entries again on every fetch.
 pub fn fetch(broker: &str, limit: usize, exclude: &[i64], recovered_only: bool, after: Option<(i16, i64)>) -> Vec<Row> {
     let mut sql = String::from(
-        "SELECT id, topic, payload, qos, retain, lane FROM mqtt_pub.outbox WHERE broker = $1 AND next_retry_at <= now()",
+        "SELECT id, topic, payload, qos, retain, lane, ctid::text FROM mqtt_pub.outbox \
+         WHERE broker = $1 AND next_retry_at <= now()",
     );
     if let Some((lane, id)) = after {
         sql.push_str(&format!(" AND (lane, id) > ({lane}::int2, {id}::int8)"));
@@ -336,8 +353,10 @@ pub fn fetch(broker: &str, limit: usize, exclude: &[i64], recovered_only: bool, 
                 };
                 let mut topic_nul = to_utf8(varlena_bytes(get(2))).into_owned();
                 topic_nul.push(0);
+                let tid = std::str::from_utf8(varlena_bytes(get(7))).ok().and_then(Tid::parse).unwrap_or(Tid(0, 0));
                 rows.push(Row {
                     id: get(1).value() as i64,
+                    tid,
                     lane: get(6).value() as i16,
                     topic_nul,
                     payload: varlena_bytes(get(3)).to_vec(),
@@ -351,13 +370,32 @@ pub fn fetch(broker: &str, limit: usize, exclude: &[i64], recovered_only: bool, 
 }
 
 /// Worker: delete delivered rows.
-pub fn delete(ids: &[i64]) {
-    if ids.is_empty() {
+pub fn delete(rows: &[(Tid, i64)]) {
+    if rows.is_empty() {
         return;
     }
-    let sql = CString::new(format!("DELETE FROM mqtt_pub.outbox WHERE id = ANY({})", int8_array(ids))).expect("no NUL");
-    // SAFETY: inside SPI.
-    with_spi(|| unsafe { pg::SPI_execute(sql.as_ptr(), false, 0) });
+    // By TID (a TID scan: no index, no plan to go wrong — with an index condition on the key the
+    // planner, lacking statistics on a freshly filled outbox, scanned every row of the broker
+    // for each batch: drain 1.09x -> 0.40x raw, measured). The id check makes a TID that was
+    // reused by another row after a concurrent delete harmless.
+    let tids: Vec<String> = rows.iter().map(|(t, _)| format!("\"({},{})\"", t.0, t.1)).collect();
+    let ids: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    let sql = format!(
+        "DELETE FROM mqtt_pub.outbox WHERE ctid = ANY('{{{}}}'::tid[]) AND id = ANY({})",
+        tids.join(","),
+        int8_array(&ids)
+    );
+    let sql = CString::new(sql).expect("no NUL in generated SQL");
+    // SAFETY: inside SPI; SET LOCAL ends with the worker's transaction.
+    with_spi(|| unsafe {
+        pg::SPI_execute(
+            c"SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off"
+                .as_ptr(),
+            false,
+            0,
+        );
+        pg::SPI_execute(sql.as_ptr(), false, 0)
+    });
 }
 
 /// Does `broker` have any row in the outbox that is not waiting for a retry? (Failed rows are

@@ -405,7 +405,7 @@ enum Inflight {
     /// A ring record at this position (released once acknowledged).
     Ring(u64),
     /// An outbox row (deleted once acknowledged).
-    Outbox { id: i64 },
+    Outbox { id: i64, tid: outbox::Tid },
 }
 
 /// A ring record between the tail and the scan cursor.
@@ -439,7 +439,7 @@ struct Link {
     /// Outbox rows fetched and not yet handed to libmosquitto.
     fetched: VecDeque<outbox::Row>,
     /// Acknowledged outbox rows to delete.
-    to_delete: Vec<i64>,
+    to_delete: Vec<(outbox::Tid, i64)>,
     /// The outbox may have rows for us (set by wake-ups and timers, cleared by an empty fetch).
     outbox_check: bool,
     /// Where the current pass over the outbox is: the last (lane, id) fetched. `None` starts
@@ -994,7 +994,7 @@ impl Worker {
                     k.status.messages_sent.fetch_add(1, Ordering::Relaxed);
                     match what {
                         Inflight::Ring(pos) => self.mark_ring_done(pos),
-                        Inflight::Outbox { id, .. } => k.to_delete.push(id),
+                        Inflight::Outbox { id, tid } => k.to_delete.push((tid, id)),
                     }
                 }
             }
@@ -1033,7 +1033,9 @@ impl Worker {
         status.set_error(&why);
         let name = self.links[l].cfg.name.clone();
         let result = match what {
-            Inflight::Outbox { id, .. } => self.with_outbox(|| outbox::record_failure(id, &why, base, max)).flatten(),
+            Inflight::Outbox { id, .. } => {
+                self.with_outbox(|| outbox::record_failure(&name, id, &why, base, max)).flatten()
+            }
             Inflight::Ring(pos) => {
                 let ring = self.ring;
                 let mut scratch = Vec::new();
@@ -1293,7 +1295,7 @@ impl Worker {
                 // (the scan has not passed flip_head), only recovered rows (lane 0) may go: a
                 // publisher's row is newer than any of those records.
                 let recovered_only = k.cold() && self.cursor < k.status.flip_head.load(Ordering::Acquire);
-                let mut exclude: Vec<i64> = k.to_delete.clone();
+                let mut exclude: Vec<i64> = k.to_delete.iter().map(|d| d.1).collect();
                 exclude.extend(k.inflight.values().filter_map(|f| match f {
                     Inflight::Outbox { id, .. } => Some(*id),
                     Inflight::Ring(_) => None,
@@ -1322,10 +1324,10 @@ impl Worker {
             let row = k.fetched.pop_front().expect("fetched above");
             let Some(c) = k.client.as_mut() else { return false };
             match c.publish(&row.topic_nul, &row.payload, row.qos, row.retain) {
-                Handoff::Accepted { mid } => k.note_sent(mid, Inflight::Outbox { id: row.id }),
+                Handoff::Accepted { mid } => k.note_sent(mid, Inflight::Outbox { id: row.id, tid: row.tid }),
                 Handoff::Refused { rc } => self.message_failed(
                     l,
-                    Inflight::Outbox { id: row.id },
+                    Inflight::Outbox { id: row.id, tid: row.tid },
                     format!("refused by the MQTT client library: {}", crate::broker::strerror(rc)),
                 ),
                 Handoff::NotConnected => {
@@ -1344,8 +1346,8 @@ impl Worker {
         if k.to_delete.is_empty() || (k.to_delete.len() < DELETE_BATCH && outbox_in_flight) {
             return;
         }
-        let ids = std::mem::take(&mut k.to_delete);
-        self.with_outbox(|| outbox::delete(&ids)); // without the extension the rows are gone anyway
+        let rows = std::mem::take(&mut k.to_delete);
+        self.with_outbox(|| outbox::delete(&rows)); // without the extension the rows are gone anyway
     }
 
     /// A cold broker whose outbox is empty, with nobody about to write to it, goes hot again.
@@ -1618,8 +1620,8 @@ impl Worker {
         }
         self.release_ring();
         for l in 0..self.links.len() {
-            let ids = std::mem::take(&mut self.links[l].to_delete);
-            self.with_outbox(|| outbox::delete(&ids));
+            let rows = std::mem::take(&mut self.links[l].to_delete);
+            self.with_outbox(|| outbox::delete(&rows));
             if let Some(c) = self.links[l].client.as_mut() {
                 c.disconnect();
                 c.loop_write();

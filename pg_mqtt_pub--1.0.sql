@@ -732,6 +732,8 @@ COMMENT ON FUNCTION mqtt_broker_add(text, text, integer, text, text, boolean, te
 CREATE FUNCTION mqtt_broker_remove(name text, force boolean DEFAULT false) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- Waiting in the lock queue would hold back every new publisher to a named broker behind it.
+SET lock_timeout = '5s'
 AS $$
 DECLARE
     pending bigint;
@@ -748,7 +750,14 @@ BEGIN
     END IF;
     -- Waits for transactions that publish to a named broker, and holds new ones back until this
     -- one ends: no message is published to a broker that is going away (src/catalog.rs).
-    LOCK TABLE mqtt_pub.brokers IN ACCESS EXCLUSIVE MODE;
+    BEGIN
+        LOCK TABLE mqtt_pub.brokers IN ACCESS EXCLUSIVE MODE;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'MQTT broker "%" cannot be removed while transactions are publishing to named brokers', name
+            USING ERRCODE = 'lock_not_available',
+                  DETAIL = 'A transaction that publishes to a named broker holds mqtt_pub.brokers until it ends; waited 5 s.',
+                  HINT = 'Try again when long transactions have finished (pg_stat_activity shows them).';
+    END;
     IF NOT EXISTS (SELECT 1 FROM mqtt_pub.brokers b WHERE b.name = mqtt_broker_remove.name) THEN
         RAISE EXCEPTION 'MQTT broker "%" does not exist', name USING ERRCODE = 'undefined_object',
             HINT = 'SELECT name FROM mqtt_pub.broker_list shows the named brokers.';

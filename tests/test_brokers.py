@@ -313,3 +313,22 @@ def test_worker_restart_serves_every_broker_again(env):
                    f"{name} delivers after the restart")
         got = [m.payload for m in subs[name].snapshot() if m.payload.startswith(b"restart-")]
         assert got == [f"restart-{i}".encode() for i in range(1, 21)], name
+
+
+def test_remove_gives_up_on_a_long_publishing_transaction(env):
+    c = env["cluster"]
+    extra = Broker("extra2", EXTRA).start()
+    try:
+        c.sql("SELECT mqtt_broker_add('extra2', '127.0.0.1', %s)", (EXTRA,))
+        with c.connect(autocommit=False) as long_tx:
+            long_tx.execute("SELECT mqtt_publish('b/extra2/x', 'held', 1, broker := 'auth')")
+            t0 = time.time()
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                c.sql("SELECT mqtt_broker_remove('extra2')")
+            assert 4 <= time.time() - t0 < 15
+            # after giving up, nobody waits behind it
+            c.sql("SELECT mqtt_publish('b/auth/during', 'x', 1, broker := 'auth')")
+            long_tx.rollback()
+        assert c.sql("SELECT mqtt_broker_remove('extra2')")[0][0] == 0
+    finally:
+        extra.stop()

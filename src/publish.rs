@@ -144,21 +144,22 @@ fn publish_call(fcinfo: pg::FunctionCallInfo, binary: bool) -> pg::Datum {
     pg::Datum::from(true)
 }
 
-/// The text of a json or jsonb argument, by PostgreSQL's own output function.
-fn json_text(fcinfo: pg::FunctionCallInfo, a: &Args, i: usize) -> std::borrow::Cow<'static, [u8]> {
+/// The text of a json or jsonb argument, by PostgreSQL's own output function. The bytes live in
+/// the call's memory context, as long as the arguments do (hence the borrow of `a`).
+fn json_text<'a>(fcinfo: pg::FunctionCallInfo, a: &'a Args, i: usize) -> std::borrow::Cow<'a, [u8]> {
     let d = a.required(i, "data");
     // SAFETY: flinfo is set for SQL calls; the declared argument types are json and jsonb only.
     unsafe {
         let typ = pg::get_fn_expr_argtype((*fcinfo).flinfo, i as i32);
         if typ == pg::JSONOID {
             // json is stored as its text: no conversion needed.
-            let b: &'static [u8] = varlena_bytes(d);
+            let b: &'a [u8] = varlena_bytes(d);
             return to_utf8(b);
         }
         let (mut out, mut varlena) = (pg::InvalidOid, false);
         pg::getTypeOutputInfo(typ, &mut out, &mut varlena);
         let c = pg::OidOutputFunctionCall(out, d);
-        let b: &'static [u8] = std::ffi::CStr::from_ptr(c).to_bytes();
+        let b: &'a [u8] = std::ffi::CStr::from_ptr(c).to_bytes();
         to_utf8(b)
     }
 }

@@ -52,6 +52,7 @@ fn with_timestamp<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     let now = unsafe { pg::GetCurrentTransactionStartTimestamp() };
     let mut c = TIMESTAMP.0.borrow_mut();
     if c.0 != now {
+        // SAFETY: encodes a timestamptz datum into a palloc'd C string, copied out at once.
         let s = unsafe {
             let p = pg::JsonEncodeDateTime(
                 std::ptr::null_mut(),

@@ -89,11 +89,12 @@ pub fn slot_of(name: &[u8]) -> u16 {
         unsafe { pg::LockRelationOid(relid, pg::AccessShareLock as i32) };
         let generation = require_shared().broker_generation.load(Ordering::Acquire);
         let mut c = LOCAL.0.borrow_mut();
-        if c.generation != generation || c.relid != relid {
+        let stale = c.generation != generation || c.relid != relid;
+        if stale {
             reload(&mut c, relid);
         }
         let mut found = c.entries.iter().find(|e| e.0 == name).map(|e| e.1);
-        if found.is_none() {
+        if found.is_none() && !stale {
             // added in this very transaction (not committed, so no generation bump yet)?
             reload(&mut c, relid);
             found = c.entries.iter().find(|e| e.0 == name).map(|e| e.1);

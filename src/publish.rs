@@ -130,16 +130,30 @@ pub fn publish_one(topic_bytes: &[u8], payload: &[u8], qos: i32, retain: bool, b
     publish_to(&check_target(topic_bytes, qos, broker), payload, retain);
 }
 
-fn publish_call(fcinfo: pg::FunctionCallInfo, binary: bool) -> pg::Datum {
+/// How the second argument becomes the payload.
+#[derive(Clone, Copy)]
+enum PayloadArg {
+    /// text, converted to UTF-8
+    Text,
+    /// bytea, sent unchanged
+    Binary,
+    /// json or jsonb, PostgreSQL's text of it
+    Json,
+}
+
+fn publish_call(fcinfo: pg::FunctionCallInfo, kind: PayloadArg) -> pg::Datum {
     require_publishable();
     // SAFETY: fcinfo comes from PostgreSQL for this call.
     let a = unsafe { Args::new(fcinfo) };
     let topic = a.text(0, "topic");
-    let raw = a.text(1, "payload");
+    let payload = match kind {
+        PayloadArg::Text => to_utf8(a.text(1, "payload")),
+        PayloadArg::Binary => std::borrow::Cow::Borrowed(a.text(1, "payload")),
+        PayloadArg::Json => json_text(fcinfo, &a, 1),
+    };
     let qos = a.i32(2, "qos");
     let retain = a.bool(3, "retain");
     let broker = a.text(4, "broker");
-    let payload = if binary { std::borrow::Cow::Borrowed(raw) } else { to_utf8(raw) };
     publish_one(topic, &payload, qos, retain, broker);
     pg::Datum::from(true)
 }
@@ -162,19 +176,6 @@ fn json_text<'a>(fcinfo: pg::FunctionCallInfo, a: &'a Args, i: usize) -> std::bo
         let b: &'a [u8] = std::ffi::CStr::from_ptr(c).to_bytes();
         to_utf8(b)
     }
-}
-
-fn publish_json_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
-    require_publishable();
-    // SAFETY: fcinfo comes from PostgreSQL for this call.
-    let a = unsafe { Args::new(fcinfo) };
-    let topic = a.text(0, "topic");
-    let payload = json_text(fcinfo, &a, 1);
-    let qos = a.i32(2, "qos");
-    let retain = a.bool(3, "retain");
-    let broker = a.text(4, "broker");
-    publish_one(topic, &payload, qos, retain, broker);
-    pg::Datum::from(true)
 }
 
 fn publish_batch_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
@@ -245,7 +246,7 @@ crate::pg_finfo!(
 /// form of the value.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn mqtt_publish_json(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
-    guard(|| publish_json_call(fcinfo))
+    guard(|| publish_call(fcinfo, PayloadArg::Json))
 }
 
 /// `mqtt_publish_batch(topic_prefix text, payloads text[], ...) RETURNS integer`: one message per
@@ -263,11 +264,11 @@ pub unsafe extern "C-unwind" fn mqtt_pub_check_target(fcinfo: pg::FunctionCallIn
 /// `mqtt_publish(topic text, payload text, qos int, retain bool, broker text) RETURNS boolean`
 #[no_mangle]
 pub unsafe extern "C-unwind" fn mqtt_publish(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
-    guard(|| publish_call(fcinfo, false))
+    guard(|| publish_call(fcinfo, PayloadArg::Text))
 }
 
 /// `mqtt_publish_binary(topic text, payload bytea, ...)`: the payload bytes are sent unchanged.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn mqtt_publish_binary(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
-    guard(|| publish_call(fcinfo, true))
+    guard(|| publish_call(fcinfo, PayloadArg::Binary))
 }

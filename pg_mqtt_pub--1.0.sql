@@ -173,6 +173,10 @@ AS 'MODULE_PATHNAME', 'mqtt_status'
 LANGUAGE C VOLATILE PARALLEL SAFE;
 
 COMMENT ON FUNCTION mqtt_status() IS 'Connection state and delivery counters per MQTT broker';
+-- It shows hosts, errors with file paths and queue depths: monitoring roles and the owner only
+-- (docs/SECURITY.md). Others: GRANT EXECUTE ON FUNCTION mqtt_status() TO some_role;
+REVOKE ALL ON FUNCTION mqtt_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mqtt_status() TO pg_monitor;
 
 -- Publishing is a privilege: an application role gets it with
 --   GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) TO app_role;
@@ -246,11 +250,6 @@ REVOKE ALL ON FUNCTION mqtt_publish_batch(text, text[], integer, boolean, text) 
 -- transition tables only on single-event triggers).
 ---------------------------------------------------------------------------------------------
 
--- Checks a topic, QoS and broker with the errors publishing would raise.
-CREATE FUNCTION mqtt_pub.check_target(topic text, qos integer, broker text) RETURNS void
-AS 'MODULE_PATHNAME', 'mqtt_pub_check_target'
-LANGUAGE C STABLE PARALLEL SAFE;
-
 -- The row trigger (compiled): arguments topic_prefix, qos, broker, include_meta.
 CREATE FUNCTION mqtt_pub.event_trigger() RETURNS trigger
 AS 'MODULE_PATHNAME', 'mqtt_pub_event_trigger'
@@ -258,237 +257,19 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION mqtt_pub.event_trigger() IS
 'Row trigger of mqtt_trigger_event_setup: one message per changed row';
 
--- The statement trigger: arguments topic_prefix, qos, broker, include_meta, rows_per_message.
--- SECURITY DEFINER so that whoever runs the DML needs no publishing privilege of their own
--- (the table owner granted it by setting up the trigger); search_path pinned, and the only
--- names it resolves are pg_catalog's, its own transition tables and @extschema@'s function.
+-- The statement trigger (compiled): arguments topic_prefix, qos, broker, include_meta,
+-- rows_per_message. Not SECURITY DEFINER: it serializes rows with the rights of the role that
+-- ran the DML, and reads the transition tables the trigger manager hands it, never a relation
+-- looked up by name (src/resultset.rs, docs/SECURITY.md).
 CREATE FUNCTION mqtt_pub.resultset_trigger() RETURNS trigger
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    prefix   text    := TG_ARGV[0];
-    q        integer := TG_ARGV[1]::integer;
-    brk      text    := TG_ARGV[2];
-    meta     boolean := TG_ARGV[3]::boolean;
-    max_rows integer := TG_ARGV[4]::integer;
-    topic    text    := prefix || '/' || lower(TG_OP);
-    keys     text;
-    order_by text;
-    sql      text;
-    head     text    := '{';
-    budget   bigint;
-    entry    text;
-    entries  text[]  := '{}';
-    bytes    bigint  := 0;
-    bodies   text[]  := '{}';
-    counts   integer[] := '{}';
-    i        integer;
-BEGIN
-    IF TG_LEVEL <> 'STATEMENT' OR TG_WHEN <> 'AFTER' OR TG_NARGS <> 5 THEN
-        RAISE EXCEPTION 'mqtt_pub.resultset_trigger() must be an AFTER ... FOR EACH STATEMENT trigger with 5 arguments'
-            USING ERRCODE = 'triggered_action_exception',
-                  HINT = 'Create it with mqtt_trigger_resultset_setup().';
-    END IF;
-    IF meta THEN
-        head := '{"operation":' || to_json(TG_OP)::text
-             || ',"table":' || to_json(format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME))::text
-             || ',"timestamp":' || to_json(now())::text
-             || ',"txid":' || pg_current_xact_id()::text || ',';
-    END IF;
-    IF TG_OP = 'INSERT' THEN
-        sql := $q$SELECT '{"new":' || row_to_json(n)::text || '}' FROM mqtt_pub_new n$q$;
-    ELSIF TG_OP = 'DELETE' THEN
-        sql := $q$SELECT '{"old":' || row_to_json(o)::text || '}' FROM mqtt_pub_old o$q$;
-    ELSE
-        -- Pair each old row with its new row by primary key, with the equality operator of
-        -- the key's own index (schema-qualified: found through the catalog, not search_path).
-        SELECT string_agg(format('o.%1$I OPERATOR(%2$I.%3$s) n.%1$I', a.attname, opn.nspname, op.oprname),
-                          ' AND ' ORDER BY k.ord),
-               string_agg(format('n.%1$I, o.%1$I', a.attname), ', ' ORDER BY k.ord)
-          INTO keys, order_by
-        FROM pg_index x
-        CROSS JOIN LATERAL unnest(x.indkey::int2[], x.indclass::oid[]) WITH ORDINALITY AS k(attnum, opclass, ord)
-        JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-        JOIN pg_opclass oc ON oc.oid = k.opclass
-        JOIN pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amoplefttype = oc.opcintype
-                       AND ao.amoprighttype = oc.opcintype AND ao.amopstrategy = 3
-        JOIN pg_operator op ON op.oid = ao.amopopr
-        JOIN pg_namespace opn ON opn.oid = op.oprnamespace
-        WHERE x.indrelid = TG_RELID AND x.indisprimary AND k.ord <= x.indnkeyatts;
-        IF keys IS NOT NULL THEN
-            sql := format($q$SELECT '{"old":' || coalesce(row_to_json(o)::text, 'null')
-                                 || ',"new":' || coalesce(row_to_json(n)::text, 'null') || '}'
-                          FROM mqtt_pub_old o FULL JOIN mqtt_pub_new n ON %s
-                          ORDER BY %s$q$, keys, order_by);
-        ELSE
-            -- No primary key: nothing identifies a row across the update, so old and new rows
-            -- are listed unpaired, old ones first.
-            sql := $q$SELECT e FROM (
-                        SELECT 1 AS side, '{"old":' || row_to_json(o)::text || ',"new":null}' AS e FROM mqtt_pub_old o
-                        UNION ALL
-                        SELECT 2, '{"old":null,"new":' || row_to_json(n)::text || '}' FROM mqtt_pub_new n) z
-                      ORDER BY side$q$;
-        END IF;
-    END IF;
-
-    -- Split into messages of at most max_rows rows and max_message_size bytes (topic, envelope
-    -- and a margin for the part/count fields included; a non-UTF-8 database may grow up to 3x
-    -- when converted to UTF-8).
-    budget := pg_size_bytes(current_setting('pg_mqtt_pub.max_message_size'))
-              - octet_length(topic) - octet_length(head) - 100;
-    IF getdatabaseencoding() NOT IN ('UTF8', 'SQL_ASCII') THEN
-        budget := budget / 3;
-    END IF;
-    FOR entry IN EXECUTE sql LOOP
-        IF cardinality(entries) > 0
-           AND (cardinality(entries) >= max_rows OR bytes + octet_length(entry) + 1 > budget) THEN
-            bodies := bodies || array_to_string(entries, ',');
-            counts := counts || cardinality(entries);
-            entries := '{}';
-            bytes := 0;
-        END IF;
-        entries := entries || entry;
-        bytes := bytes + octet_length(entry) + 1;
-    END LOOP;
-    IF cardinality(entries) > 0 THEN
-        bodies := bodies || array_to_string(entries, ',');
-        counts := counts || cardinality(entries);
-    END IF;
-    FOR i IN 1 .. cardinality(bodies) LOOP
-        PERFORM @extschema@.mqtt_publish(topic,
-            head || '"part":' || i || ',"parts":' || cardinality(bodies)
-                 || ',"count":' || counts[i] || ',"data":[' || bodies[i] || ']}',
-            q, false, brk);
-    END LOOP;
-    RETURN NULL;
-END
-$$;
+AS 'MODULE_PATHNAME', 'mqtt_pub_resultset_trigger'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION mqtt_pub.resultset_trigger() IS
 'Statement trigger of mqtt_trigger_resultset_setup: one message per statement (split when large)';
 
--- Trigger arguments from pg_trigger.tgargs (NUL-terminated strings).
-CREATE FUNCTION mqtt_pub.trigger_args(args bytea) RETURNS text[]
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(array_agg(convert_from(substring(args FROM s + 1 FOR e - s - 1), getdatabaseencoding()) ORDER BY e), '{}')
-    FROM (SELECT e, coalesce(lag(e) OVER (ORDER BY e), 0) AS s
-          FROM generate_series(1, length(args)) AS e
-          WHERE get_byte(args, e - 1) = 0) z
-$$;
-
--- A table argument of the helpers, parsed as SQL parses a table name (quotes, schema, case
--- rules, the caller's search_path) and never spliced into SQL text.
-CREATE FUNCTION mqtt_pub.resolve_table(table_name text) RETURNS regclass
-LANGUAGE plpgsql STABLE
-AS $$
-DECLARE
-    rel regclass;
-BEGIN
-    IF table_name IS NULL THEN
-        RAISE EXCEPTION 'table_name must not be NULL' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'Pass the table, e.g. ''orders'' or ''sales."Order Lines"''.';
-    END IF;
-    rel := pg_catalog.to_regclass(table_name);
-    IF rel IS NULL THEN
-        RAISE EXCEPTION 'table "%" does not exist', table_name USING ERRCODE = 'undefined_table',
-            HINT = 'Check the name and the search_path; quote mixed-case names: ''"MyTable"''.';
-    END IF;
-    RETURN rel;
-END
-$$;
-
--- The table named by a setup argument, and the topic prefix to use: the shared checks.
-CREATE FUNCTION mqtt_pub.setup_target(
-    table_name   text,
-    topic_prefix text,
-    qos          integer,
-    broker       text,
-    include_meta boolean,
-    row_level    boolean,
-    OUT rel      regclass,
-    OUT prefix   text,
-    OUT qualified text)
-LANGUAGE plpgsql STABLE
-AS $$
-DECLARE
-    kind   "char";
-    nsp    name;
-    rname  name;
-BEGIN
-    rel := mqtt_pub.resolve_table(table_name);
-    IF include_meta IS NULL THEN
-        RAISE EXCEPTION 'include_meta must not be NULL' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'Pass include_meta := true or false.';
-    END IF;
-    SELECT c.relkind, n.nspname, c.relname INTO kind, nsp, rname
-    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
-    IF kind NOT IN ('r', 'p') AND NOT (row_level AND kind = 'f') THEN
-        RAISE EXCEPTION '"%" is not a table', table_name USING ERRCODE = 'wrong_object_type',
-            HINT = 'Triggers that publish changes can be set up on tables and partitioned tables'
-                   || CASE WHEN row_level THEN ' (and foreign tables)' ELSE '' END || '.';
-    END IF;
-    qualified := pg_catalog.format('%I.%I', nsp, rname);
-    prefix := coalesce(topic_prefix, 'db/changes/' || CASE WHEN nsp = 'public' THEN '' ELSE nsp || '.' END || rname);
-    -- the topics the trigger will use must be valid; same checks (and errors) as mqtt_publish
-    PERFORM mqtt_pub.check_target(prefix || '/insert', qos, broker);
-END
-$$;
-
--- Operations as the setup functions accept them: INSERT, UPDATE, DELETE, any case, no repeats.
-CREATE FUNCTION mqtt_pub.setup_operations(operations text[]) RETURNS text[]
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-DECLARE
-    op  text;
-    ops text[] := '{}';
-BEGIN
-    IF operations IS NULL OR cardinality(operations) = 0 THEN
-        RAISE EXCEPTION 'operations must name at least one of INSERT, UPDATE, DELETE'
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass e.g. operations := ''{INSERT,UPDATE}''.';
-    END IF;
-    FOREACH op IN ARRAY operations LOOP
-        op := upper(btrim(op));
-        IF op = 'TRUNCATE' THEN
-            RAISE EXCEPTION 'TRUNCATE is not published' USING ERRCODE = 'feature_not_supported',
-                DETAIL = 'A TRUNCATE has no rows to send; pg_mqtt_pub publishes row changes only.',
-                HINT = 'Leave TRUNCATE out of operations; publish a message of your own before truncating if subscribers must know.';
-        ELSIF op IS NULL OR op NOT IN ('INSERT', 'UPDATE', 'DELETE') THEN
-            RAISE EXCEPTION 'unknown operation "%"', coalesce(op, 'NULL') USING ERRCODE = 'invalid_parameter_value',
-                HINT = 'operations may contain INSERT, UPDATE and DELETE.';
-        END IF;
-        IF NOT op = ANY (ops) THEN
-            ops := ops || op;
-        END IF;
-    END LOOP;
-    -- a fixed order, so that the trigger definition does not depend on how they were listed
-    RETURN ARRAY(SELECT o FROM unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) o WHERE o = ANY (ops));
-END
-$$;
-
--- Drop this extension's triggers of one kind ('event', 'resultset' or NULL for both).
-CREATE FUNCTION mqtt_pub.drop_triggers(rel regclass, kind text) RETURNS integer
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    t       name;
-    dropped integer := 0;
-BEGIN
-    FOR t IN
-        SELECT tg.tgname FROM pg_catalog.pg_trigger tg
-        WHERE tg.tgrelid = rel AND tg.tgparentid = 0
-          AND ((kind IS DISTINCT FROM 'resultset' AND tg.tgfoid = 'mqtt_pub.event_trigger()'::pg_catalog.regprocedure)
-            OR (kind IS DISTINCT FROM 'event' AND tg.tgfoid = 'mqtt_pub.resultset_trigger()'::pg_catalog.regprocedure))
-        ORDER BY tg.tgname
-    LOOP
-        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', t, rel);
-        dropped := dropped + 1;
-    END LOOP;
-    RETURN dropped;
-END
-$$;
-
+-- The setup functions are compiled (src/setup.rs): they run with the caller's rights, use the
+-- caller's search_path only to resolve the table name (as to_regclass does), and need no
+-- internal SQL helper that PUBLIC would have to be allowed to execute.
 CREATE FUNCTION mqtt_trigger_event_setup(
     table_name   text,
     topic_prefix text    DEFAULT NULL,
@@ -497,21 +278,8 @@ CREATE FUNCTION mqtt_trigger_event_setup(
     broker       text    DEFAULT 'default',
     include_meta boolean DEFAULT true
 ) RETURNS text
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    t   record;
-    ops text[];
-BEGIN
-    t := mqtt_pub.setup_target(table_name, topic_prefix, qos, broker, include_meta, true);
-    ops := mqtt_pub.setup_operations(operations);
-    PERFORM mqtt_pub.drop_triggers(t.rel, 'event');
-    EXECUTE pg_catalog.format(
-        'CREATE TRIGGER mqtt_pub_event AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION mqtt_pub.event_trigger(%L, %L, %L, %L)',
-        pg_catalog.array_to_string(ops, ' OR '), t.qualified, t.prefix, qos, broker, include_meta);
-    RETURN t.prefix;
-END
-$$;
+AS 'MODULE_PATHNAME', 'mqtt_trigger_event_setup'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION mqtt_trigger_event_setup(text, text, text[], integer, text, boolean) IS
 'Publish every row change of a table to <topic_prefix>/<insert|update|delete>; returns the prefix';
 
@@ -524,41 +292,14 @@ CREATE FUNCTION mqtt_trigger_resultset_setup(
     include_meta     boolean DEFAULT true,
     rows_per_message integer DEFAULT 1000
 ) RETURNS text
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    t   record;
-    op  text;
-BEGIN
-    t := mqtt_pub.setup_target(table_name, topic_prefix, qos, broker, include_meta, false);
-    IF rows_per_message IS NULL OR rows_per_message < 1 THEN
-        RAISE EXCEPTION 'rows_per_message must be at least 1, not %', coalesce(rows_per_message::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass rows_per_message := 1000, or how many rows one message may carry.';
-    END IF;
-    PERFORM mqtt_pub.drop_triggers(t.rel, 'resultset');
-    FOREACH op IN ARRAY mqtt_pub.setup_operations(operations) LOOP
-        EXECUTE pg_catalog.format(
-            'CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT '
-            'EXECUTE FUNCTION mqtt_pub.resultset_trigger(%L, %L, %L, %L, %L)',
-            'mqtt_pub_resultset_' || lower(op), op, t.qualified,
-            CASE op WHEN 'INSERT' THEN 'NEW TABLE AS mqtt_pub_new'
-                    WHEN 'DELETE' THEN 'OLD TABLE AS mqtt_pub_old'
-                    ELSE 'OLD TABLE AS mqtt_pub_old NEW TABLE AS mqtt_pub_new' END,
-            t.prefix, qos, broker, include_meta, rows_per_message);
-    END LOOP;
-    RETURN t.prefix;
-END
-$$;
+AS 'MODULE_PATHNAME', 'mqtt_trigger_resultset_setup'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION mqtt_trigger_resultset_setup(text, text, text[], integer, text, boolean, integer) IS
 'Publish each statement''s changed rows of a table as one message (split when large); returns the prefix';
 
 CREATE FUNCTION mqtt_trigger_remove(table_name text) RETURNS integer
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    RETURN mqtt_pub.drop_triggers(mqtt_pub.resolve_table(table_name), NULL);
-END
-$$;
+AS 'MODULE_PATHNAME', 'mqtt_trigger_remove'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION mqtt_trigger_remove(text) IS
 'Remove the triggers mqtt_trigger_event_setup and mqtt_trigger_resultset_setup created on a table; returns how many';
 
@@ -576,7 +317,14 @@ SELECT t.tgrelid::regclass AS table_name,
        a[5]::integer AS rows_per_message,
        t.tgenabled <> 'D' AS enabled
 FROM pg_trigger t
-CROSS JOIN LATERAL mqtt_pub.trigger_args(t.tgargs) AS a
+-- the arguments: pg_trigger.tgargs holds them as NUL-terminated strings
+CROSS JOIN LATERAL (
+    SELECT coalesce(array_agg(convert_from(substring(t.tgargs FROM z.s + 1 FOR z.e - z.s - 1), getdatabaseencoding())
+                              ORDER BY z.e), '{}') AS a
+    FROM (SELECT g.e, coalesce(lag(g.e) OVER (ORDER BY g.e), 0) AS s
+          FROM generate_series(1, length(t.tgargs)) AS g(e)
+          WHERE get_byte(t.tgargs, g.e - 1) = 0) z
+) AS args(a)
 WHERE t.tgparentid = 0
   AND t.tgfoid IN ('mqtt_pub.event_trigger()'::regprocedure, 'mqtt_pub.resultset_trigger()'::regprocedure);
 COMMENT ON VIEW mqtt_pub.triggers IS 'The publishing triggers set up by the mqtt_trigger_*_setup helpers';
@@ -590,6 +338,7 @@ REVOKE ALL ON FUNCTION mqtt_trigger_resultset_setup(text, text, text[], integer,
 REVOKE ALL ON FUNCTION mqtt_trigger_remove(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION mqtt_pub.event_trigger() FROM PUBLIC;
 REVOKE ALL ON FUNCTION mqtt_pub.resultset_trigger() FROM PUBLIC;
+REVOKE ALL ON mqtt_pub.triggers FROM PUBLIC;
 GRANT USAGE ON SCHEMA mqtt_pub TO PUBLIC;
 
 ---------------------------------------------------------------------------------------------
@@ -606,6 +355,8 @@ CREATE TABLE mqtt_pub.brokers (
     port        integer     NOT NULL CHECK (port BETWEEN 1 AND 65535),
     username    text,
     password    text,
+    -- a file readable by the server holding the password (first line); read at each connect
+    password_file text,
     use_tls     boolean     NOT NULL DEFAULT false,
     ca_cert     text,
     client_cert text,
@@ -633,7 +384,7 @@ LANGUAGE C VOLATILE;
 REVOKE ALL ON FUNCTION mqtt_pub.broker_slot_busy(integer) FROM PUBLIC;
 
 CREATE VIEW mqtt_pub.broker_list AS
-SELECT name, host, port, username, password IS NOT NULL AS has_password, use_tls, ca_cert,
+SELECT name, host, port, username, password IS NOT NULL AS has_password, password_file, use_tls, ca_cert,
        client_cert, client_key, tls_version, client_id, keepalive, created_at
 FROM mqtt_pub.brokers;
 COMMENT ON VIEW mqtt_pub.broker_list IS 'Named MQTT brokers without their passwords';
@@ -651,10 +402,13 @@ CREATE FUNCTION mqtt_broker_add(
     client_key  text    DEFAULT NULL,
     tls_version text    DEFAULT 'tlsv1.2',
     client_id   text    DEFAULT NULL,
-    keepalive   integer DEFAULT 60
+    keepalive   integer DEFAULT 60,
+    password_file text  DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- An error raised in here must not write the statement (and an inline password) to the log.
+SET log_min_error_statement = panic
 AS $$
 DECLARE
     max_slots integer := current_setting('pg_mqtt_pub.max_brokers')::integer;
@@ -687,7 +441,24 @@ BEGIN
         RAISE EXCEPTION 'invalid keepalive %', keepalive USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Pass a keepalive between 5 and 65535 seconds.';
     END IF;
-    IF password IS NOT NULL AND username IS NULL THEN
+    IF password IS NOT NULL AND password_file IS NOT NULL THEN
+        RAISE EXCEPTION 'password and password_file exclude each other' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass the password in a file (password_file), which keeps it out of SQL text and logs.';
+    END IF;
+    IF password_file IS NOT NULL THEN
+        IF password_file !~ '^/' THEN
+            RAISE EXCEPTION 'password_file must be an absolute path' USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'Pass e.g. ''/etc/postgresql/mqtt-cloud.password'', a file the server can read.';
+        END IF;
+        -- The worker sends the file's first line to the broker: naming a file is reading it.
+        IF NOT pg_has_role(session_user, 'pg_read_server_files', 'USAGE') THEN
+            RAISE EXCEPTION 'permission denied to use password_file' USING ERRCODE = 'insufficient_privilege',
+                DETAIL = 'The worker sends the first line of that file to the broker.',
+                HINT = 'Only superusers and members of pg_read_server_files may name a password file.';
+        END IF;
+        password := NULL;
+    END IF;
+    IF (password IS NOT NULL OR password_file IS NOT NULL) AND username IS NULL THEN
         RAISE EXCEPTION 'a password needs a username' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Pass username := ... as well.';
     END IF;
@@ -720,13 +491,13 @@ BEGIN
         RAISE EXCEPTION 'a removed broker''s slot is still being released' USING ERRCODE = 'object_in_use',
             HINT = 'Try again in a second.';
     END IF;
-    INSERT INTO mqtt_pub.brokers (name, slot, host, port, username, password, use_tls, ca_cert,
+    INSERT INTO mqtt_pub.brokers (name, slot, host, port, username, password, password_file, use_tls, ca_cert,
                                   client_cert, client_key, tls_version, client_id, keepalive)
-    VALUES (name, free, host, port, username, password, use_tls, ca_cert,
+    VALUES (name, free, host, port, username, password, password_file, use_tls, ca_cert,
             client_cert, client_key, tls_version, client_id, keepalive);
 END
 $$;
-COMMENT ON FUNCTION mqtt_broker_add(text, text, integer, text, text, boolean, text, text, text, text, text, integer) IS
+COMMENT ON FUNCTION mqtt_broker_add(text, text, integer, text, text, boolean, text, text, text, text, text, integer, text) IS
 'Add a named MQTT broker; the worker connects within about a second of COMMIT';
 
 CREATE FUNCTION mqtt_broker_remove(name text, force boolean DEFAULT false) RETURNS bigint
@@ -791,5 +562,5 @@ $$;
 COMMENT ON FUNCTION mqtt_broker_remove(text, boolean) IS
 'Remove a named MQTT broker; refused while it has outbox rows unless force moves them to the dead letters';
 
-REVOKE ALL ON FUNCTION mqtt_broker_add(text, text, integer, text, text, boolean, text, text, text, text, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mqtt_broker_add(text, text, integer, text, text, boolean, text, text, text, text, text, integer, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION mqtt_broker_remove(text, boolean) FROM PUBLIC;

@@ -18,11 +18,10 @@
 
 use crate::guard::{guard, Code, PgError};
 use crate::gucs::BrokerConfig;
-use crate::outbox::{as_owner, with_spi};
 use crate::publish::require_shared;
+use crate::spi::{self, pinned, text_at, with_spi, Rights};
 use pgrx_pg_sys as pg;
 use std::cell::{Cell, RefCell};
-use std::ffi::CStr;
 use std::sync::atomic::Ordering;
 
 struct Cache {
@@ -49,31 +48,23 @@ fn brokers_relid() -> pg::Oid {
     }
 }
 
-fn text_at(row: usize, col: i32) -> Option<String> {
-    // SAFETY: called right after a successful SPI query, row < SPI_processed.
-    unsafe {
-        let t = &*pg::SPI_tuptable;
-        let p = pg::SPI_getvalue(*t.vals.add(row), t.tupdesc, col);
-        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
-    }
-}
-
 fn reload(c: &mut Cache, relid: pg::Oid) {
     let generation = require_shared().broker_generation.load(Ordering::Acquire);
+    // As the owner: the table is readable by its owner only (it holds passwords).
     let entries = with_spi(|| {
-        // SAFETY: inside SPI; the table is readable by its owner only (it holds passwords).
-        unsafe {
-            as_owner(|| {
-                pg::SPI_execute(c"SELECT name, slot FROM mqtt_pub.brokers".as_ptr(), true, 0);
-                (0..pg::SPI_processed as usize)
+        pinned(Rights::Owner, || {
+            // SAFETY: inside SPI and the pinned scope.
+            unsafe {
+                spi::execute("SELECT name, slot FROM mqtt_pub.brokers", &[], true, 0);
+                (0..spi::processed() as usize)
                     .filter_map(|r| {
                         let name = text_at(r, 1)?.into_bytes();
                         let slot = text_at(r, 2)?.parse().ok()?;
                         Some((name, slot))
                     })
                     .collect()
-            })
-        }
+            }
+        })
     });
     *c = Cache { generation, relid, entries };
 }
@@ -133,42 +124,45 @@ pub struct Named {
 /// Worker: every named broker (inside a transaction).
 pub fn load_all() -> Vec<Named> {
     with_spi(|| {
-        // SAFETY: inside SPI, in the worker's transaction (it runs as the bootstrap superuser).
-        unsafe {
-            pg::SPI_execute(
-                c"SELECT slot, name, host, port, coalesce(username, ''), coalesce(password, ''), use_tls, \
-                  coalesce(ca_cert, ''), coalesce(client_cert, ''), coalesce(client_key, ''), tls_version, \
-                  coalesce(client_id, ''), keepalive FROM mqtt_pub.brokers ORDER BY slot"
-                    .as_ptr(),
-                true,
-                0,
-            );
-            (0..pg::SPI_processed as usize)
-                .filter_map(|r| {
-                    let t = |c| text_at(r, c).unwrap_or_default();
-                    let default = BrokerConfig::default_broker();
-                    Some(Named {
-                        slot: t(1).parse().ok()?,
-                        cfg: BrokerConfig {
-                            name: t(2),
-                            host: t(3),
-                            port: t(4).parse().ok()?,
-                            username: t(5),
-                            password: t(6),
-                            use_tls: t(7) == "t",
-                            ca_cert: t(8),
-                            client_cert: t(9),
-                            client_key: t(10),
-                            tls_version: t(11),
-                            client_id: t(12),
-                            keepalive: t(13).parse().ok()?,
-                            protocol: default.protocol,
-                            max_inflight: default.max_inflight,
-                        },
+        pinned(Rights::Caller, || {
+            // SAFETY: inside SPI, in the worker's transaction (it runs as the bootstrap superuser).
+            unsafe {
+                spi::execute(
+                    "SELECT slot, name, host, port, COALESCE(username, ''), COALESCE(password, ''), use_tls, \
+                  COALESCE(ca_cert, ''), COALESCE(client_cert, ''), COALESCE(client_key, ''), tls_version, \
+                  COALESCE(client_id, ''), keepalive, COALESCE(password_file, '') FROM mqtt_pub.brokers ORDER BY slot",
+                    &[],
+                    true,
+                    0,
+                );
+                (0..spi::processed() as usize)
+                    .filter_map(|r| {
+                        let t = |c| text_at(r, c).unwrap_or_default();
+                        let default = BrokerConfig::default_broker();
+                        Some(Named {
+                            slot: t(1).parse().ok()?,
+                            cfg: BrokerConfig {
+                                name: t(2),
+                                host: t(3),
+                                port: t(4).parse().ok()?,
+                                username: t(5),
+                                password: t(6),
+                                use_tls: t(7) == "t",
+                                ca_cert: t(8),
+                                client_cert: t(9),
+                                client_key: t(10),
+                                tls_version: t(11),
+                                client_id: t(12),
+                                keepalive: t(13).parse().ok()?,
+                                password_file: t(14),
+                                protocol: default.protocol,
+                                max_inflight: default.max_inflight,
+                            },
+                        })
                     })
-                })
-                .collect()
-        }
+                    .collect()
+            }
+        })
     })
 }
 

@@ -3,8 +3,8 @@
 //! Row values are never serialized here: PostgreSQL's `row_to_json` produces them, and this
 //! module only wraps those fragments in an object with the event's metadata. The strings we add
 //! ourselves (operation, table name, timestamp) are escaped exactly like PostgreSQL's
-//! `escape_json`, so the compiled row trigger (`trigger.rs`) and the PL/pgSQL statement trigger
-//! (`mqtt_pub.resultset_trigger`, which uses `to_json`) produce byte-identical metadata.
+//! `escape_json`, so the metadata is byte-identical to what `to_json` writes. The statement
+//! trigger's message shape and its split by rows and bytes live here too (`resultset.rs`).
 //!
 //! Shape (keys in this order; `old` only for UPDATE and DELETE, `new` only for INSERT and
 //! UPDATE; the first four keys only when `include_meta`):
@@ -50,39 +50,80 @@ pub fn push_json_string(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
-/// The payload of one row event: `old` and `new` are `row_to_json` output.
+/// The metadata keys, each followed by a comma: `"operation":..,"table":..,"timestamp":..,"txid":N,`.
+pub fn meta_fields(out: &mut Vec<u8>, m: &Meta<'_>) {
+    out.extend_from_slice(b"\"operation\":");
+    push_json_string(out, m.operation.as_bytes());
+    out.extend_from_slice(b",\"table\":");
+    push_json_string(out, m.table);
+    out.extend_from_slice(b",\"timestamp\":");
+    push_json_string(out, m.timestamp);
+    out.extend_from_slice(b",\"txid\":");
+    out.extend_from_slice(m.txid.to_string().as_bytes());
+    out.push(b',');
+}
+
+/// The payload of one row event: `old` and `new` are `row_to_json` output (at least one).
 pub fn event_payload(out: &mut Vec<u8>, meta: Option<&Meta<'_>>, old: Option<&[u8]>, new: Option<&[u8]>) {
     out.reserve(96 + old.map_or(0, <[u8]>::len) + new.map_or(0, <[u8]>::len));
     out.push(b'{');
-    let mut first = true;
-    let mut key = |out: &mut Vec<u8>, k: &[u8]| {
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.push(b'"');
-        out.extend_from_slice(k);
-        out.extend_from_slice(b"\":");
-    };
     if let Some(m) = meta {
-        key(out, b"operation");
-        push_json_string(out, m.operation.as_bytes());
-        key(out, b"table");
-        push_json_string(out, m.table);
-        key(out, b"timestamp");
-        push_json_string(out, m.timestamp);
-        key(out, b"txid");
-        out.extend_from_slice(m.txid.to_string().as_bytes());
+        meta_fields(out, m);
     }
     if let Some(o) = old {
-        key(out, b"old");
+        out.extend_from_slice(b"\"old\":");
         out.extend_from_slice(o);
+        out.push(b',');
     }
     if let Some(n) = new {
-        key(out, b"new");
+        out.extend_from_slice(b"\"new\":");
         out.extend_from_slice(n);
+        out.push(b',');
     }
-    out.push(b'}');
+    // every key above ended with a comma: the last one closes the object
+    match out.last_mut() {
+        Some(c) if *c == b',' => *c = b'}',
+        _ => out.push(b'}'),
+    }
+}
+
+/// Split a statement's entries into messages: at most `max_rows` entries each, and entries of
+/// at most `budget` bytes together (each counted with its separating comma). An entry larger
+/// than the budget travels alone (and is then refused as too large by the publish path).
+pub fn split_rows(entries: &[Vec<u8>], max_rows: usize, budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, e) in entries.iter().enumerate() {
+        let n = i - start;
+        if n > 0 && (n >= max_rows || bytes + e.len() + 1 > budget) {
+            parts.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += e.len() + 1;
+    }
+    if start < entries.len() {
+        parts.push(start..entries.len());
+    }
+    parts
+}
+
+/// One message of a statement: `{<head>"part":i,"parts":n,"count":c,"data":[e1,e2,..]}`, where
+/// `head` is empty or [`meta_fields`].
+pub fn resultset_payload(out: &mut Vec<u8>, head: &[u8], part: usize, parts: usize, entries: &[Vec<u8>]) {
+    out.clear();
+    out.push(b'{');
+    out.extend_from_slice(head);
+    out.extend_from_slice(
+        format!("\"part\":{part},\"parts\":{parts},\"count\":{},\"data\":[", entries.len()).as_bytes(),
+    );
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.extend_from_slice(b"]}");
 }
 
 /// `<prefix>/<i>`, the topic of a batch element.
@@ -128,6 +169,37 @@ mod tests {
         out.clear();
         event_payload(&mut out, None, Some(b"{}"), None);
         assert_eq!(s(&out), r#"{"old":{}}"#);
+    }
+
+    #[test]
+    fn split_by_rows_and_bytes() {
+        let e = |n: usize| vec![b'x'; n];
+        let rows: Vec<Vec<u8>> = (0..7).map(|_| e(9)).collect();
+        // 3 rows per message
+        assert_eq!(split_rows(&rows, 3, 1000), vec![0..3, 3..6, 6..7]);
+        // 10 bytes per entry with its comma: 25 bytes hold two
+        assert_eq!(split_rows(&rows, 100, 25), vec![0..2, 2..4, 4..6, 6..7]);
+        // exactly at the budget still fits
+        assert_eq!(split_rows(&rows, 100, 20), vec![0..2, 2..4, 4..6, 6..7]);
+        // an entry over the budget travels alone
+        let big = vec![e(1), e(50), e(1)];
+        assert_eq!(split_rows(&big, 100, 10), vec![0..1, 1..2, 2..3]);
+        assert!(split_rows(&[], 10, 10).is_empty());
+    }
+
+    #[test]
+    fn resultset_message_shape() {
+        let meta = Meta { operation: "INSERT", table: b"public.t", timestamp: b"T", txid: 9 };
+        let mut head = Vec::new();
+        meta_fields(&mut head, &meta);
+        let mut out = Vec::new();
+        resultset_payload(&mut out, &head, 1, 2, &[br#"{"new":{"a":1}}"#.to_vec(), br#"{"new":{"a":2}}"#.to_vec()]);
+        assert_eq!(
+            s(&out),
+            r#"{"operation":"INSERT","table":"public.t","timestamp":"T","txid":9,"part":1,"parts":2,"count":2,"data":[{"new":{"a":1}},{"new":{"a":2}}]}"#
+        );
+        resultset_payload(&mut out, b"", 1, 1, &[]);
+        assert_eq!(s(&out), r#"{"part":1,"parts":1,"count":0,"data":[]}"#);
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub fn to_utf8(bytes: &[u8]) -> Cow<'_, [u8]> {
             return Cow::Borrowed(bytes);
         }
         let out = pg::pg_server_to_any(bytes.as_ptr() as *const _, bytes.len() as i32, pg::pg_enc::PG_UTF8 as i32);
-        Cow::Owned(std::ffi::CStr::from_ptr(out).to_bytes().to_vec())
+        converted(bytes, out)
     }
 }
 
@@ -118,7 +118,42 @@ pub fn from_utf8(bytes: &[u8]) -> Cow<'_, [u8]> {
             return Cow::Borrowed(bytes);
         }
         let out = pg::pg_any_to_server(bytes.as_ptr() as *const _, bytes.len() as i32, pg::pg_enc::PG_UTF8 as i32);
-        Cow::Owned(std::ffi::CStr::from_ptr(out).to_bytes().to_vec())
+        converted(bytes, out)
+    }
+}
+
+/// The result of `pg_server_to_any` / `pg_any_to_server`: when no conversion is needed (e.g. a
+/// SQL_ASCII database) they return the *input pointer*, which is not NUL-terminated; otherwise a
+/// palloc'd, NUL-terminated string.
+///
+/// # Safety
+/// `out` is what one of those functions returned for `input`.
+unsafe fn converted<'a>(input: &'a [u8], out: *mut std::ffi::c_char) -> Cow<'a, [u8]> {
+    if std::ptr::eq(out as *const u8, input.as_ptr()) {
+        return Cow::Borrowed(input);
+    }
+    // SAFETY: a converted string is palloc'd and NUL-terminated.
+    Cow::Owned(unsafe { std::ffi::CStr::from_ptr(out) }.to_bytes().to_vec())
+}
+
+/// The dimensions and elements (NULL as `None`) of a `text[]` datum, in the current memory
+/// context.
+///
+/// # Safety
+/// `d` is a `text[]` datum.
+pub unsafe fn text_elements<'a>(d: pg::Datum) -> (i32, Vec<Option<&'a [u8]>>) {
+    // SAFETY: the caller's promise; deconstruct_array pallocs its outputs in the current context.
+    unsafe {
+        let arr = pg::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg::ArrayType;
+        let (mut e, mut n, mut count) = (std::ptr::null_mut(), std::ptr::null_mut(), 0i32);
+        pg::deconstruct_array(arr, pg::TEXTOID, -1, false, pg::TYPALIGN_INT as _, &mut e, &mut n, &mut count);
+        let (e, n) = if count == 0 {
+            (&[][..], &[][..])
+        } else {
+            (std::slice::from_raw_parts(e, count as usize), std::slice::from_raw_parts(n, count as usize))
+        };
+        let elems = e.iter().zip(n).map(|(d, null)| (!*null).then(|| varlena_bytes(*d))).collect();
+        ((*arr).ndim, elems)
     }
 }
 

@@ -48,6 +48,7 @@ pub static BROKER_HOST: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
 pub static BROKER_PORT: Guc<c_int> = Guc::new(1883);
 pub static BROKER_USERNAME: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
 pub static BROKER_PASSWORD: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static BROKER_PASSWORD_FILE: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
 pub static BROKER_USE_TLS: Guc<bool> = Guc::new(false);
 pub static BROKER_CA_CERT: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
 pub static BROKER_CLIENT_CERT: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
@@ -192,6 +193,14 @@ pub fn define() {
         c"pg_mqtt_pub.broker_password",
         c"Password for the default broker. Visible to superusers only.",
         &BROKER_PASSWORD,
+        c"",
+        SIGHUP,
+        SECRET,
+    );
+    string(
+        c"pg_mqtt_pub.broker_password_file",
+        c"File holding the default broker's password (read by the worker at each connect; wins over broker_password).",
+        &BROKER_PASSWORD_FILE,
         c"",
         SIGHUP,
         SECRET,
@@ -427,6 +436,8 @@ pub struct BrokerConfig {
     pub tls_version: String,
     pub client_id: String,
     pub keepalive: i32,
+    /// A file (read by the worker at each connect) holding the password; wins over `password`.
+    pub password_file: String,
     pub protocol: i32,
     pub max_inflight: u32,
 }
@@ -446,6 +457,7 @@ impl BrokerConfig {
             tls_version: BROKER_TLS_VERSION.string(),
             client_id: CLIENT_ID.string(),
             keepalive: KEEPALIVE_S.get(),
+            password_file: BROKER_PASSWORD_FILE.string(),
             protocol: PROTOCOL_VERSION.get(),
             max_inflight: MAX_INFLIGHT.get() as u32,
         }

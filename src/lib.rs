@@ -32,9 +32,12 @@
 //! | `backoff.rs` | reconnect backoff (pure) |
 //! | `publish.rs` | `mqtt_publish`, `_binary`, `_json`, `_batch` |
 //! | `envelope.rs` | the JSON envelope of change events (pure) |
-//! | `trigger.rs` | the compiled row trigger behind `mqtt_trigger_event_setup` |
+//! | `spi.rs` | the one place that runs SQL: pinned search_path, owner rights as a restricted operation |
+//! | `trigger.rs` | the compiled row trigger behind `mqtt_trigger_event_setup`; trigger-call checks |
+//! | `resultset.rs` | the compiled statement trigger behind `mqtt_trigger_resultset_setup` |
+//! | `setup.rs` | `mqtt_trigger_*_setup` and `mqtt_trigger_remove` (caller's rights) |
 //! | `txn.rs` | COMMIT / ABORT / PREPARE / savepoints; ring or outbox per broker |
-//! | `outbox.rs` | SPI access to `mqtt_pub.outbox` |
+//! | `outbox.rs` | the SQL on `mqtt_pub.outbox` and `mqtt_pub.dead_letters` (through `spi.rs`) |
 //! | `catalog.rs` | `mqtt_pub.brokers`: named brokers, name → slot for publishers, reload for the worker |
 //! | `broker.rs` | one libmosquitto client, callbacks that only record |
 //! | `worker.rs` | the launcher and the publishing worker's loop |
@@ -63,7 +66,13 @@ mod outbox;
 #[cfg(not(test))]
 mod publish;
 #[cfg(not(test))]
+mod resultset;
+#[cfg(not(test))]
+mod setup;
+#[cfg(not(test))]
 mod shmem;
+#[cfg(not(test))]
+mod spi;
 #[cfg(not(test))]
 mod status;
 #[cfg(not(test))]

@@ -1,18 +1,21 @@
 //! SPI access to `mqtt_pub.outbox`: writes by publishers, drain/delete/rescue by the worker.
 //!
 //! Publishers insert inside their own transaction (a rollback removes the row). They do so as the
-//! owner of the outbox table, switching user id only around the insert (as PostgreSQL's RI
-//! triggers do), so an application role needs EXECUTE on the publish functions and no privilege
-//! on the table — and no SECURITY DEFINER round trip on every call in a row trigger.
+//! owner of the outbox table in a security-restricted operation with the pinned search_path
+//! (`spi.rs`, as PostgreSQL's RI triggers switch to a table's owner), so an application role
+//! needs EXECUTE on the publish functions and no privilege on the table — and no SECURITY
+//! DEFINER round trip on every call in a row trigger. Every name in the SQL below is
+//! schema-qualified (`OPERATOR(pg_catalog.=)` included): see docs/SECURITY.md. Mind that all
+//! `OPERATOR(...)` forms share one precedence level, left-associative: parenthesize chains.
 //!
 //! Topics are stored as text in the database encoding; payloads as the exact bytes to send.
 //! Everything here raises ERRORs through the guard; the worker's calls run inside its own
 //! transactions (`worker.rs`).
 
 use crate::fmgr::{from_utf8, to_utf8, varlena_bytes};
+use crate::spi::{self, bytes_datum, execute, first_value, pinned, with_spi, Rights};
 use pgrx_pg_sys as pg;
 use std::cell::Cell;
-use std::ffi::{c_char, CString};
 
 /// Lanes: the worker drains lane 0 (hot messages recovered from the ring) before lane 1.
 pub const LANE_RECOVERED: i16 = 0;
@@ -59,57 +62,19 @@ impl<'a> NewRow<'a> {
     }
 }
 
-struct Cached(Cell<pg::SPIPlanPtr>, Cell<pg::Oid>);
+struct Cached(Cell<pg::SPIPlanPtr>);
 // SAFETY: backends are single-threaded.
 unsafe impl Sync for Cached {}
-static INSERT: Cached = Cached(Cell::new(std::ptr::null_mut()), Cell::new(pg::InvalidOid));
+static INSERT: Cached = Cached(Cell::new(std::ptr::null_mut()));
 
-fn bytes_datum(b: &[u8]) -> pg::Datum {
-    // SAFETY: builds a varlena holding a copy of `b`; text and bytea share the layout.
-    unsafe { pg::Datum::from(pg::cstring_to_text_with_len(b.as_ptr() as *const c_char, b.len() as i32)) }
-}
-
-/// Run `f` connected to SPI, with an active snapshot.
-pub fn with_spi<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: SPI_connect/SPI_finish bracket `f`; on ERROR the transaction abort cleans up SPI
-    // and the snapshot stack, so no Rust destructor is needed.
-    unsafe {
-        pg::SPI_connect();
-        let pushed = !pg::ActiveSnapshotSet();
-        if pushed {
-            pg::PushActiveSnapshot(pg::GetTransactionSnapshot());
-        }
-        let r = f();
-        if pushed {
-            pg::PopActiveSnapshot();
-        }
-        pg::SPI_finish();
-        r
-    }
-}
-
-/// Run `f` as the owner of the outbox (inside SPI): publishers and `mqtt_status()` need no
-/// privilege on the table itself.
-pub unsafe fn as_owner<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: inside SPI; the user id is restored right after, and by abort on ERROR.
-    unsafe {
-        let owner = insert_plan().1;
-        let (mut saved_user, mut saved_ctx) = (pg::InvalidOid, 0);
-        pg::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg::SetUserIdAndSecContext(owner, saved_ctx | pg::SECURITY_LOCAL_USERID_CHANGE as i32);
-        let r = f();
-        pg::SetUserIdAndSecContext(saved_user, saved_ctx);
-        r
-    }
-}
-
-/// Prepare (once per backend) the insert; also looks up the outbox owner. One statement inserts
-/// a whole batch from arrays: one executor run per transaction, not one per message.
-unsafe fn insert_plan() -> (pg::SPIPlanPtr, pg::Oid) {
+/// Prepare (once per backend, inside the pinned scope) the insert. One statement inserts a whole
+/// batch from arrays: one executor run per transaction, not one per message. (`ROWS FROM` is
+/// what an unqualified multi-argument `unnest` in FROM stands for; qualified, it must be spelled.)
+unsafe fn insert_plan() -> pg::SPIPlanPtr {
     if !INSERT.0.get().is_null() {
-        return (INSERT.0.get(), INSERT.1.get());
+        return INSERT.0.get();
     }
-    // SAFETY: inside SPI (with_spi); the plan is kept across transactions with SPI_keepplan.
+    // SAFETY: inside SPI and the pinned scope; the plan is kept across transactions.
     unsafe {
         let mut types = [
             pg::TEXTARRAYOID,
@@ -121,32 +86,16 @@ unsafe fn insert_plan() -> (pg::SPIPlanPtr, pg::Oid) {
         ];
         let plan = pg::SPI_prepare(
             c"INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane) \
-              SELECT b, t, p, q, r, l FROM unnest($1, $2, $3, $4, $5, $6) WITH ORDINALITY AS u(b, t, p, q, r, l, n) \
-              ORDER BY n"
+              SELECT b, t, p, q, r, l FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), \
+              pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) \
+              WITH ORDINALITY AS u(b, t, p, q, r, l, n) ORDER BY n"
                 .as_ptr(),
             6,
             types.as_mut_ptr(),
         );
         pg::SPI_keepplan(plan);
-        pg::SPI_execute(c"SELECT relowner FROM pg_class WHERE oid = 'mqtt_pub.outbox'::regclass".as_ptr(), true, 1);
-        let owner = first_value(1).map(|d| pg::Oid::from(d.value() as u32)).unwrap_or(pg::InvalidOid);
         INSERT.0.set(plan);
-        INSERT.1.set(owner);
-        (plan, owner)
-    }
-}
-
-/// Value of column `col` (1-based) of the first result row, if any and not NULL.
-pub unsafe fn first_value(col: i32) -> Option<pg::Datum> {
-    // SAFETY: called right after a successful SPI_execute*.
-    unsafe {
-        if pg::SPI_processed == 0 || pg::SPI_tuptable.is_null() {
-            return None;
-        }
-        let t = &*pg::SPI_tuptable;
-        let mut isnull = false;
-        let d = pg::SPI_getbinval(*t.vals, t.tupdesc, col, &mut isnull);
-        (!isnull).then_some(d)
+        plan
     }
 }
 
@@ -180,42 +129,27 @@ pub fn insert(rows: &mut dyn Iterator<Item = NewRow<'_>>) {
         array(&mut lanes, pg::INT2OID, 2, true, b's'),
     ];
     with_spi(|| {
-        // SAFETY: inside SPI, as the outbox owner; six array parameters as prepared.
-        unsafe {
-            let plan = insert_plan().0;
-            as_owner(|| pg::SPI_execute_plan(plan, values.as_mut_ptr(), std::ptr::null(), false, 0));
-        }
-    })
+        pinned(Rights::Owner, || {
+            // SAFETY: inside SPI and the pinned scope; six array parameters as prepared.
+            unsafe { pg::SPI_execute_plan(insert_plan(), values.as_mut_ptr(), std::ptr::null(), false, 0) }
+        })
+    });
 }
 
 fn int8_array(ids: &[i64]) -> String {
     let inner: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-    format!("'{{{}}}'::bigint[]", inner.join(","))
+    format!("'{{{}}}'::pg_catalog.int8[]", inner.join(","))
 }
 
-/// Run `sql` with parameters `$1..` (type, value).
-unsafe fn exec_args(sql: &str, args: &[(pg::Oid, pg::Datum)], read_only: bool, limit: i64) {
-    let sql = CString::new(sql).expect("no NUL in generated SQL");
-    let mut types: Vec<pg::Oid> = args.iter().map(|a| a.0).collect();
-    let mut values: Vec<pg::Datum> = args.iter().map(|a| a.1).collect();
-    // SAFETY: inside SPI; the arrays have one entry per parameter.
-    unsafe {
-        pg::SPI_execute_with_args(
-            sql.as_ptr(),
-            args.len() as i32,
-            types.as_mut_ptr(),
-            values.as_mut_ptr(),
-            std::ptr::null(),
-            read_only,
-            limit,
-        );
-    }
-}
-
-/// Run `sql` with the broker name as `$1`.
+/// Worker: run `sql` (pinned path, the worker's own rights) with the broker name as `$1`.
 unsafe fn exec_with_broker(sql: &str, broker: &str, read_only: bool, limit: i64) {
-    // SAFETY: forwarded.
-    unsafe { exec_args(sql, &[(pg::TEXTOID, bytes_datum(broker.as_bytes()))], read_only, limit) }
+    // SAFETY: inside SPI; one text parameter.
+    unsafe { execute(sql, &[(pg::TEXTOID, bytes_datum(broker.as_bytes()))], read_only, limit) };
+}
+
+/// Worker: inside SPI and the pinned scope, with the worker's rights.
+fn worker_spi<R>(f: impl FnOnce() -> R) -> R {
+    with_spi(|| pinned(Rights::Caller, f))
 }
 
 /// A row that just failed: its new attempt count, and whether it was dead-lettered.
@@ -225,18 +159,26 @@ pub struct Failure {
     pub topic: String,
 }
 
+/// Both lanes: the primary key's middle column, so that `broker, id` lookups use the key.
+const BOTH_LANES: &str = "lane OPERATOR(pg_catalog.=) ANY ('{0,1}'::pg_catalog.int2[])";
+
 /// Worker: delivery of row `id` failed. Count the attempt and schedule the next one at
 /// `base_ms · 2^(attempts-1)` from now; after `max_attempts`, move the row (same transaction) to
 /// `mqtt_pub.dead_letters`. `None` if the row no longer exists.
 pub fn record_failure(broker: &str, id: i64, why: &str, base_ms: i64, max_attempts: i32) -> Option<Failure> {
-    with_spi(|| {
+    worker_spi(|| {
         // SAFETY: inside SPI; parameters match the placeholders.
         unsafe {
-            exec_args(
-                "UPDATE mqtt_pub.outbox SET attempts = attempts + 1, last_error = $2, \
-                 first_failed_at = coalesce(first_failed_at, now()), last_attempt_at = now(), \
-                 next_retry_at = now() + make_interval(secs => $3::float8 * (2::float8 ^ attempts) / 1000.0) \
-                 WHERE broker = $4 AND lane IN (0, 1) AND id = $1 RETURNING attempts, topic",
+            execute(
+                &format!(
+                    "UPDATE mqtt_pub.outbox SET attempts = attempts OPERATOR(pg_catalog.+) 1, last_error = $2, \
+                     first_failed_at = COALESCE(first_failed_at, pg_catalog.now()), last_attempt_at = pg_catalog.now(), \
+                     next_retry_at = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => \
+                       $3::pg_catalog.float8 OPERATOR(pg_catalog.*) (2::pg_catalog.float8 OPERATOR(pg_catalog.^) \
+                       attempts::pg_catalog.float8) OPERATOR(pg_catalog./) 1000::pg_catalog.float8) \
+                     WHERE broker OPERATOR(pg_catalog.=) $4 AND {BOTH_LANES} AND id OPERATOR(pg_catalog.=) $1 \
+                     RETURNING attempts, topic"
+                ),
                 &[
                     (pg::INT8OID, pg::Datum::from(id)),
                     (pg::TEXTOID, bytes_datum(why.as_bytes())),
@@ -247,15 +189,17 @@ pub fn record_failure(broker: &str, id: i64, why: &str, base_ms: i64, max_attemp
                 0,
             );
             let attempts = first_value(1)?.value() as i32;
-            let topic = String::from_utf8_lossy(varlena_bytes(first_value(2)?)).into_owned();
+            let topic = String::from_utf8_lossy(&to_utf8(varlena_bytes(first_value(2)?))).into_owned();
             let dead_lettered = attempts >= max_attempts;
             if dead_lettered {
-                exec_args(
-                    "WITH dead AS (DELETE FROM mqtt_pub.outbox WHERE broker = $2 AND lane IN (0, 1) AND id = $1 \
-                                   RETURNING *) \
-                     INSERT INTO mqtt_pub.dead_letters \
-                       (original_id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error) \
-                     SELECT id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error FROM dead",
+                execute(
+                    &format!(
+                        "WITH dead AS (DELETE FROM mqtt_pub.outbox WHERE broker OPERATOR(pg_catalog.=) $2 \
+                         AND {BOTH_LANES} AND id OPERATOR(pg_catalog.=) $1 RETURNING *) \
+                         INSERT INTO mqtt_pub.dead_letters \
+                           (original_id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error) \
+                         SELECT id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error FROM dead"
+                    ),
                     &[(pg::INT8OID, pg::Datum::from(id)), (pg::TEXTOID, bytes_datum(broker.as_bytes()))],
                     false,
                     0,
@@ -269,11 +213,11 @@ pub fn record_failure(broker: &str, id: i64, why: &str, base_ms: i64, max_attemp
 /// Worker: a hot message failed. It joins the outbox already failed once (or goes straight to the
 /// dead letters when `max_attempts` is 1).
 pub fn insert_failed(row: NewRow<'_>, why: &str, base_ms: i64, max_attempts: i32) -> Option<Failure> {
-    let id = with_spi(|| {
+    let id = worker_spi(|| {
         // SAFETY: inside SPI.
         unsafe {
             let topic = from_utf8(row.topic_utf8);
-            exec_args(
+            execute(
                 "INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane) \
                  VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                 &[
@@ -295,17 +239,19 @@ pub fn insert_failed(row: NewRow<'_>, why: &str, base_ms: i64, max_attempts: i32
 
 /// Worker: delete dead letters older than `days`, at most `batch` rows. Returns how many.
 pub fn prune_dead_letters(days: i32, batch: i64) -> u64 {
-    with_spi(|| {
+    worker_spi(|| {
         // SAFETY: inside SPI.
         unsafe {
-            exec_args(
-                "DELETE FROM mqtt_pub.dead_letters WHERE id IN (SELECT id FROM mqtt_pub.dead_letters \
-                 WHERE dead_lettered_at < now() - make_interval(days => $1) ORDER BY dead_lettered_at LIMIT $2)",
+            execute(
+                "DELETE FROM mqtt_pub.dead_letters WHERE id OPERATOR(pg_catalog.=) ANY (\
+                   SELECT d.id FROM mqtt_pub.dead_letters d WHERE d.dead_lettered_at OPERATOR(pg_catalog.<) \
+                   (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => $1)) \
+                   ORDER BY d.dead_lettered_at LIMIT $2)",
                 &[(pg::INT4OID, pg::Datum::from(days)), (pg::INT8OID, pg::Datum::from(batch))],
                 false,
                 0,
             );
-            pg::SPI_processed
+            spi::processed()
         }
     })
 }
@@ -316,41 +262,39 @@ pub fn prune_dead_letters(days: i32, batch: i64) -> u64 {
 /// wading through their dead index entries again on every fetch.
 pub fn fetch(broker: &str, limit: usize, exclude: &[i64], recovered_only: bool, after: Option<(i16, i64)>) -> Vec<Row> {
     let mut sql = String::from(
-        "SELECT id, topic, payload, qos, retain, lane, ctid::text FROM mqtt_pub.outbox \
-         WHERE broker = $1 AND next_retry_at <= now()",
+        "SELECT id, topic, payload, qos, retain, lane, ctid::pg_catalog.text FROM mqtt_pub.outbox \
+         WHERE broker OPERATOR(pg_catalog.=) $1 AND next_retry_at OPERATOR(pg_catalog.<=) pg_catalog.now()",
     );
     if let Some((lane, id)) = after {
-        sql.push_str(&format!(" AND (lane, id) > ({lane}::int2, {id}::int8)"));
+        sql.push_str(&format!(
+            " AND (lane, id) OPERATOR(pg_catalog.>) ({lane}::pg_catalog.int2, {id}::pg_catalog.int8)"
+        ));
     }
     if recovered_only {
-        sql.push_str(" AND lane = 0");
+        sql.push_str(" AND lane OPERATOR(pg_catalog.=) 0::pg_catalog.int2");
     }
     if !exclude.is_empty() {
-        sql.push_str(&format!(" AND NOT (id = ANY({}))", int8_array(exclude)));
+        sql.push_str(&format!(" AND NOT (id OPERATOR(pg_catalog.=) ANY ({}))", int8_array(exclude)));
     }
     sql.push_str(" ORDER BY lane, id");
-    with_spi(|| {
+    worker_spi(|| {
         // SAFETY: inside SPI; results copied out before SPI_finish frees them.
         unsafe {
             // The right plan is an ordered index scan that stops after `limit` rows. Without
             // statistics (an outbox that just filled up during an outage) the planner picks a
             // bitmap scan of every row plus a sort instead: 40x slower per fetch, measured.
             // The worker's fetch transaction pins the plan (SET LOCAL ends with it).
-            pg::SPI_execute(
-                c"SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off"
-                    .as_ptr(),
+            execute(
+                "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off",
+                &[],
                 false,
                 0,
             );
             exec_with_broker(&sql, broker, true, limit as i64);
-            let mut rows = Vec::with_capacity(pg::SPI_processed as usize);
-            let t = &*pg::SPI_tuptable;
-            for i in 0..pg::SPI_processed as usize {
-                let tup = *t.vals.add(i);
-                let get = |c: i32| {
-                    let mut isnull = false;
-                    pg::SPI_getbinval(tup, t.tupdesc, c, &mut isnull)
-                };
+            let n = spi::processed() as usize;
+            let mut rows = Vec::with_capacity(n);
+            for i in 0..n {
+                let get = |c: i32| spi::value(i, c).unwrap_or(pg::Datum::from(0usize));
                 let mut topic_nul = to_utf8(varlena_bytes(get(2))).into_owned();
                 topic_nul.push(0);
                 let tid = std::str::from_utf8(varlena_bytes(get(7))).ok().and_then(Tid::parse).unwrap_or(Tid(0, 0));
@@ -381,51 +325,53 @@ pub fn delete(rows: &[(Tid, i64)]) {
     let tids: Vec<String> = rows.iter().map(|(t, _)| format!("\"({},{})\"", t.0, t.1)).collect();
     let ids: Vec<i64> = rows.iter().map(|r| r.1).collect();
     let sql = format!(
-        "DELETE FROM mqtt_pub.outbox WHERE ctid = ANY('{{{}}}'::tid[]) AND id = ANY({})",
+        "DELETE FROM mqtt_pub.outbox WHERE ctid OPERATOR(pg_catalog.=) ANY ('{{{}}}'::pg_catalog.tid[]) \
+         AND id OPERATOR(pg_catalog.=) ANY ({})",
         tids.join(","),
         int8_array(&ids)
     );
-    let sql = CString::new(sql).expect("no NUL in generated SQL");
     // SAFETY: inside SPI; SET LOCAL ends with the worker's transaction.
-    with_spi(|| unsafe {
-        pg::SPI_execute(
-            c"SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off"
-                .as_ptr(),
+    worker_spi(|| unsafe {
+        execute(
+            "SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off",
+            &[],
             false,
             0,
         );
-        pg::SPI_execute(sql.as_ptr(), false, 0)
+        execute(&sql, &[], false, 0);
     });
 }
 
 /// Does `broker` have any row in the outbox that is not waiting for a retry? (Failed rows are
 /// retried at their own time, out of order by nature; they do not keep a broker cold.)
 pub fn exists(broker: &str) -> bool {
-    with_spi(|| {
+    worker_spi(|| {
         // SAFETY: inside SPI.
         unsafe {
             exec_with_broker(
-                "SELECT 1 FROM mqtt_pub.outbox WHERE broker = $1 AND attempts = 0 LIMIT 1",
+                "SELECT 1 FROM mqtt_pub.outbox WHERE broker OPERATOR(pg_catalog.=) $1 \
+                 AND attempts OPERATOR(pg_catalog.=) 0 LIMIT 1",
                 broker,
                 true,
                 1,
             );
-            pg::SPI_processed > 0
+            spi::processed() > 0
         }
     })
 }
 
-/// Rows waiting for `broker` (for `mqtt_status()`, run by any role allowed to call it).
 /// `mqtt_status()`: rows waiting for `broker`, and how long the oldest has waited (an interval
-/// datum in the caller's memory context; `None` when there are none).
+/// datum in the caller's memory context; `None` when there are none). Runs as the outbox owner:
+/// a monitoring role needs no privilege on the table.
 pub fn pending_and_age(broker: &str) -> (i64, Option<pg::Datum>) {
     with_spi(|| {
-        // SAFETY: inside SPI, as the outbox owner. The interval is copied out of SPI's memory
-        // into the caller's context (SPI_datumTransfer) before SPI_finish frees it.
-        unsafe {
-            as_owner(|| {
+        pinned(Rights::Owner, || {
+            // SAFETY: inside SPI and the pinned scope. The interval is copied out of SPI's memory
+            // into the caller's context (SPI_datumTransfer) before SPI_finish frees it.
+            unsafe {
                 exec_with_broker(
-                    "SELECT count(*), now() - min(created_at) FROM mqtt_pub.outbox WHERE broker = $1",
+                    "SELECT pg_catalog.count(*), pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.min(created_at) \
+                     FROM mqtt_pub.outbox WHERE broker OPERATOR(pg_catalog.=) $1",
                     broker,
                     true,
                     1,
@@ -433,7 +379,7 @@ pub fn pending_and_age(broker: &str) -> (i64, Option<pg::Datum>) {
                 let n = first_value(1).map(|d| d.value() as i64).unwrap_or(0);
                 let age = first_value(2).map(|d| pg::SPI_datumTransfer(d, false, 16));
                 (n, age)
-            })
-        }
+            }
+        })
     })
 }

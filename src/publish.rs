@@ -190,32 +190,21 @@ fn publish_batch_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     // The prefix is checked once (same errors as a topic); each "<prefix>/<i>" again below,
     // which only adds the length limit.
     let t = check_target(prefix, qos, broker);
-    // SAFETY: the argument is declared text[]; deconstruct_array pallocs in the call's context.
-    let (elems, nulls) = unsafe {
-        let arr = pg::pg_detoast_datum(arr.cast_mut_ptr()) as *mut pg::ArrayType;
-        if (*arr).ndim > 1 {
-            PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, "payloads must be a one-dimensional array")
-                .detail(format!("The array has {} dimensions.", (*arr).ndim))
-                .hint("Pass ARRAY[...] or ARRAY(SELECT ...) of text.")
-                .raise();
-        }
-        let (mut e, mut n, mut count) = (std::ptr::null_mut(), std::ptr::null_mut(), 0i32);
-        pg::deconstruct_array(arr, pg::TEXTOID, -1, false, pg::TYPALIGN_INT as _, &mut e, &mut n, &mut count);
-        if count == 0 {
-            return pg::Datum::from(0i32);
-        }
-        (std::slice::from_raw_parts(e, count as usize), std::slice::from_raw_parts(n, count as usize))
-    };
+    // SAFETY: the argument is declared text[].
+    let (ndim, elems) = unsafe { crate::fmgr::text_elements(arr) };
+    if ndim > 1 {
+        PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, "payloads must be a one-dimensional array")
+            .detail(format!("The array has {ndim} dimensions."))
+            .hint("Pass ARRAY[...] or ARRAY(SELECT ...) of text.")
+            .raise();
+    }
     let mut topic = Vec::with_capacity(t.topic.len() + 8);
     let mut published = 0i32;
-    for (i, (d, null)) in elems.iter().zip(nulls).enumerate() {
-        if *null {
-            continue;
-        }
+    for (i, e) in elems.iter().enumerate() {
+        let Some(e) = e else { continue };
         envelope::batch_topic(&mut topic, &t.topic, i);
         require_valid_topic(&topic);
-        // SAFETY: a text element of the array.
-        let payload = to_utf8(unsafe { varlena_bytes(*d) });
+        let payload = to_utf8(e);
         let target = Target { topic: std::borrow::Cow::Borrowed(&topic), qos: t.qos, broker: t.broker };
         publish_to(&target, &payload, retain);
         published += 1;
@@ -223,23 +212,11 @@ fn publish_batch_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     pg::Datum::from(published)
 }
 
-/// `mqtt_pub.check_target(topic, qos, broker)`: the setup helpers check their arguments with the
-/// same errors publishing would raise later.
-fn check_target_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
-    // A trigger set up where publishing is impossible would make every later DML fail.
-    require_publishable();
-    // SAFETY: fcinfo comes from PostgreSQL for this call.
-    let a = unsafe { Args::new(fcinfo) };
-    check_target(a.text(0, "topic"), a.i32(1, "qos"), a.text(2, "broker"));
-    pg::Datum::from(0usize)
-}
-
 crate::pg_finfo!(
     pg_finfo_mqtt_publish,
     pg_finfo_mqtt_publish_binary,
     pg_finfo_mqtt_publish_json,
     pg_finfo_mqtt_publish_batch,
-    pg_finfo_mqtt_pub_check_target,
 );
 
 /// `mqtt_publish_json(topic text, data json|jsonb, ...)`: the payload is PostgreSQL's own text
@@ -254,11 +231,6 @@ pub unsafe extern "C-unwind" fn mqtt_publish_json(fcinfo: pg::FunctionCallInfo) 
 #[no_mangle]
 pub unsafe extern "C-unwind" fn mqtt_publish_batch(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     guard(|| publish_batch_call(fcinfo))
-}
-
-#[no_mangle]
-pub unsafe extern "C-unwind" fn mqtt_pub_check_target(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
-    guard(|| check_target_call(fcinfo))
 }
 
 /// `mqtt_publish(topic text, payload text, qos int, retain bool, broker text) RETURNS boolean`

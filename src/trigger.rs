@@ -10,8 +10,8 @@
 //! `topic_prefix, qos, broker, include_meta`. They are checked again here, with the same errors
 //! as `mqtt_publish`, because anyone who owns a table can create the trigger by hand.
 //!
-//! The statement-level helper is PL/pgSQL (`mqtt_pub.resultset_trigger` in the SQL script): it
-//! needs a join between the transition tables, which is SQL's job, and runs once per statement.
+//! The statement-level helper is `resultset.rs`; both share [`TriggerCall`]'s checks of how
+//! they were called.
 
 use crate::envelope::{self, Meta};
 use crate::fmgr::{to_utf8, varlena_bytes};
@@ -47,7 +47,7 @@ struct TimestampCache(RefCell<(pg::TimestampTz, Vec<u8>)>);
 unsafe impl Sync for TimestampCache {}
 static TIMESTAMP: TimestampCache = TimestampCache(RefCell::new((i64::MIN, Vec::new())));
 
-fn with_timestamp<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+pub fn with_timestamp<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     // SAFETY: plain calls; JsonEncodeDateTime pallocs its result when buf is NULL.
     let now = unsafe { pg::GetCurrentTransactionStartTimestamp() };
     let mut c = TIMESTAMP.0.borrow_mut();
@@ -84,7 +84,7 @@ unsafe fn row_json<'a>(tuple: pg::HeapTuple, desc: pg::TupleDesc) -> &'a [u8] {
 ///
 /// # Safety
 /// `rel` is an open relation.
-unsafe fn qualified_name(rel: pg::Relation) -> Vec<u8> {
+pub unsafe fn qualified_name(rel: pg::Relation) -> Vec<u8> {
     // SAFETY: the caller's promise; the names come from the relcache and the syscache.
     unsafe {
         let form = &*(*rel).rd_rel;
@@ -96,41 +96,95 @@ unsafe fn qualified_name(rel: pg::Relation) -> Vec<u8> {
     }
 }
 
-fn event_trigger(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
-    // SAFETY: we read the TriggerData PostgreSQL passes as the call context, after checking its
-    // node tag; tuples and relation are valid for the duration of the call.
-    unsafe {
-        publish::require_publishable();
-        let ctx = (*fcinfo).context;
-        if ctx.is_null() || (*ctx).type_ != pg::NodeTag::T_TriggerData {
-            protocol_error("mqtt_pub.event_trigger() was not called by the trigger manager");
+/// How PostgreSQL called a trigger function: checked access to its trigger data.
+pub struct TriggerCall {
+    td: *mut pg::TriggerData,
+}
+
+impl TriggerCall {
+    /// The trigger data of this call, or `err` when the trigger manager did not call us.
+    ///
+    /// # Safety
+    /// `fcinfo` is the current call's.
+    pub unsafe fn new(fcinfo: pg::FunctionCallInfo, fname: &str, err: fn(&str) -> !) -> TriggerCall {
+        // SAFETY: the caller's promise; the node tag is checked before the cast.
+        unsafe {
+            let ctx = (*fcinfo).context;
+            if ctx.is_null() || (*ctx).type_ != pg::NodeTag::T_TriggerData {
+                err(&format!("{fname} was not called by the trigger manager"));
+            }
+            TriggerCall { td: ctx as *mut pg::TriggerData }
         }
-        let td = &*(ctx as *const pg::TriggerData);
-        let ev = td.tg_event;
-        if ev & TRIGGER_EVENT_ROW == 0 || ev & TRIGGER_EVENT_TIMINGMASK != 0 {
-            protocol_error("mqtt_pub.event_trigger() must be fired AFTER ... FOR EACH ROW");
+    }
+
+    pub fn data(&self) -> *mut pg::TriggerData {
+        self.td
+    }
+
+    fn event(&self) -> u32 {
+        // SAFETY: checked in new(); valid for the call.
+        unsafe { (*self.td).tg_event }
+    }
+
+    pub fn row_level(&self) -> bool {
+        self.event() & TRIGGER_EVENT_ROW != 0
+    }
+
+    pub fn after(&self) -> bool {
+        self.event() & TRIGGER_EVENT_TIMINGMASK == 0
+    }
+
+    /// `INSERT`, `UPDATE` or `DELETE` (TRUNCATE is `err`).
+    pub fn operation(&self, err: fn(&str) -> !) -> &'static str {
+        match self.event() & TRIGGER_EVENT_OPMASK {
+            TRIGGER_EVENT_INSERT => "INSERT",
+            TRIGGER_EVENT_UPDATE => "UPDATE",
+            TRIGGER_EVENT_DELETE => "DELETE",
+            _ => err("pg_mqtt_pub triggers do not publish TRUNCATE"),
         }
-        let trig = &*td.tg_trigger;
-        if trig.tgnargs != 4 {
-            PgError::new(Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED, "mqtt_pub.event_trigger() needs 4 arguments")
+    }
+
+    /// The trigger's `n` arguments, or ERROR naming the setup function that writes them.
+    pub fn args(&self, n: usize, setup: &str) -> Vec<Vec<u8>> {
+        // SAFETY: tg_trigger and its argument strings are valid for the call.
+        unsafe {
+            let trig = &*(*self.td).tg_trigger;
+            if trig.tgnargs as usize != n {
+                PgError::new(
+                    Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                    format!("trigger function needs {n} arguments"),
+                )
                 .detail(format!(
                     "Trigger \"{}\" passes {}.",
                     CStr::from_ptr(trig.tgname).to_string_lossy(),
                     trig.tgnargs
                 ))
-                .hint("Create it with mqtt_trigger_event_setup().")
+                .hint(format!("Create it with {setup}."))
                 .raise();
+            }
+            std::slice::from_raw_parts(trig.tgargs, n).iter().map(|a| CStr::from_ptr(*a).to_bytes().to_vec()).collect()
         }
-        let args = std::slice::from_raw_parts(trig.tgargs, 4);
-        let arg = |i: usize| CStr::from_ptr(args[i]).to_bytes();
+    }
+}
+
+fn event_trigger(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    // SAFETY: TriggerCall checks the call context; tuples and relation are valid for the call.
+    unsafe {
+        publish::require_publishable();
+        let call = TriggerCall::new(fcinfo, "mqtt_pub.event_trigger()", protocol_error);
+        if !call.row_level() || !call.after() {
+            protocol_error("mqtt_pub.event_trigger() must be fired AFTER ... FOR EACH ROW");
+        }
+        let args = call.args(4, "mqtt_trigger_event_setup()");
+        let arg = |i: usize| &args[i][..];
         let qos: i32 = std::str::from_utf8(arg(1)).ok().and_then(|s| s.parse().ok()).unwrap_or(-1);
         let include_meta = matches!(arg(3), b"true" | b"t" | b"on" | b"1");
-
-        let (op, old, new) = match ev & TRIGGER_EVENT_OPMASK {
-            TRIGGER_EVENT_INSERT => ("INSERT", None, Some(td.tg_trigtuple)),
-            TRIGGER_EVENT_UPDATE => ("UPDATE", Some(td.tg_trigtuple), Some(td.tg_newtuple)),
-            TRIGGER_EVENT_DELETE => ("DELETE", Some(td.tg_trigtuple), None),
-            _ => protocol_error("mqtt_pub.event_trigger() does not publish TRUNCATE"),
+        let td = &*call.data();
+        let op = call.operation(protocol_error);
+        let (old, new) = match op {
+            "INSERT" => (None, Some(td.tg_trigtuple)),
+            "UPDATE" => (Some(td.tg_trigtuple), Some(td.tg_newtuple)),
+            _ => (Some(td.tg_trigtuple), None),
         };
         let mut topic = Vec::with_capacity(arg(0).len() + 8);
         topic.extend_from_slice(arg(0));

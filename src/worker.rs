@@ -192,6 +192,18 @@ fn extension_present() -> bool {
     in_transaction(extension_exists_in_transaction)
 }
 
+/// The password to log in with: the first line of `password_file` when one is set (read at
+/// each connect, so rotating it needs no SQL and the secret never passes through SQL text or
+/// the server log), else the inline one.
+fn read_password(cfg: &BrokerConfig) -> Result<String, String> {
+    if cfg.password_file.is_empty() {
+        return Ok(cfg.password.clone());
+    }
+    std::fs::read_to_string(&cfg.password_file)
+        .map(|s| s.lines().next().unwrap_or("").to_string())
+        .map_err(|e| format!("cannot read password_file \"{}\": {e}", cfg.password_file))
+}
+
 /// Launcher entry point.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
@@ -275,6 +287,30 @@ fn supervise_worker() {
     }
 }
 
+/// Settings the worker's SQL depends on, fixed at connect with the highest source priority, so
+/// that `ALTER DATABASE` / `ALTER ROLE ... SET` can neither hijack (search_path) nor break
+/// (timeouts, read-only default) the bootstrap superuser's queries. Each query also pins its
+/// path itself (`spi.rs`).
+fn pin_session_settings() {
+    const PINNED: [(&std::ffi::CStr, &std::ffi::CStr); 8] = [
+        (c"search_path", crate::spi::PINNED_PATH),
+        (c"statement_timeout", c"0"),
+        (c"lock_timeout", c"0"),
+        (c"idle_in_transaction_session_timeout", c"0"),
+        (c"idle_session_timeout", c"0"),
+        (c"default_transaction_read_only", c"off"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"session_replication_role", c"origin"),
+    ];
+    for (name, value) in PINNED {
+        // SAFETY: plain GUC assignment in our own process; PGC_S_OVERRIDE outranks every file,
+        // database and role setting.
+        unsafe {
+            pg::SetConfigOption(name.as_ptr(), value.as_ptr(), pg::GucContext::PGC_SUSET, pg::GucSource::PGC_S_OVERRIDE)
+        };
+    }
+}
+
 /// Worker entry point.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn pg_mqtt_pub_worker_main(_arg: pg::Datum) {
@@ -284,6 +320,7 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_worker_main(_arg: pg::Datum) {
         // SAFETY: standard connection; FATAL if the database vanished meanwhile (the launcher
         // then waits for it again).
         unsafe { pg::BackgroundWorkerInitializeConnection(db.as_ptr(), std::ptr::null(), 0) };
+        pin_session_settings();
         let s = crate::publish::require_shared();
         // SAFETY: MyLatch is our PGPROC latch, in shared memory, valid until we exit.
         unsafe {
@@ -824,12 +861,16 @@ impl Worker {
             Some(_) => Ok(()), // still connecting
             None => {
                 let id = k.client_id();
+                let password = match read_password(&k.cfg) {
+                    Ok(p) => p,
+                    Err(e) => return self.fail(l, e),
+                };
                 let opts = ClientOptions {
                     client_id: &id,
                     protocol: k.cfg.protocol,
                     max_inflight: k.cfg.max_inflight,
                     username: &k.cfg.username,
-                    password: &k.cfg.password,
+                    password: &password,
                     use_tls: k.cfg.use_tls,
                     ca_cert: &k.cfg.ca_cert,
                     client_cert: &k.cfg.client_cert,

@@ -126,14 +126,19 @@ SELECT mqtt_publish('regress/priv', 'x');
 SHOW pg_mqtt_pub.broker_password;
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM pg_settings WHERE name = 'pg_mqtt_pub.broker_password';
+-- mqtt_status() shows hosts and errors: pg_monitor and the owner only
 SELECT broker_name, outbox_pending FROM mqtt_status();
+\echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM mqtt_pub.outbox;
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) TO mqtt_regress_app;
+GRANT pg_monitor TO mqtt_regress_app;
 SET ROLE mqtt_regress_app;
 SELECT mqtt_publish('regress/priv', 'granted');
+SELECT broker_name, outbox_pending FROM mqtt_status();
 RESET ROLE;
+REVOKE pg_monitor FROM mqtt_regress_app;
 SELECT topic, encode(payload, 'escape') AS payload FROM mqtt_pub.outbox WHERE topic = 'regress/priv';
 REVOKE EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) FROM mqtt_regress_app;
 DROP ROLE mqtt_regress_app;

@@ -135,12 +135,13 @@ class Broker:
 class Cluster:
     """A scratch PostgreSQL cluster with pg_mqtt_pub preloaded (unless preload=False)."""
 
-    def __init__(self, name, port, settings=None, preload=True):
+    def __init__(self, name, port, settings=None, preload=True, initdb_args=()):
         self.port = port
         self.dir = scratch(f"pg-{name}")
         self.data = os.path.join(self.dir, "data")
         self.log = os.path.join(self.dir, "postgresql.log")
-        as_postgres([f"{PGBIN}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync"], stdout=subprocess.DEVNULL)
+        as_postgres([f"{PGBIN}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync", *initdb_args],
+                    stdout=subprocess.DEVNULL)
         conf = {
             "port": port,
             "listen_addresses": "'127.0.0.1'",
@@ -165,8 +166,8 @@ class Cluster:
     def stop(self, mode="fast"):
         self.pg_ctl("stop", "-m", mode)
 
-    def connect(self, dbname="postgres", autocommit=True, **kw):
-        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname, autocommit=autocommit, **kw)
+    def connect(self, dbname="postgres", autocommit=True, user="postgres", **kw):
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=user, dbname=dbname, autocommit=autocommit, **kw)
 
     def sql(self, query, params=None, dbname="postgres"):
         with self.connect(dbname) as c:

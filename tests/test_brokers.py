@@ -279,10 +279,14 @@ def test_secrets_and_privileges(env):
                         "SELECT mqtt_broker_add('evil', '127.0.0.1', 1883)",
                         "SELECT mqtt_broker_remove('auth')",
                         "SELECT password FROM mqtt_pub.brokers",
-                        "SELECT * FROM mqtt_pub.broker_list"):
+                        "SELECT * FROM mqtt_pub.broker_list",
+                        "SELECT * FROM mqtt_status()"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     su.execute(sql)
-            # status is public, the password is in no column of it
+            # status is for monitoring roles; the password is in no column of it
+            su.execute("RESET ROLE")
+            su.execute("GRANT pg_monitor TO mqtt_app")
+            su.execute("SET ROLE mqtt_app")
             rows = su.execute("SELECT * FROM mqtt_status()").fetchall()
             assert PUB_PASSWORD not in repr(rows)
             su.execute("RESET ROLE")
@@ -296,6 +300,7 @@ def test_secrets_and_privileges(env):
         assert PUB_PASSWORD not in c.log_text(), "the password never reaches the server log"
     finally:
         c.sql("REVOKE ALL ON FUNCTION mqtt_publish(text, text, integer, boolean, text) FROM mqtt_app")
+        c.sql("REVOKE pg_monitor FROM mqtt_app")
         c.sql("DROP ROLE mqtt_app")
 
 

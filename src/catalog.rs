@@ -124,7 +124,7 @@ pub struct Named {
 /// Worker: every named broker (inside a transaction).
 pub fn load_all() -> Vec<Named> {
     with_spi(|| {
-        pinned(Rights::Caller, || {
+        pinned(Rights::Restricted, || {
             // SAFETY: inside SPI, in the worker's transaction (it runs as the bootstrap superuser).
             unsafe {
                 spi::execute(

@@ -149,7 +149,7 @@ unsafe fn exec_with_broker(sql: &str, broker: &str, read_only: bool, limit: i64)
 
 /// Worker: inside SPI and the pinned scope, with the worker's rights.
 fn worker_spi<R>(f: impl FnOnce() -> R) -> R {
-    with_spi(|| pinned(Rights::Caller, f))
+    with_spi(|| pinned(Rights::Restricted, f))
 }
 
 /// A row that just failed: its new attempt count, and whether it was dead-lettered.

@@ -6,7 +6,8 @@
 //!   `pg_catalog` only, whatever the caller's, role's or database's `search_path` says. On top of
 //!   that every table, function and operator in our SQL text is schema-qualified, so a statement
 //!   means the same thing even if someone changes this module.
-//! * **Rights.** [`Rights::Caller`] runs as the current user. [`Rights::Owner`] switches to the
+//! * **Rights.** [`Rights::Caller`] runs as the current user; [`Rights::Restricted`] too, as a
+//!   security-restricted operation (the worker). [`Rights::Owner`] switches to the
 //!   owner of `mqtt_pub.outbox` (as PostgreSQL's RI triggers switch to a table's owner) *and*
 //!   marks a security-restricted operation, so nothing reached from the statement can change the
 //!   session (SET ROLE, temp objects, ...). Owner statements touch only our own tables and
@@ -23,8 +24,11 @@ use std::ffi::{c_char, CStr, CString};
 /// Whose privileges a statement runs with.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Rights {
-    /// The current user (a publisher's own role, or the worker's bootstrap superuser).
+    /// The current user, unrestricted: a caller's own statements (the statement trigger's
+    /// query over its transition tables, the setup functions' DDL).
     Caller,
+    /// The current user as a security-restricted operation: the worker (bootstrap superuser).
+    Restricted,
     /// The owner of `mqtt_pub.outbox`, as a security-restricted operation.
     Owner,
 }
@@ -70,12 +74,16 @@ pub fn pinned<R>(rights: Rights, f: impl FnOnce() -> R) -> R {
         );
         let (mut saved_user, mut saved_ctx) = (pg::InvalidOid, 0);
         pg::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        if rights == Rights::Owner {
-            let ctx = saved_ctx | (pg::SECURITY_LOCAL_USERID_CHANGE | pg::SECURITY_RESTRICTED_OPERATION) as i32;
-            pg::SetUserIdAndSecContext(outbox_owner(), ctx);
+        let restricted = saved_ctx | pg::SECURITY_RESTRICTED_OPERATION as i32;
+        match rights {
+            Rights::Caller => {}
+            Rights::Restricted => pg::SetUserIdAndSecContext(saved_user, restricted),
+            Rights::Owner => {
+                pg::SetUserIdAndSecContext(outbox_owner(), restricted | pg::SECURITY_LOCAL_USERID_CHANGE as i32)
+            }
         }
         let r = f();
-        if rights == Rights::Owner {
+        if rights != Rights::Caller {
             pg::SetUserIdAndSecContext(saved_user, saved_ctx);
         }
         pg::AtEOXact_GUC(true, level);

@@ -13,14 +13,15 @@ Proves, against a real cluster, broker and subscriber:
 * SQL_ASCII, LATIN1 and UTF8 databases: non-ASCII topics and payloads arrive as the exact
   UTF-8 bytes and are stored exactly in the outbox, hot and cold (route 4);
 * a broker password given inline never reaches the log, also when mqtt_broker_add fails; a
-  password_file works and is refused to roles that may not read server files.
+  password_file works and is refused to roles that may not read server files;
+* a database owner who is not a superuser dumps the database the way the README says.
 """
 import os
-import signal
+import subprocess
 
 import pytest
 
-from harness import SUB_USER, Broker, Cluster, Subscriber, wait_until
+from harness import PGBIN, SUB_USER, Broker, Cluster, Subscriber, wait_until
 
 PORT = 18871
 PW_PORT = 18872
@@ -213,7 +214,7 @@ def install_canary(c):
                   f"AS $f$BEGIN {record('count(*)')}; RETURN $1 OPERATOR(pg_catalog.+) 1; END$f$")
         k.execute("CREATE AGGREGATE canary.count(*) (SFUNC = canary.agg_step, STYPE = bigint, INITCOND = '0')")
         k.execute(f"CREATE FUNCTION canary.min_step(timestamptz, timestamptz) RETURNS timestamptz LANGUAGE plpgsql "
-                  f"AS $f$BEGIN {record('min(timestamptz)')}; RETURN pg_catalog.least($1, $2); END$f$")
+                  f"AS $f$BEGIN {record('min(timestamptz)')}; RETURN LEAST($1, $2); END$f$")
         k.execute("CREATE AGGREGATE canary.min(timestamptz) (SFUNC = canary.min_step, STYPE = timestamptz)")
         k.execute(f"CREATE FUNCTION canary.agg_text(text[], text) RETURNS text[] LANGUAGE plpgsql "
                   f"AS $f$BEGIN {record('array_agg(text)')}; RETURN pg_catalog.array_append($1, $2); END$f$")
@@ -379,3 +380,20 @@ def test_encodings_exact_bytes_hot_and_cold(tmp_path):
         s.close()
         c.stop()
         b.stop()
+
+
+def test_pg_dump_by_a_database_owner_as_documented(env):
+    c, _, _ = env
+    c.sql("DROP ROLE IF EXISTS dumper; CREATE ROLE dumper LOGIN")
+    c.sql("CREATE DATABASE dumpdb OWNER dumper")
+    try:
+        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="dumpdb")
+        dump = [f"{PGBIN}/pg_dump", "-h", "127.0.0.1", "-p", str(c.port), "-U", "dumper", "-d", "dumpdb"]
+        plain = subprocess.run(dump, capture_output=True, text=True)
+        assert plain.returncode != 0 and "permission denied for table brokers" in plain.stderr, plain.stderr
+        documented = subprocess.run(dump + ["--exclude-table-data=mqtt_pub.brokers"], capture_output=True, text=True)
+        assert documented.returncode == 0, documented.stderr
+        assert "CREATE EXTENSION IF NOT EXISTS pg_mqtt_pub" in documented.stdout
+    finally:
+        c.sql("DROP DATABASE dumpdb")
+        c.sql("DROP ROLE dumper")

@@ -28,7 +28,17 @@ override with_llvm = no
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# Flags a newer compiler knew when the server was built (PyPI's PostgreSQL 18) but this gcc
+# does not; they only add warnings.
+override CFLAGS := $(filter-out -Wmissing-variable-declarations,$(CFLAGS))
+
 $(shlib): $(RUST_LIB)
+
+# The C part (the magic block) is compiled against one server's headers: rebuild it when another
+# pg_config is used, or a library built for 15 would claim to be for 15 on 16.
+PG_STAMP := target/pg_config.stamp
+$(shell mkdir -p target; echo "$(PG_CONFIG_PATH) $(PG_MAJOR)" | cmp -s - $(PG_STAMP) || echo "$(PG_CONFIG_PATH) $(PG_MAJOR)" > $(PG_STAMP))
+src/pg_magic.o: $(PG_STAMP)
 
 # cargo decides what is up to date; always ask it.
 $(RUST_LIB): FORCE

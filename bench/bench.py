@@ -240,15 +240,19 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     machine()
     broker = Broker("bench", BROKER_PORT).start()
-    c = Cluster("bench", PG_PORT, {
-        "pg_mqtt_pub.database": f"'{DB}'",
-        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": BROKER_PORT,
-        "pg_mqtt_pub.reconnect_interval_ms": 200,
-        "max_connections": 50,
-        "shared_buffers": "'256MB'",
-        "synchronous_commit": "off",
-    }).start()
+    try:
+        c = Cluster("bench", PG_PORT, {
+            "pg_mqtt_pub.database": f"'{DB}'",
+            "pg_mqtt_pub.broker_host": "'127.0.0.1'",
+            "pg_mqtt_pub.broker_port": BROKER_PORT,
+            "pg_mqtt_pub.reconnect_interval_ms": 200,
+            "max_connections": 50,
+            "shared_buffers": "'256MB'",
+            "synchronous_commit": "off",
+        }).start()
+    except BaseException:
+        broker.stop()  # a failed start must not leave the broker holding its port
+        raise
     try:
         c.sql(f"CREATE DATABASE {DB}")
         c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)

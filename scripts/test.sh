@@ -3,20 +3,27 @@
 # tests and clippy, builds and installs the extension, then runs pg_regress and the end-to-end
 # tests (real PostgreSQL clusters, real mosquitto brokers, a real MQTT subscriber), all started
 # by the tests themselves on loopback ports. A missing dependency fails; nothing is skipped.
+#
+# Another PostgreSQL: PG_CONFIG=$(scripts/pg.sh 16) scripts/test.sh [pytest args]
+# A part of the end-to-end tests: TESTS="tests/test_e2e.py tests/test_cold.py" scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 
 export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 export PGRX_PG_CONFIG_PATH=$PG_CONFIG
+MAJOR=$("$PG_CONFIG" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+FEATURES=(--no-default-features --features "pg$MAJOR")
+echo "== PostgreSQL $MAJOR ($PG_CONFIG)"
 
 echo "== unit tests"
-cargo test --release --lib
+cargo test --release --lib "${FEATURES[@]}"
 echo "== format and clippy"
 cargo fmt --all -- --check
-cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release --all-targets "${FEATURES[@]}" -- -D warnings
 echo "== build and install"
 make -s PG_CONFIG="$PG_CONFIG"
 make -s install PG_CONFIG="$PG_CONFIG"
 echo "== pg_regress and end-to-end tests"
-python3 -m pytest tests -v -p no:cacheprovider "$@"
+read -r -a paths <<< "${TESTS:-tests}"
+python3 -m pytest "${paths[@]}" -v -p no:cacheprovider "$@"

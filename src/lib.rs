@@ -24,6 +24,7 @@
 //! | file | concern |
 //! |---|---|
 //! | `guard.rs` | the FFI error boundary (panic ⇄ ereport) |
+//! | `compat.rs` | the differences between PostgreSQL 15, 16, 17 and 18, in one place |
 //! | `fmgr.rs` | SQL-callable function plumbing: arguments, varlena, encoding |
 //! | `gucs.rs` | every `pg_mqtt_pub.*` setting |
 //! | `shmem.rs` | the shared segment, LWLocks, the worker wake-up protocol |
@@ -55,6 +56,8 @@ pub mod topic;
 pub mod broker;
 #[cfg(not(test))]
 mod catalog;
+#[cfg(not(test))]
+mod compat;
 #[cfg(not(test))]
 mod fmgr;
 #[cfg(not(test))]

@@ -41,10 +41,7 @@ fn resolve_table(a: &Args) -> Table {
     // SAFETY: parses the name as SQL does (ERROR on bad syntax), then looks it up in the
     // caller's search_path without locking, returning InvalidOid when missing.
     let relid = unsafe {
-        #[cfg(feature = "pg15")]
-        let names = pg::stringToQualifiedNameList(c.as_ptr());
-        #[cfg(not(feature = "pg15"))]
-        let names = pg::stringToQualifiedNameList(c.as_ptr(), std::ptr::null_mut());
+        let names = crate::compat::qualified_name_list(c.as_ptr());
         let rv = pg::makeRangeVarFromNameList(names);
         pg::RangeVarGetRelidExtended(rv, pg::NoLock as _, pg::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut())
     };

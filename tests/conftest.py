@@ -2,7 +2,7 @@
 publishes to it (database `mqtt_test`), and one subscriber listening to everything."""
 import pytest
 
-from harness import Broker, Cluster, Subscriber, wait_until
+from harness import Broker, Cluster, Subscriber, stop_leftovers, wait_until
 
 BROKER_PORT = 18831
 PG_PORT = 25433
@@ -42,3 +42,8 @@ def sub(broker):
 def db(cluster):
     with cluster.connect(DB) as conn:
         yield conn
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Servers a failed fixture left running would hold their ports for the next run."""
+    stop_leftovers()

@@ -61,6 +61,19 @@ def scratch(name):
     return d
 
 
+# Everything started in this test session, so that a fixture that fails half-way cannot leave a
+# server holding its port for the next run (conftest.py stops these at session end).
+STARTED = []
+
+
+def stop_leftovers():
+    for thing in reversed(STARTED):
+        try:
+            thing.stop_if_running()
+        except Exception:  # noqa: BLE001 - best effort at session end
+            pass
+
+
 class Broker:
     """A mosquitto broker on a loopback port.
 
@@ -100,8 +113,15 @@ class Broker:
             pass
         self.write_conf(gated)
         self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        STARTED.append(self)
         wait_port(self.port)
         return self
+
+    def stop_if_running(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
 
     def restart(self, *subscribers):
         """Start after an outage; deliveries begin only once `subscribers` are subscribed again."""
@@ -135,12 +155,13 @@ class Broker:
 class Cluster:
     """A scratch PostgreSQL cluster with pg_mqtt_pub preloaded (unless preload=False)."""
 
-    def __init__(self, name, port, settings=None, preload=True, initdb_args=()):
+    def __init__(self, name, port, settings=None, preload=True, initdb_args=(), bindir=None):
         self.port = port
+        self.bindir = bindir or PGBIN
         self.dir = scratch(f"pg-{name}")
         self.data = os.path.join(self.dir, "data")
         self.log = os.path.join(self.dir, "postgresql.log")
-        as_postgres([f"{PGBIN}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync", *initdb_args],
+        as_postgres([f"{self.bindir}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync", *initdb_args],
                     stdout=subprocess.DEVNULL)
         conf = {
             "port": port,
@@ -157,11 +178,16 @@ class Cluster:
                 f.write(f"{k} = {v}\n")
 
     def pg_ctl(self, *args):
-        as_postgres([f"{PGBIN}/pg_ctl", "-D", self.data, "-l", self.log, "-w", *args], stdout=subprocess.DEVNULL)
+        as_postgres([f"{self.bindir}/pg_ctl", "-D", self.data, "-l", self.log, "-w", *args], stdout=subprocess.DEVNULL)
 
     def start(self):
+        STARTED.append(self)
         self.pg_ctl("start")
         return self
+
+    def stop_if_running(self):
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            as_postgres([f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "immediate", "stop"], stdout=subprocess.DEVNULL)
 
     def stop(self, mode="fast"):
         self.pg_ctl("stop", "-m", mode)

@@ -299,7 +299,7 @@ def test_catalog_policy(env):
     public_ok = set()  # PUBLIC executes nothing (docs/SECURITY.md)
     assert rows
     for sig, owner, prosecdef, lang, config, public in rows:
-        name = sig.split("(")[0]
+        name = sig.split("(")[0].split(".")[-1]  # mqtt_pub.mqtt_broker_add and mqtt_broker_add alike
         assert owner == "postgres", sig
         assert prosecdef == (name in secdef), sig
         if lang in ("sql", "plpgsql"):

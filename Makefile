@@ -38,11 +38,10 @@ override CFLAGS := $(filter-out -Wmissing-variable-declarations,$(CFLAGS))
 
 $(shlib): $(RUST_LIB)
 
-# The C part (the magic block) is compiled against one server's headers: rebuild it when another
-# pg_config is used, or a library built for 15 would claim to be for 15 on 16.
-PG_STAMP := $(or $(CARGO_TARGET_DIR),target)/pg_config.stamp
-$(shell mkdir -p $(dir $(PG_STAMP)); echo "$(PG_CONFIG_PATH) $(PG_MAJOR)" | cmp -s - $(PG_STAMP) || echo "$(PG_CONFIG_PATH) $(PG_MAJOR)" > $(PG_STAMP))
-src/pg_magic.o: $(PG_STAMP)
+# The C part (the magic block) is compiled against one server's headers, and the same checkout
+# builds for several servers (and inside the trixie root): always recompile it (it takes
+# milliseconds), or a library built for 15 could claim to be for 17.
+src/pg_magic.o: FORCE
 
 # cargo decides what is up to date; always ask it.
 $(RUST_LIB): FORCE

@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 if [ -n "${PG_CONFIG:-}" ]; then
   exec scripts/test-one.sh "$@"
 fi
-# pg_cron is packaged by Debian only (bookworm: 15, trixie: 17). The pg_upgrade test (15 -> 18,
-# both built by the test itself) runs once, with 15.
+# pg_cron is packaged by Debian only (bookworm: 15, trixie: 17). The pg_upgrade test (16 -> 18,
+# both installed and built by the test itself) runs once, in the 15 run.
 no_cron=$(ls tests/test_*.py | grep -v -e test_cron.py -e test_pg_upgrade.py | tr '\n' ' ')
 not_pg_upgrade=$(ls tests/test_*.py | grep -v test_pg_upgrade.py | tr '\n' ' ')
 for v in ${PG_VERSIONS:-15 16 17 18}; do

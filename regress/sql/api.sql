@@ -6,13 +6,14 @@
 CREATE EXTENSION pg_mqtt_pub;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_mqtt_pub';
 
--- every mqtt_* function exists under both names, with the same arguments and result
-SELECT p.proname, pg_get_function_arguments(p.oid) AS arguments, pg_get_function_result(p.oid) AS result,
-       count(*) AS names, array_agg(DISTINCT n.nspname ORDER BY n.nspname) AS schemas
+-- every mqtt_* function exists under both names, with the same arguments (defaults included) and
+-- result: grouped by those, each group holds both schemas
+SELECT p.proname, count(*) AS names, array_agg(n.nspname ORDER BY n.nspname) AS schemas
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e'
 WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_mqtt_pub') AND p.proname LIKE 'mqtt\_%'
-GROUP BY 1, 2, 3 ORDER BY 1, 2;
+GROUP BY p.proname, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid)
+ORDER BY 1, min(pg_get_function_arguments(p.oid));
 
 -- publishing, both ways, positionally and by name
 SELECT mqtt_publish('api/plain', 'a', 1, false, 'default');
@@ -45,7 +46,7 @@ SELECT broker_name, delivery_mode FROM mqtt_pub.mqtt_status();
 -- trigger helpers, both ways
 CREATE TABLE api_t (id int PRIMARY KEY, v text);
 SELECT mqtt_trigger_event_setup('api_t', 'api/ev', '{INSERT}', 0);
-SELECT mqtt_pub.mqtt_trigger_event_setup(table_name := 'api_t', topic_prefix := 'api/ev2', operations := '{INSERT}', qos := 0);
+SELECT mqtt_pub.mqtt_trigger_event_setup(table_name := 'api_t', topic_prefix := 'api/ev2', operations := '{INSERT}', qos := 0, include_meta := false);
 SELECT mqtt_trigger_resultset_setup('api_t', 'api/rs', '{INSERT}', 0, 'default', false, 10);
 SELECT mqtt_pub.mqtt_trigger_resultset_setup('api_t', 'api/rs2', '{INSERT}', 0, 'default', false, 10);
 SELECT table_name, kind, trigger_name, topic_prefix FROM mqtt_pub.triggers ORDER BY trigger_name;

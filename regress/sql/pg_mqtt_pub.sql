@@ -112,7 +112,7 @@ RESET pg_mqtt_pub.publish_timeout_ms;
 SELECT column_name, data_type FROM (
   SELECT unnest(proargnames) AS column_name, unnest(proallargtypes)::regtype::text AS data_type,
          unnest(proargmodes) AS mode
-  FROM pg_proc WHERE proname = 'mqtt_status') s
+  FROM pg_proc WHERE oid = 'public.mqtt_status()'::regprocedure) s
 WHERE mode = 'o';
 SELECT mqtt_publish('regress/status', 'pending');
 SELECT broker_name, host, port, connected, delivery_mode, dead_lettered, outbox_pending

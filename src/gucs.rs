@@ -249,7 +249,7 @@ pub fn define() {
     );
     string(
         c"pg_mqtt_pub.client_id",
-        c"MQTT client id of the worker ('' = pg_mqtt_pub-<system identifier>).",
+        c"MQTT client id of the worker ('' = pg_mqtt_pub-<system identifier>-<instance>, different for every clone).",
         &CLIENT_ID,
         c"",
         SIGHUP,

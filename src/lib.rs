@@ -31,6 +31,7 @@
 //! | `ring.rs` | the ring's memory protocol (pure, tested by `cargo test`) |
 //! | `topic.rs` | topic and QoS validation (pure) |
 //! | `backoff.rs` | reconnect backoff (pure) |
+//! | `identity.rs` | the default MQTT client id, different for every clone of a cluster (pure) |
 //! | `publish.rs` | `mqtt_publish`, `_binary`, `_json`, `_batch` |
 //! | `envelope.rs` | the JSON envelope of change events (pure) |
 //! | `spi.rs` | the one place that runs SQL: pinned search_path, owner rights as a restricted operation |
@@ -49,6 +50,7 @@
 
 pub mod backoff;
 pub mod envelope;
+pub mod identity;
 pub mod ring;
 pub mod topic;
 

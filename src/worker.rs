@@ -27,7 +27,7 @@
 
 use crate::backoff::reconnect_delay_ms;
 use crate::broker::{Client, ClientOptions, Event, Handoff};
-use crate::guard::{self, guard, Level};
+use crate::guard::{self, guard, Level, PgError};
 use crate::gucs::{self, BrokerConfig};
 use crate::outbox;
 use crate::ring::{Peek, Ring};
@@ -48,6 +48,10 @@ extern "C-unwind" {
 }
 
 const LIB: &str = "pg_mqtt_pub";
+/// A connection that stayed up this long resets the reconnect backoff when it drops.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// MQTT 5 DISCONNECT reason: another connection with this client id took the session over.
+const REASON_SESSION_TAKEN_OVER: i32 = 0x8E;
 /// Records handed to libmosquitto per loop iteration before the socket is serviced again.
 const BATCH: usize = 1024;
 /// How long a SIGHUP broker switch or a shutdown waits for in-flight acknowledgements.
@@ -469,6 +473,10 @@ struct Link {
     /// message that makes the broker close the connection is identified (and charged a failed
     /// attempt) instead of killing every reconnect.
     probe: u32,
+    /// When a "session taken over" warning was last logged (at most once a minute).
+    takeover_logged_at: Option<Instant>,
+    /// When the current connection was accepted (CONNACK).
+    up_since: Option<Instant>,
     /// Ring records of this (hot) broker the scan went past while its window was full: sent
     /// before anything newer for it. Bounded: past a quarter of the ring the broker goes cold.
     backlog: VecDeque<(u64, u64)>,
@@ -505,6 +513,8 @@ impl Link {
             inflight: HashMap::new(),
             last_progress: Instant::now(),
             probe: 0,
+            takeover_logged_at: None,
+            up_since: None,
             backlog: VecDeque::new(),
             backlog_slots: 0,
             fetched: VecDeque::new(),
@@ -546,13 +556,21 @@ impl Link {
         if !self.cfg.client_id.is_empty() {
             return self.cfg.client_id.clone();
         }
-        // SAFETY: plain call; unique per cluster, stable across restarts.
-        let sys = unsafe { pg::GetSystemIdentifier() };
-        if self.slot == 0 {
-            format!("pg_mqtt_pub-{sys}")
-        } else {
-            format!("pg_mqtt_pub-{sys}-{}", self.cfg.name)
-        }
+        let mut host = [0u8; 256];
+        // SAFETY: gethostname writes at most host.len() bytes; DataDir is set (and NUL-terminated)
+        // before any worker starts; the others are plain reads.
+        let (sys, host, dir, port) = unsafe {
+            libc::gethostname(host.as_mut_ptr() as *mut std::ffi::c_char, host.len() - 1);
+            let n = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+            (
+                pg::GetSystemIdentifier(),
+                host[..n].to_vec(),
+                std::ffi::CStr::from_ptr(pg::DataDir).to_bytes().to_vec(),
+                pg::PostPortNumber,
+            )
+        };
+        let name = (self.slot != 0).then_some(self.cfg.name.as_str());
+        crate::identity::default_client_id(sys, &host, &dir, port, name)
     }
 
     fn service_socket(&mut self, readable: bool, writable: bool) {
@@ -922,6 +940,30 @@ impl Worker {
     }
 
     /// A connection attempt failed or the connection dropped: record why, schedule a retry.
+    /// Another client with our client id took the session over (MQTT 5 reason 0x8E): a
+    /// configuration problem (two clusters sharing an explicit `client_id`), not the fault of any
+    /// message. Nothing is charged, the reconnect backoff keeps growing (two clients fighting
+    /// over one id must not hammer the broker), and the warning is logged at most once a minute.
+    fn taken_over(&mut self, l: usize, why: String) {
+        let k = &mut self.links[l];
+        let quiet = k.takeover_logged_at.is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+        if !quiet {
+            k.takeover_logged_at = Some(Instant::now());
+            PgError::new(
+                guard::Code::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!("pg_mqtt_pub: broker \"{}\": another client took over the session: {why}", k.cfg.name),
+            )
+            .hint("Two clients use one MQTT client id. Give each cluster its own client_id, or leave it empty for the default, which differs between clusters.")
+            .emit(Level::WARNING);
+        }
+        self.go_cold(l);
+        let k = &mut self.links[l];
+        k.status.set_connected(false);
+        k.status.set_error(&why);
+        self.drop_client(l, false);
+        self.schedule_retry(l);
+    }
+
     fn fail(&mut self, l: usize, why: String) {
         let was_connected = self.links[l].state == ConnState::Connected;
         self.go_cold(l);
@@ -930,11 +972,20 @@ impl Worker {
         k.status.set_error(&why);
         if was_connected {
             guard::log(Level::WARNING, format!("pg_mqtt_pub: lost connection to broker \"{}\": {why}", k.cfg.name));
-            k.failures = 0;
+            // Reconnect at once only after a connection that stayed up: a broker that accepts and
+            // drops at once (or two clients taking one client id from each other) gets the
+            // growing backoff, not a reconnect per millisecond.
+            if k.up_since.is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {
+                k.failures = 0;
+            }
         } else if k.failures == 0 {
             guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", k.cfg.name));
         }
         self.drop_client(l, true);
+        self.schedule_retry(l);
+    }
+
+    fn schedule_retry(&mut self, l: usize) {
         let k = &mut self.links[l];
         let delay = reconnect_delay_ms(gucs::RECONNECT_INTERVAL_MS.get() as u64, k.failures);
         k.failures = k.failures.saturating_add(1);
@@ -991,7 +1042,8 @@ impl Worker {
             match ev {
                 Event::Connected(0) => {
                     k.state = ConnState::Connected;
-                    k.failures = 0;
+                    // the backoff is reset only once the connection has proved stable (fail())
+                    k.up_since = Some(Instant::now());
                     k.refusal = None;
                     k.outbox_check = true;
                     k.last_progress = Instant::now();
@@ -1020,7 +1072,11 @@ impl Worker {
                             };
                             k.client.as_ref().map(|c| c.with_log(base.clone())).unwrap_or(base)
                         });
-                        self.fail(l, why);
+                        if rc == REASON_SESSION_TAKEN_OVER {
+                            self.taken_over(l, why);
+                        } else {
+                            self.fail(l, why);
+                        }
                     }
                 }
                 Event::Published { mid, reason } => {

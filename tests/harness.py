@@ -155,14 +155,20 @@ class Broker:
 class Cluster:
     """A scratch PostgreSQL cluster with pg_mqtt_pub preloaded (unless preload=False)."""
 
-    def __init__(self, name, port, settings=None, preload=True, initdb_args=(), bindir=None):
+    def __init__(self, name, port, settings=None, preload=True, initdb_args=(), bindir=None, backup_of=None):
+        """A new cluster: initdb, or with `backup_of` a pg_basebackup of that running cluster
+        (same system identifier: a clone)."""
         self.port = port
         self.bindir = bindir or PGBIN
         self.dir = scratch(f"pg-{name}")
         self.data = os.path.join(self.dir, "data")
         self.log = os.path.join(self.dir, "postgresql.log")
-        as_postgres([f"{self.bindir}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync", *initdb_args],
-                    stdout=subprocess.DEVNULL)
+        if backup_of:
+            as_postgres([f"{self.bindir}/pg_basebackup", "-h", "127.0.0.1", "-p", str(backup_of.port), "-U", "postgres",
+                         "-D", self.data, "-X", "stream", "--no-sync"], stdout=subprocess.DEVNULL)
+        else:
+            as_postgres([f"{self.bindir}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync", *initdb_args],
+                        stdout=subprocess.DEVNULL)
         conf = {
             "port": port,
             "listen_addresses": "'127.0.0.1'",

@@ -477,6 +477,8 @@ struct Link {
     takeover_logged_at: Option<Instant>,
     /// When the current connection was accepted (CONNACK).
     up_since: Option<Instant>,
+    /// The broker refused a message (reason code >= 0x80) on the current connection.
+    refused_here: bool,
     /// Ring records of this (hot) broker the scan went past while its window was full: sent
     /// before anything newer for it. Bounded: past a quarter of the ring the broker goes cold.
     backlog: VecDeque<(u64, u64)>,
@@ -515,6 +517,7 @@ impl Link {
             probe: 0,
             takeover_logged_at: None,
             up_since: None,
+            refused_here: false,
             backlog: VecDeque::new(),
             backlog_slots: 0,
             fetched: VecDeque::new(),
@@ -972,10 +975,12 @@ impl Worker {
         k.status.set_error(&why);
         if was_connected {
             guard::log(Level::WARNING, format!("pg_mqtt_pub: lost connection to broker \"{}\": {why}", k.cfg.name));
-            // Reconnect at once only after a connection that stayed up: a broker that accepts and
-            // drops at once (or two clients taking one client id from each other) gets the
-            // growing backoff, not a reconnect per millisecond.
-            if k.up_since.is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {
+            // Reconnect at once only after a connection that stayed up, or that ended after the
+            // broker refused a message (mosquitto closes the connection after a refusal: that
+            // message has its own retry backoff). A broker that accepts and drops at once, or
+            // two clients taking one client id from each other, get the growing backoff, not a
+            // reconnect per millisecond.
+            if k.refused_here || k.up_since.is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {
                 k.failures = 0;
             }
         } else if k.failures == 0 {
@@ -1044,6 +1049,7 @@ impl Worker {
                     k.state = ConnState::Connected;
                     // the backoff is reset only once the connection has proved stable (fail())
                     k.up_since = Some(Instant::now());
+                    k.refused_here = false;
                     k.refusal = None;
                     k.outbox_check = true;
                     k.last_progress = Instant::now();
@@ -1084,6 +1090,7 @@ impl Worker {
                     k.last_progress = Instant::now();
                     k.probe = k.probe.saturating_sub(1);
                     if reason >= 0x80 {
+                        k.refused_here = true;
                         let text = crate::broker::reason_string(reason).to_lowercase();
                         self.message_failed(l, what, format!("broker refused: {text} (0x{reason:02x})"));
                         continue;

@@ -2,7 +2,8 @@
 //!
 //! Contexts follow one rule: what sizes shared memory or picks the worker's database is
 //! `PGC_POSTMASTER`; what the worker uses to talk to a broker reloads on SIGHUP (the worker
-//! reconnects when it changes); what describes one caller's transaction is `PGC_USERSET`.
+//! reconnects when it changes); what describes one caller's transaction is `PGC_USERSET`;
+//! a limit that protects the server from one session is `PGC_SUSET`.
 //! The README's settings table mirrors this file.
 //!
 //! Values live in statics that PostgreSQL writes (the GUC machinery holds pointers to them);
@@ -66,6 +67,7 @@ pub static RECONNECT_INTERVAL_MS: Guc<c_int> = Guc::new(5000);
 pub static PUBLISH_TIMEOUT_MS: Guc<c_int> = Guc::new(100);
 pub static WORKER_POLL_INTERVAL_MS: Guc<c_int> = Guc::new(10);
 pub static MAX_MESSAGE_SIZE: Guc<c_int> = Guc::new(1024 * 1024);
+pub static MAX_PENDING_MEMORY: Guc<c_int> = Guc::new(256 * 1024 * 1024);
 pub static TRANSACTIONAL: Guc<bool> = Guc::new(true);
 pub static DURABLE: Guc<bool> = Guc::new(false);
 pub static ACK_TIMEOUT_MS: Guc<c_int> = Guc::new(30_000);
@@ -86,7 +88,7 @@ static PROTOCOL_OPTIONS: EnumTable = EnumTable([
     pg::config_enum_entry { name: std::ptr::null(), val: 0, hidden: false },
 ]);
 
-use pg::GucContext::{PGC_POSTMASTER as POSTMASTER, PGC_SIGHUP as SIGHUP, PGC_USERSET as USERSET};
+use pg::GucContext::{PGC_POSTMASTER as POSTMASTER, PGC_SIGHUP as SIGHUP, PGC_SUSET as SUSET, PGC_USERSET as USERSET};
 
 fn int(name: &CStr, desc: &CStr, v: &Guc<c_int>, min: c_int, max: c_int, ctx: u32, flags: u32) {
     // SAFETY: called from _PG_init; `v` is a static that outlives the GUC.
@@ -333,6 +335,17 @@ pub fn define() {
         60_000,
         SIGHUP,
         MS,
+    );
+    int(
+        c"pg_mqtt_pub.max_pending_memory",
+        c"Memory one transaction may hold in messages not yet committed; past it, publishing fails.",
+        &MAX_PENDING_MEMORY,
+        // above twice the spill threshold (txn.rs PENDING_LIMIT): a transaction that can spill
+        // to the outbox never reaches the cap
+        16 * 1024 * 1024,
+        512 * 1024 * 1024,
+        SUSET,
+        BYTES,
     );
     int(
         c"pg_mqtt_pub.max_message_size",

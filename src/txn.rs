@@ -44,7 +44,7 @@
 //! `transactional = off`: the message is made visible at once (ring), or written to the outbox in
 //! the current transaction when the broker is cold.
 
-use crate::guard::{self, guard};
+use crate::guard::{self, guard, Code, PgError};
 use crate::gucs;
 use crate::outbox::{self, NewRow, LANE_PUBLISHED};
 use crate::publish::broker_name;
@@ -224,6 +224,7 @@ pub fn publish(msg: MessageRef<'_>) {
         write_one(&msg);
         return;
     }
+    require_room(p, &msg);
     // SAFETY: plain read of transaction state.
     let subid = unsafe { pg::GetCurrentSubTransactionId() };
     if subid > 1 && p.marks.last().is_none_or(|m| subid > m.subid) {
@@ -244,6 +245,35 @@ pub fn publish(msg: MessageRef<'_>) {
     p.per_broker[b as usize] += 1;
     if p.arena.len() > PENDING_LIMIT.max(p.spill_check_at) {
         spill_if_safe(p, subid);
+    }
+}
+
+/// The hard memory bound of a transaction's pending messages. A big transaction spills to the
+/// outbox long before it (`PENDING_LIMIT`), but messages published before a savepoint that is
+/// still open, or inside an EXCEPTION block, cannot be spilled (a rollback to it must be able to
+/// drop them): without a cap a loop could grow this memory until the allocator aborts the
+/// backend, and with it the whole cluster. Past the cap the publishing call fails, before
+/// anything is lost.
+fn require_room(p: &Pending, msg: &MessageRef<'_>) {
+    let meta = std::mem::size_of::<PendingMsg>();
+    let held = p.arena.len() + p.msgs.len() * meta;
+    let more = msg.topic.len() + msg.payload.len() + meta;
+    let cap = gucs::MAX_PENDING_MEMORY.get() as usize;
+    if held + more > cap {
+        PgError::new(
+            Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            "pending MQTT messages of this transaction would exceed pg_mqtt_pub.max_pending_memory",
+        )
+        .detail(format!(
+            "{} messages hold {held} bytes, this one needs {more} more; the limit is {cap} bytes.",
+            p.msgs.len()
+        ))
+        .hint(
+            "Messages published before an open savepoint or inside an EXCEPTION block stay in memory until the \
+             transaction ends: publish fewer or smaller messages in such a transaction, or raise \
+             pg_mqtt_pub.max_pending_memory.",
+        )
+        .raise()
     }
 }
 

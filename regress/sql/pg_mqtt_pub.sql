@@ -144,4 +144,27 @@ SELECT topic, encode(payload, 'escape') AS payload FROM mqtt_pub.outbox WHERE to
 REVOKE EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) FROM mqtt_regress_app;
 DROP ROLE mqtt_regress_app;
 
+-- bounded memory: a big transaction spills its messages to the outbox as it goes...
+SET pg_mqtt_pub.max_pending_memory = '16MB';
+SELECT count(mqtt_publish('regress/bigok/' || i, repeat('y', 500000))) FROM generate_series(1, 40) i;
+SELECT count(*) FROM mqtt_pub.outbox WHERE topic LIKE 'regress/bigok/%';
+-- ...but messages published inside an EXCEPTION block cannot be spilled (a rollback to the
+-- block must drop them): past pg_mqtt_pub.max_pending_memory, publishing fails (54000)
+DO $$
+BEGIN
+  FOR i IN 1..40 LOOP
+    BEGIN
+      PERFORM mqtt_publish('regress/big/' || i, repeat('x', 500000));
+    EXCEPTION WHEN division_by_zero THEN NULL;
+    END;
+  END LOOP;
+END $$;
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM mqtt_pub.outbox WHERE topic LIKE 'regress/big/%';
+SET pg_mqtt_pub.max_pending_memory = '1MB';
+\echo :LAST_ERROR_SQLSTATE
+RESET pg_mqtt_pub.max_pending_memory;
+SELECT mqtt_publish('regress/after-limit', 'the session goes on');
+DELETE FROM mqtt_pub.outbox WHERE topic LIKE 'regress/%big%' OR topic = 'regress/after-limit';
+
 DROP EXTENSION pg_mqtt_pub;

@@ -161,8 +161,9 @@ BEGIN
 END $$;
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM mqtt_pub.outbox WHERE topic LIKE 'regress/big/%';
-SET pg_mqtt_pub.max_pending_memory = '1MB';
-\echo :LAST_ERROR_SQLSTATE
+-- below twice the spill threshold is refused (core's wording varies: only the SQLSTATE here)
+DO $$BEGIN SET LOCAL pg_mqtt_pub.max_pending_memory = '1MB';
+EXCEPTION WHEN invalid_parameter_value THEN RAISE NOTICE 'max_pending_memory 1MB refused (%)', SQLSTATE; END$$;
 RESET pg_mqtt_pub.max_pending_memory;
 SELECT mqtt_publish('regress/after-limit', 'the session goes on');
 DELETE FROM mqtt_pub.outbox WHERE topic LIKE 'regress/%big%' OR topic = 'regress/after-limit';

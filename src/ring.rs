@@ -23,8 +23,14 @@
 //!   delivered (acknowledged, for QoS 1/2): the worker scans ahead with its own cursor
 //!   (`peek_at`). Producers read `tail` to compute free space; a stale value only under-estimates
 //!   it.
-//! * The consumer stops at a `RESERVED` record (head-of-line): records become visible in the order
-//!   they were reserved, which for one session is its commit order.
+//! * Records become visible in the order they were reserved, which for one session is its commit
+//!   order. The consumer waits at a `RESERVED` record, but a *whole* reservation whose transaction
+//!   stays between PRE_COMMIT and COMMIT (a commit waiting for a synchronous standby) must not hold
+//!   up everybody else: a reservation's first header carries `run`, the slots of the whole
+//!   reservation, so the consumer can step over it and come back later ([`Ring::run_state`]).
+//!   Records inside a reservation have `run = 0`; the consumer never steps over one of those (its
+//!   transaction is in COMMIT, copying: a matter of microseconds, and stepping over it would
+//!   reorder one transaction's messages).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -58,7 +64,9 @@ pub struct RecordHeader {
     pub broker: u16,
     pub qos: u8,
     pub retain: u8,
-    pub _reserved: u32,
+    /// Slots of the whole reservation on its first record while RESERVED; 0 on the others.
+    /// Atomic because the producer rewrites it (same value) while the consumer may read it.
+    pub run: AtomicU32,
 }
 
 pub const HEADER: usize = std::mem::size_of::<RecordHeader>();
@@ -97,11 +105,26 @@ impl MessageRef<'_> {
 /// What the consumer finds at the tail.
 pub enum Peek<'a> {
     Empty,
-    /// A producer holds a reservation here that is not yet published.
-    NotReady,
+    /// A producer holds a reservation here that is not yet published. `run` > 0: the first
+    /// record of a reservation of that many slots, none of it published yet; 0: a later record of
+    /// a reservation whose transaction is publishing it right now.
+    Reserved {
+        run: u64,
+    },
     /// Skip this many slots: an aborted reservation.
     Cancelled(u64),
     Ready(RecordView<'a>),
+}
+
+/// A reservation the consumer stepped over, seen again.
+#[derive(Debug, PartialEq)]
+pub enum RunState {
+    /// Not published yet (or being published right now).
+    Waiting,
+    /// Aborted: skip all of it.
+    Cancelled,
+    /// Every record is published: their positions and sizes, in order.
+    Ready(Vec<(u64, u64)>),
 }
 
 /// A ready record. `topic_nul` is the topic followed by its NUL (what libmosquitto wants).
@@ -202,21 +225,23 @@ impl Ring {
             return None;
         }
         // SAFETY: slots [head, head+n) are free (checked above) and now ours.
-        unsafe { self.mark_reserved(head, n) };
+        unsafe { self.mark_reserved(head, n, n) };
         c.head.store(head + n, Ordering::Release);
         Some(head)
     }
 
     /// Set the header at `pos` to RESERVED. Used for every record of a multi-record reservation
-    /// before any of them is published, so the consumer never reads a stale header.
+    /// before any of them is published, so the consumer never reads a stale header. `run` is the
+    /// whole reservation's size for its first record (see the module comment), 0 for the others.
     ///
     /// # Safety
     /// `pos` is the start of a record inside a reservation owned by the caller.
-    pub unsafe fn mark_reserved(&self, pos: u64, nslots: u64) {
+    pub unsafe fn mark_reserved(&self, pos: u64, nslots: u64, run: u64) {
         let h = self.header(pos);
         // SAFETY: we own this slot (reservation); the state word is atomic for the consumer.
         unsafe {
             (*h).nslots = nslots as u32;
+            (*h).run.store(run as u32, Ordering::Relaxed);
             (*h).state.store(STATE_RESERVED, Ordering::Release);
         }
     }
@@ -296,7 +321,7 @@ impl Ring {
             match (*h).state.load(Ordering::Acquire) {
                 STATE_READY => {}
                 STATE_CANCELLED => return Peek::Cancelled((*h).nslots as u64),
-                _ => return Peek::NotReady,
+                _ => return Peek::Reserved { run: (*h).run.load(Ordering::Relaxed) as u64 },
             }
             let tl = (*h).topic_len as usize;
             let pl = (*h).payload_len as usize;
@@ -321,6 +346,32 @@ impl Ring {
                 payload: &bytes[tl + 1..],
             })
         }
+    }
+
+    /// Consumer: what became of the reservation of `run` slots at `start` that it stepped over.
+    ///
+    /// # Safety
+    /// Only the single consumer may call this, for a reservation it found as
+    /// `Peek::Reserved { run }` with `run > 0` and has not released.
+    pub unsafe fn run_state(&self, start: u64, run: u64) -> RunState {
+        let mut records = Vec::new();
+        let mut pos = start;
+        while pos < start + run {
+            let h = self.header(pos);
+            // SAFETY: every record header of the reservation was marked RESERVED before the
+            // first one was published or cancelled (Acquire on the state orders the rest).
+            unsafe {
+                match (*h).state.load(Ordering::Acquire) {
+                    STATE_READY => {}
+                    STATE_CANCELLED if pos == start => return RunState::Cancelled,
+                    _ => return RunState::Waiting,
+                }
+                let n = (*h).nslots as u64;
+                records.push((pos, n));
+                pos += n;
+            }
+        }
+        RunState::Ready(records)
     }
 
     /// Consumer: every record before `pos` is done; free their slots.
@@ -358,7 +409,7 @@ mod tests {
         loop {
             // SAFETY: single consumer in these tests.
             match unsafe { r.peek_at(r.tail(), &mut scratch) } {
-                Peek::Empty | Peek::NotReady => return None,
+                Peek::Empty | Peek::Reserved { .. } => return None,
                 Peek::Cancelled(n) => unsafe { r.release_to(r.tail() + n) },
                 Peek::Ready(v) => {
                     let out = (v.topic().to_vec(), v.payload.to_vec());
@@ -439,8 +490,8 @@ mod tests {
         let m = msg(b"x", b"1");
         unsafe {
             let a = r.try_reserve(3).unwrap(); // a three-message transaction, not yet committed
-            r.mark_reserved(a + 1, 1);
-            r.mark_reserved(a + 2, 1);
+            r.mark_reserved(a + 1, 1, 0);
+            r.mark_reserved(a + 2, 1, 0);
             let b = r.try_reserve(1).unwrap();
             r.publish(b, &msg(b"later", b"2"));
             assert!(take(r).is_none(), "must wait behind the reservation");
@@ -458,6 +509,41 @@ mod tests {
             r.cancel(c, 4);
             assert_eq!(take(r).unwrap().0, b"after");
             assert_eq!(r.used_slots(), 0);
+        }
+    }
+
+    /// A reservation whose transaction stays between PRE_COMMIT and COMMIT can be stepped over
+    /// as a whole and come back later; a record inside a reservation being published cannot.
+    #[test]
+    fn a_whole_reservation_can_be_stepped_over_and_seen_again() {
+        let t = ring(16);
+        let r = &t.ring;
+        let mut scratch = Vec::new();
+        unsafe {
+            let a = r.try_reserve(3).unwrap(); // a stuck three-message transaction
+            r.mark_reserved(a, 1, 3);
+            r.mark_reserved(a + 1, 1, 0);
+            r.mark_reserved(a + 2, 1, 0);
+            let b = r.try_reserve(1).unwrap();
+            r.publish(b, &msg(b"later", b"2"));
+            assert!(matches!(r.peek_at(a, &mut scratch), Peek::Reserved { run: 3 }));
+            assert_eq!(r.run_state(a, 3), RunState::Waiting);
+            // the consumer steps over it and finds the later record
+            let Peek::Ready(v) = r.peek_at(a + 3, &mut scratch) else { panic!("later record") };
+            assert_eq!(v.topic(), b"later");
+            // the stuck transaction commits, one record at a time
+            r.publish(a, &msg(b"x", b"1"));
+            assert!(matches!(r.peek_at(a + 1, &mut scratch), Peek::Reserved { run: 0 }));
+            assert_eq!(r.run_state(a, 3), RunState::Waiting, "half published is not ready");
+            r.publish(a + 1, &msg(b"y", b"1"));
+            r.publish(a + 2, &msg(b"z", b"1"));
+            assert_eq!(r.run_state(a, 3), RunState::Ready(vec![(a, 1), (a + 1, 1), (a + 2, 1)]));
+            // an aborted one is skipped whole
+            let c = r.try_reserve(2).unwrap();
+            r.mark_reserved(c + 1, 1, 0);
+            assert_eq!(r.run_state(c, 2), RunState::Waiting);
+            r.cancel(c, 2);
+            assert_eq!(r.run_state(c, 2), RunState::Cancelled);
         }
     }
 

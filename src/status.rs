@@ -32,6 +32,9 @@ pub struct BrokerShared {
     /// Transactions in progress that wrote (or will write at pre-commit) outbox rows for this
     /// broker. The worker returns the broker to hot only when this is 0 and the outbox is empty.
     pub cold_writers: AtomicU32,
+    /// Bumped (under RING_LOCK) by every new cold-writer registration: the worker checks the
+    /// outbox outside the lock and goes hot only if nobody registered in the meantime.
+    pub cold_epoch: AtomicU64,
     /// Ring head when the broker last went cold: ring records for it can exist only before this.
     pub flip_head: AtomicU64,
     pub inflight: AtomicU32,

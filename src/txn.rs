@@ -24,9 +24,10 @@
 //!
 //! ## Cold writers
 //! A transaction that writes outbox rows for a broker registers itself in that broker's
-//! `cold_writers` (under the ring lock) until it ends. A spill or a durable write also turns a hot
-//! broker cold. The worker turns a broker hot again only under the ring lock, with no cold writer
-//! and an empty outbox — so no later hot message can overtake a cold one (see ADR-001).
+//! `cold_writers` (under the ring lock, bumping `cold_epoch`) until it ends. A spill or a durable
+//! write also turns a hot broker cold. The worker turns a broker hot again only under the ring
+//! lock, with no cold writer, no registration since it found the outbox empty (the epoch; the
+//! outbox is read *outside* the lock) — so no later hot message can overtake a cold one (ADR-001).
 //!
 //! ## Savepoints
 //! Sub-transaction ids grow monotonically in a top-level transaction: everything published since
@@ -171,6 +172,7 @@ fn register_cold_locked(p: &mut Pending, b: u16, force: bool) -> bool {
     }
     if p.cold_registered & (1 << b) == 0 {
         s.cold_writers.fetch_add(1, Ordering::AcqRel);
+        s.cold_epoch.fetch_add(1, Ordering::AcqRel);
         p.cold_registered |= 1 << b;
     }
     true
@@ -398,13 +400,14 @@ fn pre_commit() {
             p.write_to_outbox(Some(b));
         }
     }
-    if let Some((start, _)) = p.reserved {
+    if let Some((start, slots)) = p.reserved {
         let mut pos = start;
         for m in p.msgs.iter().filter(|m| p.hot_at_commit & (1 << m.broker) != 0) {
             let n = slots_of(m);
+            let run = if pos == start { slots } else { 0 };
             // SAFETY: record starts inside our fresh reservation; the first is already RESERVED,
             // the others must be before anything becomes READY (ring.rs).
-            unsafe { ring.mark_reserved(pos, n) };
+            unsafe { ring.mark_reserved(pos, n, run) };
             pos += n;
         }
     }

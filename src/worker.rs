@@ -30,7 +30,7 @@ use crate::broker::{Client, ClientOptions, Event, Handoff};
 use crate::guard::{self, guard, Level, PgError};
 use crate::gucs::{self, BrokerConfig};
 use crate::outbox;
-use crate::ring::{Peek, Ring};
+use crate::ring::{Peek, Ring, RunState};
 use crate::shmem;
 use crate::status::{BrokerShared, MODE_COLD};
 use pgrx_pg_sys as pg;
@@ -57,6 +57,14 @@ const BATCH: usize = 1024;
 /// How long a SIGHUP broker switch or a shutdown waits for in-flight acknowledgements.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How long the ring scan waits at a transaction's reservation before stepping over it (see
+/// ring.rs). A commit normally spends far less between PRE_COMMIT and COMMIT (its WAL flush); one
+/// waiting for a synchronous standby may stay there indefinitely, and the messages of the
+/// transactions behind it must not wait with it.
+const STEP_OVER_AFTER: Duration = Duration::from_millis(100);
+/// At shutdown, how long to wait for transactions still committing (backends get the same
+/// SIGTERM and finish their COMMIT first), so their messages are saved with the rest.
+const SHUTDOWN_COMMIT_WAIT: Duration = Duration::from_secs(5);
 /// Acknowledged outbox rows deleted per transaction while the drain is under way.
 const DELETE_BATCH: usize = 256;
 /// After finding work in the ring, the worker keeps looking every LINGER_NAP for LINGER before it
@@ -296,7 +304,7 @@ fn supervise_worker() {
 /// (timeouts, read-only default) the bootstrap superuser's queries. Each query also pins its
 /// path itself (`spi.rs`).
 fn pin_session_settings() {
-    const PINNED: [(&std::ffi::CStr, &std::ffi::CStr); 8] = [
+    const PINNED: [(&std::ffi::CStr, &std::ffi::CStr); 9] = [
         (c"search_path", crate::spi::PINNED_PATH),
         (c"statement_timeout", c"0"),
         (c"lock_timeout", c"0"),
@@ -305,6 +313,11 @@ fn pin_session_settings() {
         (c"default_transaction_read_only", c"off"),
         (c"default_transaction_isolation", c"read committed"),
         (c"session_replication_role", c"origin"),
+        // The worker's own writes (rescued ring records, deleted outbox rows) must not wait for a
+        // synchronous standby: that would stop delivery for everybody while none is attached.
+        // Losing them in a failover loses nothing committed by a user (ring records live only in
+        // this server's memory anyway; a lost delete means a duplicate, which at-least-once allows).
+        (c"synchronous_commit", c"local"),
     ];
     for (name, value) in PINNED {
         // SAFETY: plain GUC assignment in our own process; PGC_S_OVERRIDE outranks every file,
@@ -454,6 +467,16 @@ struct Scanned {
     pos: u64,
     nslots: u64,
     done: bool,
+}
+
+/// A reservation the scan stepped over: its transaction stayed between PRE_COMMIT and COMMIT
+/// for longer than `STEP_OVER_AFTER`. `scanned` holds one placeholder for all of it (so the ring
+/// is never released past it) until it is published (then its records take the placeholder's
+/// place) or cancelled.
+#[derive(Clone, Copy)]
+struct Hole {
+    start: u64,
+    run: u64,
 }
 
 /// One broker connection and its delivery state. Brokers are independent: each has its own
@@ -607,6 +630,10 @@ struct Worker {
     /// Next ring position to look at; records between the tail and here are in `scanned`.
     cursor: u64,
     scanned: VecDeque<Scanned>,
+    /// Reservations behind the cursor still waiting for their COMMIT, oldest first.
+    holes: VecDeque<Hole>,
+    /// Where the scan is waiting at a reservation, and since when.
+    blocked_at: Option<(u64, Instant)>,
     waiter: Option<Waiter>,
     rebuild_waiter: bool,
     ready: Vec<(usize, bool, bool)>,
@@ -642,6 +669,8 @@ impl Worker {
             by_slot: Vec::new(),
             cursor: ring.tail(),
             scanned: VecDeque::new(),
+            holes: VecDeque::new(),
+            blocked_at: None,
             waiter: None,
             rebuild_waiter: true,
             ready: Vec::new(),
@@ -817,7 +846,7 @@ impl Worker {
     /// Release the slots of removed brokers once the scan has seen every record sent to them.
     fn retire_removed(&mut self) {
         let before = self.links.len();
-        let cursor = self.cursor;
+        let cursor = self.scan_low();
         self.links.retain(|k| match k.removed_at {
             Some(head) if cursor >= head => {
                 k.status.release();
@@ -1224,6 +1253,7 @@ impl Worker {
         let mut more = true;
         let ring = self.ring;
         let mut scratch = std::mem::take(&mut self.scratch);
+        self.fill_holes(&mut rescue, &mut removed, &mut orphans);
         // Backlogs first: they are older than anything the scan finds.
         for l in 0..self.links.len() {
             while !self.links[l].backlog.is_empty() && self.links[l].window_open() && !self.links[l].cold() {
@@ -1245,13 +1275,28 @@ impl Worker {
             let pos = self.cursor;
             // SAFETY: this process is the ring's only consumer; pos is a record boundary.
             let (n, done) = match unsafe { ring.peek_at(pos, &mut scratch) } {
-                Peek::Empty | Peek::NotReady => {
+                Peek::Empty => {
                     more = false;
                     break;
+                }
+                Peek::Reserved { run } => {
+                    if run == 0 || !self.waited_long_enough(pos) {
+                        more = false;
+                        break;
+                    }
+                    self.holes.push_back(Hole { start: pos, run });
+                    self.scanned.push_back(Scanned { pos, nslots: run, done: false });
+                    self.cursor = pos + run;
+                    continue;
                 }
                 Peek::Cancelled(n) => (n, true),
                 Peek::Ready(r) => {
                     let n = r.nslots;
+                    if !self.holes.is_empty() {
+                        // A stepped-over transaction that has committed since is older than this
+                        // record, which may be its session's next one: its records go first.
+                        self.fill_holes(&mut rescue, &mut removed, &mut orphans);
+                    }
                     let Some(l) = self.by_slot.get(r.broker as usize).copied().flatten() else {
                         if shared.broker_generation.load(Ordering::Acquire) != self.generation {
                             break; // a broker was added or removed: sync the links first
@@ -1339,6 +1384,88 @@ impl Worker {
         more
     }
 
+    /// Has the scan waited at the reservation at `pos` for `STEP_OVER_AFTER`? Starts the clock
+    /// the first time it finds it there.
+    fn waited_long_enough(&mut self, pos: u64) -> bool {
+        match self.blocked_at {
+            Some((p, since)) if p == pos => since.elapsed() >= STEP_OVER_AFTER,
+            _ => {
+                self.blocked_at = Some((pos, Instant::now()));
+                false
+            }
+        }
+    }
+
+    /// The oldest ring position the scan is not finished with: a stepped-over reservation or
+    /// the cursor. Rules about "records before X" (outbox order, going hot) use this.
+    fn scan_low(&self) -> u64 {
+        self.holes.front().map_or(self.cursor, |h| h.start)
+    }
+
+    /// Stepped-over reservations that were published or cancelled since: the placeholder makes
+    /// way for the records (not done yet), in order. Returns the records.
+    fn take_filled_holes(&mut self) -> Vec<(u64, u64)> {
+        let mut found = Vec::new();
+        let mut i = 0;
+        while i < self.holes.len() {
+            let Hole { start, run } = self.holes[i];
+            // SAFETY: a reservation the scan stepped over and has not released.
+            let records = match unsafe { self.ring.run_state(start, run) } {
+                RunState::Waiting => {
+                    i += 1;
+                    continue;
+                }
+                RunState::Cancelled => Vec::new(),
+                RunState::Ready(r) => r,
+            };
+            self.holes.remove(i);
+            let at = self.scanned.binary_search_by_key(&start, |s| s.pos).expect("a hole has a placeholder");
+            if records.is_empty() {
+                self.scanned[at].done = true;
+                continue;
+            }
+            self.scanned.remove(at);
+            for (j, &(pos, nslots)) in records.iter().enumerate() {
+                self.scanned.insert(at + j, Scanned { pos, nslots, done: false });
+            }
+            found.extend(records);
+        }
+        found
+    }
+
+    /// Hand the records of stepped-over transactions that committed since to their brokers,
+    /// as the scan would have: queued behind the broker's backlog, rescued if it is cold.
+    fn fill_holes(
+        &mut self,
+        rescue: &mut Vec<(u64, u64)>,
+        removed: &mut Vec<(usize, u64)>,
+        orphans: &mut Vec<(u64, u16)>,
+    ) {
+        let shared = crate::publish::require_shared();
+        if self.holes.is_empty()
+            || !self.ext_present
+            || shared.broker_generation.load(Ordering::Acquire) != self.generation
+        {
+            return; // later: nowhere to rescue to, or the links are about to change
+        }
+        let mut scratch = Vec::new();
+        for (pos, n) in self.take_filled_holes() {
+            // SAFETY: published, scanned and not released.
+            let Peek::Ready(r) = (unsafe { self.ring.peek_at(pos, &mut scratch) }) else { continue };
+            let broker = r.broker;
+            match self.by_slot.get(broker as usize).copied().flatten() {
+                None => orphans.push((pos, broker)),
+                Some(l) if self.links[l].removed_at.is_some() => removed.push((l, pos)),
+                Some(l) if self.links[l].cold() => rescue.push((pos, n)),
+                Some(l) => {
+                    let k = &mut self.links[l];
+                    k.backlog.push_back((pos, n));
+                    k.backlog_slots += n;
+                }
+            }
+        }
+    }
+
     /// Move ring records of a cold broker into the outbox (lane 0, ahead of everything written
     /// by publishers since), then let the ring forget them. False if there is no outbox.
     fn rescue(&mut self, records: &[(u64, u64)]) -> bool {
@@ -1398,7 +1525,9 @@ impl Worker {
                 // While a cold broker may still have records in the ring from before it went cold
                 // (the scan has not passed flip_head), only recovered rows (lane 0) may go: a
                 // publisher's row is newer than any of those records.
-                let recovered_only = k.cold() && self.cursor < k.status.flip_head.load(Ordering::Acquire);
+                let low = self.scan_low();
+                let k = &mut self.links[l];
+                let recovered_only = k.cold() && low < k.status.flip_head.load(Ordering::Acquire);
                 let mut exclude: Vec<i64> = k.to_delete.iter().map(|d| d.1).collect();
                 exclude.extend(k.inflight.values().filter_map(|f| match f {
                     Inflight::Outbox { id, .. } => Some(*id),
@@ -1466,25 +1595,33 @@ impl Worker {
             || !k.to_delete.is_empty()
             || !k.backlog.is_empty()
             || k.inflight.values().any(|f| matches!(f, Inflight::Outbox { .. }))
-            || self.cursor < k.status.flip_head.load(Ordering::Acquire)
+            || self.scan_low() < k.status.flip_head.load(Ordering::Acquire)
             || k.status.cold_writers.load(Ordering::Acquire) != 0
         {
             return;
         }
         let s = k.status;
         let name = k.cfg.name.clone();
-        // The check runs under the ring lock, with a snapshot taken inside it: no publisher can
-        // register as a cold writer (or see the mode) between "outbox empty" and "hot".
-        let hot = self.with_outbox(|| {
-            shmem::with_lock(shmem::RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
-                if s.cold_writers.load(Ordering::Acquire) == 0 && !outbox::exists(&name) {
-                    s.mode.store(0, Ordering::Release);
-                    true
-                } else {
-                    false
-                }
-            })
+        // No SQL under the ring lock (every committing publisher needs it, and the outbox query
+        // can wait for a table lock). Instead: note the registration epoch while no transaction
+        // is registered as a cold writer; every earlier one has ended, so a snapshot taken after
+        // this sees its rows. Look at the outbox; go hot only if still nobody has registered.
+        let lock = shmem::RING_LOCK;
+        let epoch = shmem::with_lock(lock, pg::LWLockMode::LW_SHARED, || {
+            (s.cold_writers.load(Ordering::Acquire) == 0).then(|| s.cold_epoch.load(Ordering::Acquire))
         });
+        let Some(epoch) = epoch else { return };
+        let hot = match self.with_outbox(|| outbox::exists(&name)) {
+            Some(false) => Some(shmem::with_lock(lock, pg::LWLockMode::LW_EXCLUSIVE, || {
+                let unchanged =
+                    s.cold_writers.load(Ordering::Acquire) == 0 && s.cold_epoch.load(Ordering::Acquire) == epoch;
+                if unchanged {
+                    s.mode.store(0, Ordering::Release);
+                }
+                unchanged
+            })),
+            _ => None,
+        };
         if hot == Some(true) {
             guard::log(Level::LOG, format!("pg_mqtt_pub: broker \"{name}\" outbox drained, back to the hot path"));
         } else {
@@ -1592,7 +1729,7 @@ impl Worker {
                 }
                 None => true,
             },
-            Peek::Empty | Peek::NotReady => false,
+            Peek::Empty | Peek::Reserved { .. } => false,
         }
     }
 
@@ -1623,6 +1760,11 @@ impl Worker {
         }
         if !self.ext_present {
             timeout = timeout.min(until(self.next_ext_check));
+        }
+        if let Some((pos, since)) = self.blocked_at {
+            if pos == self.cursor {
+                timeout = timeout.min(until(since + STEP_OVER_AFTER) + 1); // time to step over
+            }
         }
         timeout = timeout.min(until(self.next_catalog_check));
         let shared = crate::publish::require_shared();
@@ -1679,22 +1821,47 @@ impl Worker {
     /// still in it — sent but unacknowledged, or not sent yet — goes to the outbox (lane 0,
     /// ahead of everything else). Brokers start cold, so it is delivered first after the restart.
     fn save_ring_to_outbox(&mut self) {
+        // Every committed record counts, including those behind a transaction still committing:
+        // step over reservations at once, and give their transactions (which got the same
+        // SIGTERM) a moment to finish COMMIT.
+        let give_up = Instant::now() + SHUTDOWN_COMMIT_WAIT;
         let mut scratch = std::mem::take(&mut self.scratch);
         loop {
-            // SAFETY: only consumer; pos is the scan cursor, a record boundary.
-            let n = match unsafe { self.ring.peek_at(self.cursor, &mut scratch) } {
-                Peek::Ready(r) => r.nslots,
-                Peek::Cancelled(n) => {
-                    self.scanned.push_back(Scanned { pos: self.cursor, nslots: n, done: true });
-                    self.cursor += n;
-                    continue;
-                }
-                Peek::Empty | Peek::NotReady => break,
+            let caught_up = loop {
+                let pos = self.cursor;
+                // SAFETY: only consumer; pos is the scan cursor, a record boundary.
+                let (n, done) = match unsafe { self.ring.peek_at(pos, &mut scratch) } {
+                    Peek::Ready(r) => (r.nslots, false),
+                    Peek::Cancelled(n) => (n, true),
+                    Peek::Reserved { run } if run > 0 => {
+                        self.holes.push_back(Hole { start: pos, run });
+                        (run, false)
+                    }
+                    Peek::Reserved { .. } => break false,
+                    Peek::Empty => break true,
+                };
+                self.scanned.push_back(Scanned { pos, nslots: n, done });
+                self.cursor = pos + n;
             };
-            self.scanned.push_back(Scanned { pos: self.cursor, nslots: n, done: false });
-            self.cursor += n;
+            self.take_filled_holes();
+            if (caught_up && self.holes.is_empty()) || Instant::now() >= give_up {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
         self.scratch = scratch;
+        if !self.holes.is_empty() {
+            guard::log(
+                Level::WARNING,
+                format!(
+                    "pg_mqtt_pub: worker stopping; {} transactions were still committing after {} s, their messages are not saved",
+                    self.holes.len(),
+                    SHUTDOWN_COMMIT_WAIT.as_secs()
+                ),
+            );
+            let holes: Vec<u64> = self.holes.drain(..).map(|h| h.start).collect();
+            self.scanned.retain(|s| !holes.contains(&s.pos));
+        }
         let left: Vec<(u64, u64)> = self.scanned.iter().filter(|s| !s.done).map(|s| (s.pos, s.nslots)).collect();
         if left.is_empty() || !self.ext_present {
             return;

@@ -998,6 +998,9 @@ impl Worker {
 
     fn fail(&mut self, l: usize, why: String) {
         let was_connected = self.links[l].state == ConnState::Connected;
+        // The in-flight records are older than the broker's backlog: save them to the outbox
+        // first (drop_client), then the backlog (go_cold), so the outbox ids keep their order.
+        self.drop_client(l, true);
         self.go_cold(l);
         let k = &mut self.links[l];
         k.status.set_connected(false);
@@ -1015,7 +1018,6 @@ impl Worker {
         } else if k.failures == 0 {
             guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", k.cfg.name));
         }
-        self.drop_client(l, true);
         self.schedule_retry(l);
     }
 

@@ -129,8 +129,7 @@ class Broker:
         for s in subscribers:
             if not s.subscribed.wait(20):
                 raise TimeoutError("subscriber did not come back")
-        self.write_conf(gated=False)
-        self.proc.send_signal(signal.SIGHUP)
+        self.open_gate()
         return self
 
     def kill(self, sig=signal.SIGKILL):
@@ -148,6 +147,11 @@ class Broker:
         time.sleep(1)
         self.kill(signal.SIGKILL)
 
+    def open_gate(self):
+        """Let the worker in (after start(gated=True))."""
+        self.write_conf(gated=False)
+        self.proc.send_signal(signal.SIGHUP)
+
     def stop(self):
         self.kill(signal.SIGTERM)
 
@@ -155,9 +159,9 @@ class Broker:
 class Cluster:
     """A scratch PostgreSQL cluster with pg_mqtt_pub preloaded (unless preload=False)."""
 
-    def __init__(self, name, port, settings=None, preload=True, initdb_args=(), bindir=None, backup_of=None):
+    def __init__(self, name, port, settings=None, preload=True, initdb_args=(), bindir=None, backup_of=None, standby=False):
         """A new cluster: initdb, or with `backup_of` a pg_basebackup of that running cluster
-        (same system identifier: a clone)."""
+        (same system identifier: a clone), with `standby` set up to stream from it."""
         self.port = port
         self.bindir = bindir or PGBIN
         self.dir = scratch(f"pg-{name}")
@@ -165,7 +169,7 @@ class Cluster:
         self.log = os.path.join(self.dir, "postgresql.log")
         if backup_of:
             as_postgres([f"{self.bindir}/pg_basebackup", "-h", "127.0.0.1", "-p", str(backup_of.port), "-U", "postgres",
-                         "-D", self.data, "-X", "stream", "--no-sync"], stdout=subprocess.DEVNULL)
+                         "-D", self.data, "-X", "stream", "--no-sync", *(["-R"] if standby else [])], stdout=subprocess.DEVNULL)
         else:
             as_postgres([f"{self.bindir}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync", *initdb_args],
                         stdout=subprocess.DEVNULL)

@@ -155,13 +155,35 @@ fn nap(ms: i64) {
 
 fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: the worker is between transactions whenever it calls this.
-    unsafe {
+    let r = unsafe {
         pg::SetCurrentStatementStartTimestamp();
         pg::StartTransactionCommand();
         let r = f();
         pg::CommitTransactionCommand();
         r
+    };
+    STATS_PENDING.store(true, Ordering::Relaxed);
+    report_stats();
+    r
+}
+
+/// The worker's transactions have table statistics not yet reported.
+static STATS_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Report the table statistics of our transactions (as a backend does when it goes idle): the
+/// outbox's deleted rows must count as dead tuples, or autovacuum never cleans it during a long
+/// drain and every fetch wades through them. PostgreSQL flushes at most about once a second;
+/// returns the milliseconds until the next try (0: nothing pending).
+fn report_stats() -> i64 {
+    if !STATS_PENDING.load(Ordering::Relaxed) {
+        return 0;
     }
+    // SAFETY: outside any transaction (after CommitTransactionCommand, or in the main loop).
+    let wait = unsafe { pg::pgstat_report_stat(false) } as i64;
+    if wait == 0 {
+        STATS_PENDING.store(false, Ordering::Relaxed);
+    }
+    wait
 }
 
 /// Does the database exist? A heap scan of pg_database, as the autovacuum launcher does: an
@@ -1769,6 +1791,10 @@ impl Worker {
             }
         }
         timeout = timeout.min(until(self.next_catalog_check));
+        let stats = report_stats();
+        if stats > 0 {
+            timeout = timeout.min(stats);
+        }
         let shared = crate::publish::require_shared();
         let mut sleeping = false;
         let linger = !busy && self.last_work.elapsed() < LINGER;

@@ -99,11 +99,43 @@ unsafe fn insert_plan() -> pg::SPIPlanPtr {
     }
 }
 
-/// Insert messages into the outbox, in order, in the current transaction (one statement).
+/// Rows and payload bytes per INSERT statement. A transaction's outbox write (up to
+/// `max_pending_memory`) or a worker's rescue is split into statements of at most this size, and
+/// each statement's arrays are freed before the next are built: the write never needs more than
+/// one chunk's copy on top of the messages themselves, and no array comes near the 1 GB limit.
+const CHUNK_ROWS: usize = 10_000;
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// Insert messages into the outbox, in order, in the current transaction (one statement per
+/// chunk of rows).
 pub fn insert(rows: &mut dyn Iterator<Item = NewRow<'_>>) {
+    let mut rows = rows.peekable();
+    while rows.peek().is_some() {
+        // SAFETY: a child of the current context, deleted below; nothing allocated in it is used
+        // after the chunk's statement ran (an ERROR frees it with its parent).
+        unsafe {
+            let ctx = pg::AllocSetContextCreateInternal(
+                pg::CurrentMemoryContext,
+                c"pg_mqtt_pub outbox insert".as_ptr(),
+                pg::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            );
+            let old = pg::MemoryContextSwitchTo(ctx);
+            insert_chunk(&mut rows);
+            pg::MemoryContextSwitchTo(old);
+            pg::MemoryContextDelete(ctx);
+        }
+    }
+}
+
+fn insert_chunk(rows: &mut std::iter::Peekable<&mut dyn Iterator<Item = NewRow<'_>>>) {
     let (mut brokers, mut topics, mut payloads, mut qos, mut retain, mut lanes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for r in rows {
+    let mut bytes = 0;
+    while brokers.len() < CHUNK_ROWS && bytes < CHUNK_BYTES {
+        let Some(r) = rows.next() else { break };
+        bytes += r.topic_utf8.len() + r.payload.len();
         brokers.push(bytes_datum(r.broker.as_bytes()));
         topics.push(bytes_datum(&from_utf8(r.topic_utf8)));
         payloads.push(bytes_datum(r.payload));
@@ -260,7 +292,21 @@ pub fn prune_dead_letters(days: i32, batch: i64) -> u64 {
 /// (in flight or acknowledged but not yet deleted). `after` continues a pass where the previous
 /// fetch ended: the index scan then starts past the rows just delivered and deleted, instead of
 /// wading through their dead index entries again on every fetch.
-pub fn fetch(broker: &str, limit: usize, exclude: &[i64], recovered_only: bool, after: Option<(i16, i64)>) -> Vec<Row> {
+/// Payload bytes one fetch copies out at most (at least one row, whatever its size): with
+/// `outbox_batch_size` rows of up to `max_message_size` each, a fetch could otherwise hold
+/// hundreds of MB in the worker. Rows stay toasted in SPI's result until copied, so the rows
+/// past this bound cost nothing.
+const FETCH_BYTES: usize = 16 << 20;
+
+/// Worker: the next due rows of `broker`, oldest first, at most `limit` rows and about
+/// `FETCH_BYTES` payload bytes; and whether there may be more after them (this pass goes on).
+pub fn fetch(
+    broker: &str,
+    limit: usize,
+    exclude: &[i64],
+    recovered_only: bool,
+    after: Option<(i16, i64)>,
+) -> (Vec<Row>, bool) {
     let mut sql = String::from(
         "SELECT id, topic, payload, qos, retain, lane, ctid::pg_catalog.text FROM mqtt_pub.outbox \
          WHERE broker OPERATOR(pg_catalog.=) $1 AND next_retry_at OPERATOR(pg_catalog.<=) pg_catalog.now()",
@@ -293,8 +339,14 @@ pub fn fetch(broker: &str, limit: usize, exclude: &[i64], recovered_only: bool, 
             exec_with_broker(&sql, broker, true, limit as i64);
             let n = spi::processed() as usize;
             let mut rows = Vec::with_capacity(n);
+            let mut bytes = 0;
             for i in 0..n {
                 let get = |c: i32| spi::value(i, c).unwrap_or(pg::Datum::from(0usize));
+                // the payload's size without detoasting it
+                bytes += pg::toast_raw_datum_size(get(3));
+                if i > 0 && bytes > FETCH_BYTES {
+                    return (rows, true);
+                }
                 let mut topic_nul = to_utf8(varlena_bytes(get(2))).into_owned();
                 topic_nul.push(0);
                 let tid = std::str::from_utf8(varlena_bytes(get(7))).ok().and_then(Tid::parse).unwrap_or(Tid(0, 0));
@@ -308,7 +360,7 @@ pub fn fetch(broker: &str, limit: usize, exclude: &[i64], recovered_only: bool, 
                     retain: get(5).value() != 0,
                 });
             }
-            rows
+            (rows, n == limit)
         }
     })
 }

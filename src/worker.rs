@@ -1560,12 +1560,13 @@ impl Worker {
                 let limit = gucs::OUTBOX_BATCH_SIZE.get() as usize;
                 let name = k.cfg.name.clone();
                 let after = k.drain_after;
-                let Some(rows) = self.with_outbox(|| outbox::fetch(&name, limit, &exclude, recovered_only, after))
+                let Some((rows, more)) =
+                    self.with_outbox(|| outbox::fetch(&name, limit, &exclude, recovered_only, after))
                 else {
                     return false;
                 };
                 let k = &mut self.links[l];
-                if rows.len() < limit {
+                if !more {
                     // end of this pass; the next one starts from the head (retries that came due)
                     k.outbox_check = after.is_some();
                     k.drain_after = None;

@@ -9,7 +9,8 @@
 //!   (each body is wrapped in `catch_unwind`, aborting the process on a bug rather than unwinding
 //!   into C).
 //! * Connecting is asynchronous (`mosquitto_connect_async`): a black-holed host never blocks the
-//!   worker; only host name resolution is synchronous.
+//!   worker. Host name resolution inside it is not, so the worker calls `connect` for a host
+//!   name on a helper thread (worker.rs); a client is `Send` for that.
 //! * One client object per connection. libmosquitto would keep unacknowledged QoS 1/2 messages
 //!   across a reconnect and resend them on its own, out of our sight — including a message that
 //!   makes the broker close the connection every time. The worker resends instead (worker.rs),
@@ -321,6 +322,11 @@ impl Client {
         }
     }
 }
+
+// SAFETY: a client may move to another thread (the worker connects on a helper thread, see
+// worker.rs): it is used by one thread at a time, libmosquitto is built thread-safe, its
+// callbacks run on the thread that calls into it and touch only the client's own state box.
+unsafe impl Send for Client {}
 
 impl Drop for Client {
     fn drop(&mut self) {

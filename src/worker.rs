@@ -62,6 +62,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// waiting for a synchronous standby may stay there indefinitely, and the messages of the
 /// transactions behind it must not wait with it.
 const STEP_OVER_AFTER: Duration = Duration::from_millis(100);
+/// How often the loop looks whether a connect thread has finished.
+const RESOLVE_POLL_MS: i64 = 20;
 /// At shutdown, how long to wait for transactions still committing (backends get the same
 /// SIGTERM and finish their COMMIT first), so their messages are saved with the rest.
 const SHUTDOWN_COMMIT_WAIT: Duration = Duration::from_secs(5);
@@ -165,6 +167,39 @@ fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
     STATS_PENDING.store(true, Ordering::Relaxed);
     report_stats();
     r
+}
+
+/// Start `client`'s connect on a helper thread. libmosquitto resolves the host name with a
+/// blocking getaddrinfo() inside its "asynchronous" connect; a name that resolves slowly (or a
+/// DNS server that does not answer) would stop delivery to every broker for seconds per try. The
+/// thread runs only libmosquitto and libc code (no PostgreSQL function), owns the client until
+/// it returns it, and blocks every signal, so PostgreSQL's handlers run in the main thread only.
+/// The name (not an address) is what libmosquitto connects to, so TLS still verifies the
+/// certificate against it.
+type Connecting = std::thread::JoinHandle<(Client, Result<(), String>)>;
+
+fn connect_on_helper_thread(client: Client, host: &str, port: u16, keepalive: i32) -> Result<Connecting, String> {
+    let host = host.to_string();
+    let mut client = Some(client);
+    // SAFETY: plain signal-mask calls on this thread; the new thread inherits the full mask and
+    // this thread's own mask is restored right after.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let handle = std::thread::Builder::new().name("pg_mqtt_pub connect".into()).spawn({
+            let mut client = client.take().expect("moved once");
+            move || {
+                let r =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client.connect(&host, port, keepalive)))
+                        .unwrap_or_else(|_| Err("the connect thread panicked".into()));
+                (client, r)
+            }
+        });
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        handle.map_err(|e| format!("cannot start a connect thread: {e}"))
+    }
 }
 
 /// The worker's transactions have table statistics not yet reported.
@@ -509,6 +544,8 @@ struct Link {
     status: &'static BrokerShared,
     cfg: BrokerConfig,
     client: Option<Client>,
+    /// A connect running on a helper thread (host name resolution), holding the client.
+    resolving: Option<Connecting>,
     state: ConnState,
     failures: u32,
     inflight: HashMap<i32, Inflight>,
@@ -555,6 +592,7 @@ impl Link {
             status,
             cfg,
             client: None,
+            resolving: None,
             state: ConnState::Idle,
             failures: 0,
             inflight: HashMap::new(),
@@ -887,6 +925,7 @@ impl Worker {
     }
 
     fn manage_connection(&mut self, l: usize) {
+        self.finish_resolving(l);
         let now = Instant::now();
         if self.links[l].removed_at.is_some() {
             return;
@@ -926,6 +965,9 @@ impl Worker {
     }
 
     fn connect(&mut self, l: usize) {
+        if self.links[l].resolving.is_some() {
+            return; // the previous attempt's resolution must end first (it cannot be cancelled)
+        }
         self.rebuild_waiter = true;
         let k = &mut self.links[l];
         k.status.set_identity(&k.cfg.name, &k.cfg.host, k.cfg.port);
@@ -949,11 +991,16 @@ impl Worker {
                     client_key: &k.cfg.client_key,
                     tls_version: &k.cfg.tls_version,
                 };
-                Client::new(&opts).and_then(|mut c| {
-                    let r = c.connect(&k.cfg.host, k.cfg.port, k.cfg.keepalive);
-                    k.client = Some(c);
-                    r
-                })
+                match Client::new(&opts) {
+                    Err(e) => Err(e),
+                    Ok(mut c) if k.cfg.host.parse::<std::net::IpAddr>().is_ok() => {
+                        let r = c.connect(&k.cfg.host, k.cfg.port, k.cfg.keepalive);
+                        k.client = Some(c);
+                        r
+                    }
+                    Ok(c) => connect_on_helper_thread(c, &k.cfg.host, k.cfg.port, k.cfg.keepalive)
+                        .map(|h| k.resolving = Some(h)),
+                }
             }
         };
         match result {
@@ -963,6 +1010,29 @@ impl Worker {
                 let why = format!("cannot connect to {}:{}: {e}", k.cfg.host, k.cfg.port);
                 self.fail(l, why)
             }
+        }
+    }
+
+    /// A connect on a helper thread has returned: the client comes back to this loop if the
+    /// attempt is still wanted (nothing failed, switched or removed the link meanwhile), else it
+    /// is dropped.
+    fn finish_resolving(&mut self, l: usize) {
+        let k = &mut self.links[l];
+        if !k.resolving.as_ref().is_some_and(|h| h.is_finished()) {
+            return;
+        }
+        let Ok((client, result)) = k.resolving.take().expect("checked").join() else {
+            return self.fail(l, "the connect thread failed".into());
+        };
+        if !matches!(k.state, ConnState::Connecting { .. }) || k.removed_at.is_some() || k.client.is_some() {
+            return; // not wanted any more; dropping it destroys the client
+        }
+        k.client = Some(client);
+        self.rebuild_waiter = true;
+        if let Err(e) = result {
+            let k = &self.links[l];
+            let why = format!("cannot connect to {}:{}: {e}", k.cfg.host, k.cfg.port);
+            self.fail(l, why);
         }
     }
 
@@ -1780,6 +1850,9 @@ impl Worker {
             }
             if k.state == ConnState::Connected {
                 timeout = timeout.min(until(k.next_outbox_poll));
+            }
+            if k.resolving.is_some() {
+                timeout = timeout.min(RESOLVE_POLL_MS); // the thread does not set our latch
             }
             busy |= k.outbox_check && k.window_open() && self.ext_present;
         }

@@ -190,9 +190,17 @@ class Cluster:
     def pg_ctl(self, *args):
         as_postgres([f"{self.bindir}/pg_ctl", "-D", self.data, "-l", self.log, "-w", *args], stdout=subprocess.DEVNULL)
 
-    def start(self):
+    def start(self, resolv_conf=None):
+        """Start the server; with `resolv_conf`, in a private mount namespace where that file is
+        /etc/resolv.conf (the server's processes resolve host names with it, nobody else does)."""
         STARTED.append(self)
-        self.pg_ctl("start")
+        if resolv_conf is None:
+            self.pg_ctl("start")
+            return self
+        pg_ctl = ["runuser", "-u", "postgres", "--", f"{self.bindir}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "start"]
+        subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+                        'mount --bind "$0" /etc/resolv.conf; exec "$@"', resolv_conf, *pg_ctl],
+                       check=True, stdout=subprocess.DEVNULL)
         return self
 
     def stop_if_running(self):

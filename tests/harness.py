@@ -11,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -169,7 +170,7 @@ class Cluster:
         self.log = os.path.join(self.dir, "postgresql.log")
         if backup_of:
             as_postgres([f"{self.bindir}/pg_basebackup", "-h", "127.0.0.1", "-p", str(backup_of.port), "-U", "postgres",
-                         "-D", self.data, "-X", "stream", "--no-sync", *(["-R"] if standby else [])], stdout=subprocess.DEVNULL)
+                         "-D", self.data, "-X", "stream", "--checkpoint=fast", "--no-sync", *(["-R"] if standby else [])], stdout=subprocess.DEVNULL)
         else:
             as_postgres([f"{self.bindir}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync", *initdb_args],
                         stdout=subprocess.DEVNULL)
@@ -291,6 +292,34 @@ class Subscriber:
     def close(self):
         self.client.loop_stop()
         self.client.disconnect()
+
+
+@contextmanager
+def scene(name, pg_port, mqtt_port, db, topic, gated=False, settings=None, resolv_conf=None):
+    """A mosquitto broker, a subscriber to `topic` on it and a cluster whose default broker it
+    is, with pg_mqtt_pub installed in database `db`; everything stopped at the end. `gated`: the
+    broker refuses the worker until `broker.open_gate()` (the subscriber gets in)."""
+    b = Broker(name, mqtt_port).start(gated=gated)
+    s = c = None
+    try:
+        s = Subscriber(mqtt_port, topic)
+        conf = {
+            "pg_mqtt_pub.database": f"'{db}'",
+            "pg_mqtt_pub.broker_host": "'127.0.0.1'",
+            "pg_mqtt_pub.broker_port": mqtt_port,
+            "pg_mqtt_pub.reconnect_interval_ms": 200,
+            **(settings or {}),
+        }
+        c = Cluster(name, pg_port, conf).start(resolv_conf=resolv_conf)
+        c.sql(f'CREATE DATABASE "{db}"')
+        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=db)
+        yield b, s, c
+    finally:
+        if s:
+            s.close()
+        if c:
+            c.stop_if_running()
+        b.stop_if_running()
 
 
 def status(cluster, dbname):

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 
-from harness import Broker, Cluster, Subscriber, scratch, wait_until
+from harness import scene, scratch, wait_until
 
 PORT = 18901
 DNS = ("127.0.0.79", 53)
@@ -40,37 +40,30 @@ def test_slow_name_resolution_does_not_stall_other_brokers():
     resolv = f"{scratch('dns')}/resolv.conf"
     with open(resolv, "w") as f:
         f.write(f"nameserver {DNS[0]}\noptions timeout:4 attempts:1\n")
-    b = Broker("dns", PORT).start()
-    s = Subscriber(PORT, "dns/#")
-    c = Cluster("dns", 25457, {
-        "pg_mqtt_pub.database": "'dns'",
-        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": PORT,
-        "pg_mqtt_pub.reconnect_interval_ms": 100,
-    }).start(resolv_conf=resolv)
     try:
-        c.sql("CREATE DATABASE dns")
-        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="dns")
-        wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status()", dbname="dns")[0][0] == "hot", 30, "hot")
-        c.sql("SELECT mqtt_broker_add('slow', 'broker.slow-dns.test', %s)", (PORT,), dbname="dns")
-        time.sleep(0.5)  # its first resolution is under way
-        sent = {}
-        with c.connect("dns") as q:
-            for i in range(60):
-                q.execute("SELECT mqtt_publish(%s, %s, 1)", (f"dns/{i:02d}", str(i)))
-                sent[f"dns/{i:02d}"] = time.time()
-                time.sleep(0.05)
-        got = s.wait_for("dns/", 60, timeout=30)
-        assert [m.topic for m in got] == [f"dns/{i:02d}" for i in range(60)]
-        worst = max(m.at - sent[m.topic] for m in got)
-        assert worst < 2.0, f"a message to the default broker took {worst:.1f} s while the other broker's name resolved"
-        row = c.sql("SELECT connected, last_error FROM mqtt_status() WHERE broker_name = 'slow'", dbname="dns")[0]
-        wait_until(lambda: c.sql("SELECT last_error FROM mqtt_status() WHERE broker_name = 'slow'", dbname="dns")[0][0],
-                   15, "the slow broker says why it is not connected")
-        assert row[0] is False
+        with scene("dns", 25457, PORT, "dns", "dns/#", settings={"pg_mqtt_pub.reconnect_interval_ms": 100},
+                   resolv_conf=resolv) as (b, s, c):
+            slow_broker_does_not_stall_the_default_one(s, c)
     finally:
-        s.close()
-        c.stop_if_running()
-        b.stop_if_running()
         stop.set()
         sock.close()
+
+
+def slow_broker_does_not_stall_the_default_one(s, c):
+    wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status()", dbname="dns")[0][0] == "hot", 30, "hot")
+    c.sql("SELECT mqtt_broker_add('slow', 'broker.slow-dns.test', %s)", (PORT,), dbname="dns")
+    time.sleep(0.5)  # its first resolution is under way
+    sent = {}
+    with c.connect("dns") as q:
+        for i in range(60):
+            q.execute("SELECT mqtt_publish(%s, %s, 1)", (f"dns/{i:02d}", str(i)))
+            sent[f"dns/{i:02d}"] = time.time()
+            time.sleep(0.05)
+    got = s.wait_for("dns/", 60, timeout=30)
+    assert [m.topic for m in got] == [f"dns/{i:02d}" for i in range(60)]
+    worst = max(m.at - sent[m.topic] for m in got)
+    assert worst < 2.0, f"a message to the default broker took {worst:.1f} s while the other broker's name resolved"
+    row = c.sql("SELECT connected, last_error FROM mqtt_status() WHERE broker_name = 'slow'", dbname="dns")[0]
+    wait_until(lambda: c.sql("SELECT last_error FROM mqtt_status() WHERE broker_name = 'slow'", dbname="dns")[0][0],
+               15, "the slow broker says why it is not connected")
+    assert row[0] is False

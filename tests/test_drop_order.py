@@ -10,25 +10,14 @@ outbox; after the broker restarts, the subscriber receives exactly the 100, in c
 import signal
 import time
 
-from harness import Broker, Cluster, Subscriber, wait_until
+from harness import scene, wait_until
 
 PORT = 18897
 OTHER_PORT = 18898  # nothing listens there: the second broker only has to exist
 
 
 def test_drop_with_messages_in_flight_and_queued_keeps_commit_order():
-    b = Broker("drop-order", PORT).start()
-    s = Subscriber(PORT, "do/#")
-    c = Cluster("drop-order", 25454, {
-        "pg_mqtt_pub.database": "'dord'",
-        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": PORT,
-        "pg_mqtt_pub.max_inflight": 10,
-        "pg_mqtt_pub.reconnect_interval_ms": 200,
-    }).start()
-    try:
-        c.sql("CREATE DATABASE dord")
-        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="dord")
+    with scene("drop-order", 25454, PORT, "dord", "do/#", settings={"pg_mqtt_pub.max_inflight": 10}) as (b, s, c):
         c.sql("SELECT mqtt_broker_add('elsewhere', '127.0.0.1', %s)", (OTHER_PORT,), dbname="dord")
         wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status() WHERE broker_name = 'default'", dbname="dord")[0][0] == "hot",
                    30, "default hot")
@@ -45,8 +34,4 @@ def test_drop_with_messages_in_flight_and_queued_keeps_commit_order():
         b.restart(s)
         got = s.wait_for("do/", 100, timeout=60)
         assert [m.topic for m in got] == [f"do/{i:03d}" for i in range(100)], "exactly once, in commit order"
-    finally:
-        s.close()
-        c.stop_if_running()
-        b.stop_if_running()
 

@@ -16,32 +16,27 @@ Proves, on a server whose `synchronous_standby_names` names a standby that never
 """
 import threading
 import time
+from contextlib import contextmanager
 
-from harness import Broker, Cluster, Subscriber, wait_until
+from harness import scene, wait_until
 
 PORT = 18895
 
 
-def setup(name, port, **extra):
-    b = Broker(name, PORT).start()
-    s = Subscriber(PORT, "stall/#")
+@contextmanager
+def stall_scene(name, port, **extra):
     settings = {
-        "pg_mqtt_pub.database": "'st'",
-        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": PORT,
         "synchronous_standby_names": "'never_attached'",
         "synchronous_commit": "local",  # for the set-up below
         **extra,
     }
-    c = Cluster(name, port, settings).start()
-    c.sql("CREATE DATABASE st")
-    c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="st")
-    c.sql("CREATE TABLE work (x int)", dbname="st")
-    # From now on every commit that writes waits for the standby, unless its session says
-    # otherwise: the worker must (its writes wait for nobody), the tests' sessions do (local()).
-    c.sql("ALTER SYSTEM SET synchronous_commit = on")
-    c.sql("SELECT pg_reload_conf()")
-    return b, s, c
+    with scene(name, port, PORT, "st", "stall/#", settings=settings) as (b, s, c):
+        c.sql("CREATE TABLE work (x int)", dbname="st")
+        # From now on every commit that writes waits for the standby, unless its session says
+        # otherwise: the worker must (its writes wait for nobody), the tests' sessions do (local()).
+        c.sql("ALTER SYSTEM SET synchronous_commit = on")
+        c.sql("SELECT pg_reload_conf()")
+        yield b, s, c
 
 
 def local(c):
@@ -88,8 +83,7 @@ def in_thread(f):
 
 
 def test_a_commit_waiting_for_a_standby_holds_up_nobody():
-    b, s, c = setup("stall-syncrep", 25450)
-    try:
+    with stall_scene("stall-syncrep", 25450) as (b, s, c):
         wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status()", dbname="st")[0][0] == "hot", 30, "hot")
         start_stuck_commit(c, "stall/stuck")
         with local(c) as q:
@@ -115,16 +109,11 @@ def test_a_commit_waiting_for_a_standby_holds_up_nobody():
             q.execute("SET pg_mqtt_pub.durable = on")
             q.execute("SELECT mqtt_publish('stall/after/durable2', 'd', 1)")
         s.wait_for("stall/after/", 7, timeout=30)
-    finally:
-        s.close()
-        c.stop_if_running()
-        b.stop_if_running()
 
 
 def test_a_locked_outbox_does_not_hang_publishers():
     # no periodic outbox look-ups of the cold broker: the worker's next SQL is the go-hot check
-    b, s, c = setup("stall-lock", 25451, **{"pg_mqtt_pub.worker_poll_interval_ms": 60000})
-    try:
+    with stall_scene("stall-lock", 25451, **{"pg_mqtt_pub.worker_poll_interval_ms": 60000}) as (b, s, c):
         with local(c) as q:
             q.execute("SELECT mqtt_broker_add('other', '127.0.0.1', %s)", (PORT,))
         wait_until(lambda: [r[0] for r in c.sql("SELECT delivery_mode FROM mqtt_status() ORDER BY broker_name", dbname="st")]
@@ -169,9 +158,3 @@ def test_a_locked_outbox_does_not_hang_publishers():
             ["stall/durable", "stall/locker", "stall/other", "stall/stuck"], "every message once"
         wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status() WHERE broker_name = 'default'", dbname="st")[0][0] == "hot",
                    30, "default hot again")
-    finally:
-        s.close()
-        # (without the fix the server's processes wait for the ring lock forever: stop_if_running
-        # stops it with -m immediate)
-        c.stop_if_running()
-        b.stop_if_running()

@@ -6,25 +6,14 @@ and autovacuum cleans the table (insert-triggered vacuums are switched off for i
 the reported deletes can trigger one). Before, the deletes were never reported: n_tup_del stayed
 0 and the dead rows piled up until something else vacuumed the table.
 """
-from harness import Broker, Cluster, Subscriber, wait_until
+from harness import scene, wait_until
 
 PORT = 18899
 N = 3000
 
 
 def test_outbox_deletes_are_reported_and_autovacuum_cleans_the_outbox():
-    b = Broker("vacuum", PORT).start(gated=True)
-    s = Subscriber(PORT, "vac/#")
-    c = Cluster("vacuum", 25455, {
-        "pg_mqtt_pub.database": "'vac'",
-        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": PORT,
-        "pg_mqtt_pub.reconnect_interval_ms": 200,
-        "autovacuum_naptime": 1,
-    }).start()
-    try:
-        c.sql("CREATE DATABASE vac")
-        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="vac")
+    with scene("vacuum", 25455, PORT, "vac", "vac/#", gated=True, settings={"autovacuum_naptime": 1}) as (b, s, c):
         c.sql("ALTER TABLE mqtt_pub.outbox SET (autovacuum_vacuum_insert_threshold = -1)", dbname="vac")
         c.sql("SELECT mqtt_publish('vac/' || i, 'x', 1) FROM generate_series(1, %s) i", (N,), dbname="vac")
         assert c.sql("SELECT count(*) FROM mqtt_pub.outbox", dbname="vac")[0][0] == N
@@ -34,7 +23,3 @@ def test_outbox_deletes_are_reported_and_autovacuum_cleans_the_outbox():
         assert len(s.wait_for("vac/", N, timeout=60)) == N
         wait_until(lambda: c.sql(stats, dbname="vac")[0][0] >= N, 30, "the worker's deletes are reported")
         wait_until(lambda: c.sql(stats, dbname="vac")[0][1] > before, 60, "autovacuum cleans the outbox")
-    finally:
-        s.close()
-        c.stop_if_running()
-        b.stop_if_running()

@@ -45,6 +45,12 @@ pub struct Client {
     protocol: i32,
 }
 
+/// `ClientOptions::protocol` for MQTT 5 (libmosquitto's MQTT_PROTOCOL_V5).
+const MQTT_V5: i32 = 5;
+
+/// The largest packet the worker accepts from a broker (announced in CONNECT, MQTT 5).
+pub const MAX_INCOMING_PACKET: u32 = 256 * 1024;
+
 /// Everything needed to create a client.
 pub struct ClientOptions<'a> {
     pub client_id: &'a str,
@@ -220,9 +226,37 @@ impl Client {
     pub fn connect(&mut self, host: &str, port: u16, keepalive: i32) -> Result<(), String> {
         let h = cstring(host)?;
         self.state.last_log_error = None;
+        if self.protocol == MQTT_V5 {
+            self.set_connect_properties(&h, port)?;
+        }
         // SAFETY: valid client; host copied by libmosquitto.
         let rc = unsafe { m::mosquitto_connect_async(self.mosq, h.as_ptr(), port as c_int, keepalive) };
         check(rc, "connect").map_err(|e| self.with_log(e))
+    }
+
+    /// The MQTT 5 CONNECT properties: a Maximum Packet Size, so that a broker does not send us
+    /// a packet larger than [`MAX_INCOMING_PACKET`] (libmosquitto would allocate whatever size a
+    /// packet announces, up to 256 MB; the worker never subscribes and expects only
+    /// acknowledgements).
+    ///
+    /// libmosquitto 2.0 has no asynchronous connect that takes CONNECT properties, but
+    /// `mosquitto_connect_bind_v5` stores them on the client *before* it validates its other
+    /// arguments, and the asynchronous connect sends what is stored. Called with an invalid
+    /// keepalive (1 s; 0 or 5..65535 are valid) it stores them and returns MOSQ_ERR_INVAL
+    /// without touching the network. (lib/connect.c, identical from 2.0.0 to 2.0.21.)
+    fn set_connect_properties(&mut self, host: &CStr, port: u16) -> Result<(), String> {
+        let mut props: *mut m::mosquitto_property = std::ptr::null_mut();
+        // SAFETY: a fresh property list, freed below (libmosquitto keeps its own copy).
+        unsafe {
+            let id = m::mqtt5_property::MQTT_PROP_MAXIMUM_PACKET_SIZE as c_int;
+            check(m::mosquitto_property_add_int32(&mut props, id, MAX_INCOMING_PACKET), "CONNECT properties")?;
+            let rc = m::mosquitto_connect_bind_v5(self.mosq, host.as_ptr(), port as c_int, 1, std::ptr::null(), props);
+            m::mosquitto_property_free_all(&mut props);
+            if rc != m::mosq_err_t::MOSQ_ERR_INVAL as c_int {
+                return Err(format!("could not set the CONNECT properties (libmosquitto returned {rc})"));
+            }
+        }
+        Ok(())
     }
 
     /// Append libmosquitto's last logged error (TLS details live only there).
@@ -305,6 +339,13 @@ impl Client {
     pub fn disconnect(&mut self) {
         // SAFETY: valid client; harmless when not connected.
         unsafe { m::mosquitto_disconnect(self.mosq) };
+    }
+
+    /// Say goodbye (DISCONNECT, written if the socket takes it now; never waits) and destroy the
+    /// client.
+    pub fn close(mut self) {
+        self.disconnect();
+        self.loop_write();
     }
 
     /// The events recorded since the last call, in order.

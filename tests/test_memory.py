@@ -1,14 +1,16 @@
-"""Bounded memory in the worker: draining an outbox of large messages does not grow it.
+"""Bounded memory in the worker: draining an outbox of large messages does not grow it, and the
+worker tells brokers the largest packet it accepts.
 
 Proves: 120 messages of 1 MB wait in the outbox while the broker refuses the worker; once it lets
 the worker in, all 120 arrive, exactly and in order, while the worker's private memory (RssAnon)
 grows by less than 64 MB. A fetch copies at most about 16 MB of payloads out of the outbox
 (`outbox_batch_size` rows used to be copied whatever their size: 120 MB here, twice over).
+Its MQTT 5 CONNECT carries a Maximum Packet Size of 256 kB.
 """
 import threading
 import time
 
-from harness import Broker, Cluster, Subscriber, wait_until
+from harness import Cluster, scene, wait_until
 
 PORT = 18900
 N = 120
@@ -24,18 +26,7 @@ def rss_anon_kb(pid):
 
 
 def test_draining_large_messages_keeps_the_worker_small():
-    b = Broker("memory", PORT).start(gated=True)
-    s = Subscriber(PORT, "mem/#")
-    c = Cluster("memory", 25456, {
-        "pg_mqtt_pub.database": "'mem'",
-        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": PORT,
-        "pg_mqtt_pub.reconnect_interval_ms": 200,
-        "pg_mqtt_pub.max_inflight": 10,
-    }).start()
-    try:
-        c.sql("CREATE DATABASE mem")
-        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="mem")
+    with scene("memory", 25456, PORT, "mem", "mem/#", gated=True, settings={"pg_mqtt_pub.max_inflight": 10}) as (b, s, c):
         with c.connect("mem") as q:
             for i in range(N):
                 q.execute("SELECT mqtt_publish(%s, repeat(%s, %s), 1)", (f"mem/{i:03d}", chr(65 + i % 26), SIZE))
@@ -59,7 +50,61 @@ def test_draining_large_messages_keeps_the_worker_small():
         assert all(m.payload == chr(65 + i % 26).encode() * SIZE for i, m in enumerate(got))
         grew_mb = (peak[0] - base) / 1024
         assert grew_mb < 64, f"the worker's private memory grew by {grew_mb:.0f} MB while draining"
+
+
+def test_connect_announces_a_maximum_packet_size():
+    """The worker's MQTT 5 CONNECT carries a Maximum Packet Size (256 kB): a broker must not send
+    it anything larger (libmosquitto itself would allocate whatever a packet announces). The
+    broker here is a bare TCP listener that records the CONNECT packet as it arrives."""
+    import socket as so
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    listener = so.socket()
+    listener.setsockopt(so.SOL_SOCKET, so.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", PORT + 2))
+    listener.listen(1)
+    listener.settimeout(30)
+    c = Cluster("memory-connect", 25458, {
+        "pg_mqtt_pub.database": "'postgres'",
+        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
+        "pg_mqtt_pub.broker_port": PORT + 2,
+    }).start()
+    try:
+        c.sql("CREATE EXTENSION pg_mqtt_pub")
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        data = b""
+        while len(data) < 2 or len(data) < packet_end(data):
+            data += conn.recv(4096)
+        conn.close()
+        assert data[0] == 0x10, "a CONNECT packet"
+        body = data[header_len(data):]
+        name_len = int.from_bytes(body[0:2], "big")
+        assert body[2:2 + name_len] == b"MQTT" and body[2 + name_len] == 5, "MQTT 5"
+        props = Properties(PacketTypes.CONNECT)
+        props.unpack(body[2 + name_len + 4:])  # after level, flags and keepalive
+        assert props.MaximumPacketSize == 256 * 1024
     finally:
-        s.close()
         c.stop_if_running()
-        b.stop_if_running()
+        listener.close()
+
+
+def header_len(data):
+    """Length of an MQTT fixed header (type byte + variable-length remaining length)."""
+    n = 1
+    while data[n] & 0x80:
+        n += 1
+    return n + 1
+
+
+def packet_end(data):
+    length, mult, n = 0, 1, 1
+    while n < len(data):
+        length += (data[n] & 0x7F) * mult
+        if not data[n] & 0x80:
+            return n + 1 + length
+        mult *= 128
+        n += 1
+    return len(data) + 1

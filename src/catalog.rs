@@ -16,6 +16,7 @@
 //! it); the generation is bumped before the remover's lock is released. A removed broker's slot
 //! is reused only after the worker has released it (`status.in_use` false, see worker.rs).
 
+use crate::backend_local::BackendLocal;
 use crate::guard::{guard, Code, PgError};
 use crate::gucs::BrokerConfig;
 use crate::publish::require_shared;
@@ -30,11 +31,15 @@ struct Cache {
     entries: Vec<(Vec<u8>, u16)>,
 }
 
-struct Local(RefCell<Cache>, Cell<bool>);
-// SAFETY: a backend is single-threaded.
-unsafe impl Sync for Local {}
-static LOCAL: Local =
-    Local(RefCell::new(Cache { generation: u64::MAX, relid: pg::InvalidOid, entries: Vec::new() }), Cell::new(false));
+struct Local {
+    cache: RefCell<Cache>,
+    /// This transaction changed `mqtt_pub.brokers` (told to everyone at COMMIT).
+    changed: Cell<bool>,
+}
+static LOCAL: BackendLocal<Local> = BackendLocal::new(Local {
+    cache: RefCell::new(Cache { generation: u64::MAX, relid: pg::InvalidOid, entries: Vec::new() }),
+    changed: Cell::new(false),
+});
 
 /// OID of `mqtt_pub.brokers`, or InvalidOid when the extension is not installed.
 fn brokers_relid() -> pg::Oid {
@@ -79,7 +84,7 @@ pub fn slot_of(name: &[u8]) -> u16 {
         // SAFETY: a heavyweight lock held to the end of the transaction (see the module doc).
         unsafe { pg::LockRelationOid(relid, pg::AccessShareLock as i32) };
         let generation = require_shared().broker_generation.load(Ordering::Acquire);
-        let mut c = LOCAL.0.borrow_mut();
+        let mut c = LOCAL.cache.borrow_mut();
         let stale = c.generation != generation || c.relid != relid;
         if stale {
             reload(&mut c, relid);
@@ -107,7 +112,7 @@ pub fn name_of(slot: u16) -> String {
     if slot == 0 {
         return "default".into();
     }
-    let c = LOCAL.0.borrow();
+    let c = LOCAL.cache.borrow();
     match c.entries.iter().find(|e| e.1 == slot) {
         Some(e) => String::from_utf8_lossy(&e.0).into_owned(),
         // Cannot happen for a slot that slot_of returned in this transaction (the lock keeps it).
@@ -173,7 +178,7 @@ pub fn slot_busy(slot: usize) -> bool {
 
 /// At COMMIT of a transaction that changed the catalog: tell everyone.
 pub fn at_commit() {
-    if LOCAL.1.replace(false) {
+    if LOCAL.changed.replace(false) {
         if let Some(s) = crate::shmem::shared() {
             s.broker_generation.fetch_add(1, Ordering::AcqRel);
             crate::shmem::wake_worker_always();
@@ -182,7 +187,7 @@ pub fn at_commit() {
 }
 
 pub fn at_abort() {
-    LOCAL.1.set(false);
+    LOCAL.changed.set(false);
 }
 
 crate::pg_finfo!(pg_finfo_mqtt_pub_brokers_changed, pg_finfo_mqtt_pub_broker_slot_busy);
@@ -191,7 +196,7 @@ crate::pg_finfo!(pg_finfo_mqtt_pub_brokers_changed, pg_finfo_mqtt_pub_broker_slo
 #[no_mangle]
 pub unsafe extern "C-unwind" fn mqtt_pub_brokers_changed(_fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     guard(|| {
-        LOCAL.1.set(true);
+        LOCAL.changed.set(true);
         pg::Datum::from(0usize)
     })
 }

@@ -9,6 +9,7 @@
 //! Values live in statics that PostgreSQL writes (the GUC machinery holds pointers to them);
 //! they are read only from the main thread of a backend or worker.
 
+use crate::backend_local::BackendLocal;
 use crate::guard::{guard, Code, PgError};
 use pgrx_pg_sys as pg;
 use std::cell::UnsafeCell;
@@ -78,10 +79,7 @@ pub static OUTBOX_BATCH_SIZE: Guc<c_int> = Guc::new(500);
 pub static DEAD_LETTER_RETAIN_DAYS: Guc<c_int> = Guc::new(30);
 
 /// MQTT protocol versions, as `mosquitto.h` numbers them (MQTT_PROTOCOL_V31/V311/V5).
-// SAFETY: the table is immutable; PostgreSQL only reads it.
-struct EnumTable([pg::config_enum_entry; 4]);
-unsafe impl Sync for EnumTable {}
-static PROTOCOL_OPTIONS: EnumTable = EnumTable([
+static PROTOCOL_OPTIONS: BackendLocal<[pg::config_enum_entry; 4]> = BackendLocal::new([
     pg::config_enum_entry { name: c"5".as_ptr(), val: 5, hidden: false },
     pg::config_enum_entry { name: c"3.1.1".as_ptr(), val: 4, hidden: false },
     pg::config_enum_entry { name: c"3.1".as_ptr(), val: 3, hidden: false },
@@ -266,7 +264,7 @@ pub fn define() {
             std::ptr::null(),
             PROTOCOL_VERSION.ptr(),
             5,
-            PROTOCOL_OPTIONS.0.as_ptr(),
+            PROTOCOL_OPTIONS.as_ptr(),
             SIGHUP,
             0,
             None,

@@ -23,13 +23,16 @@
 //! ## Module map
 //! | file | concern |
 //! |---|---|
+//! | `backend_local.rs` | `BackendLocal<T>`: per-process statics, used by the main thread only (pure) |
 //! | `guard.rs` | the FFI error boundary (panic ⇄ ereport) |
 //! | `compat.rs` | the differences between PostgreSQL 15, 16, 17 and 18, in one place |
 //! | `fmgr.rs` | SQL-callable function plumbing: arguments, varlena, encoding |
 //! | `gucs.rs` | every `pg_mqtt_pub.*` setting |
 //! | `shmem.rs` | the shared segment, LWLocks, the worker wake-up protocol |
 //! | `ring.rs` | the ring's memory protocol (pure, tested by `cargo test`) |
+//! | `scanlog.rs` | the worker's log of scanned ring records: release point, stepped-over reservations (pure) |
 //! | `topic.rs` | topic and QoS validation (pure) |
+//! | `window.rs` | a connection's in-flight window: probe mode, ack timeout (pure) |
 //! | `backoff.rs` | reconnect backoff (pure) |
 //! | `identity.rs` | the default MQTT client id, different for every clone of a cluster (pure) |
 //! | `publish.rs` | `mqtt_publish`, `_binary`, `_json`, `_batch` |
@@ -38,6 +41,7 @@
 //! | `trigger.rs` | the compiled row trigger behind `mqtt_trigger_event_setup`; trigger-call checks |
 //! | `resultset.rs` | the compiled statement trigger behind `mqtt_trigger_resultset_setup` |
 //! | `setup.rs` | `mqtt_trigger_*_setup` and `mqtt_trigger_remove` (caller's rights) |
+//! | `pending.rs` | a transaction's pending messages and savepoint marks (pure) |
 //! | `txn.rs` | COMMIT / ABORT / PREPARE / savepoints; ring or outbox per broker |
 //! | `outbox.rs` | the SQL on `mqtt_pub.outbox` and `mqtt_pub.dead_letters` (through `spi.rs`) |
 //! | `catalog.rs` | `mqtt_pub.brokers`: named brokers, name → slot for publishers, reload for the worker |
@@ -48,11 +52,15 @@
 //! Modules that call PostgreSQL are compiled only into the extension (`not(test)`): a test
 //! binary cannot link PostgreSQL's symbols.
 
+pub mod backend_local;
 pub mod backoff;
 pub mod envelope;
 pub mod identity;
+pub mod pending;
 pub mod ring;
+pub mod scanlog;
 pub mod topic;
+pub mod window;
 
 #[cfg(not(test))]
 pub mod broker;

@@ -12,6 +12,7 @@
 //! Everything here raises ERRORs through the guard; the worker's calls run inside its own
 //! transactions (`worker.rs`).
 
+use crate::backend_local::BackendLocal;
 use crate::fmgr::{from_utf8, to_utf8, varlena_bytes};
 use crate::spi::{self, bytes_datum, execute, first_value, pinned, with_spi, Rights};
 use pgrx_pg_sys as pg;
@@ -62,17 +63,14 @@ impl<'a> NewRow<'a> {
     }
 }
 
-struct Cached(Cell<pg::SPIPlanPtr>);
-// SAFETY: backends are single-threaded.
-unsafe impl Sync for Cached {}
-static INSERT: Cached = Cached(Cell::new(std::ptr::null_mut()));
+static INSERT: BackendLocal<Cell<pg::SPIPlanPtr>> = BackendLocal::new(Cell::new(std::ptr::null_mut()));
 
 /// Prepare (once per backend, inside the pinned scope) the insert. One statement inserts a whole
 /// batch from arrays: one executor run per transaction, not one per message. (`ROWS FROM` is
 /// what an unqualified multi-argument `unnest` in FROM stands for; qualified, it must be spelled.)
 unsafe fn insert_plan() -> pg::SPIPlanPtr {
-    if !INSERT.0.get().is_null() {
-        return INSERT.0.get();
+    if !INSERT.get().is_null() {
+        return INSERT.get();
     }
     // SAFETY: inside SPI and the pinned scope; the plan is kept across transactions.
     unsafe {
@@ -94,7 +92,7 @@ unsafe fn insert_plan() -> pg::SPIPlanPtr {
             types.as_mut_ptr(),
         );
         pg::SPI_keepplan(plan);
-        INSERT.0.set(plan);
+        INSERT.set(plan);
         plan
     }
 }

@@ -7,6 +7,7 @@
 //! Cost on the hot path (a row trigger calling `mqtt_publish`): argument decoding, topic check
 //! (one pass over the topic), and one copy into the transaction's pending arena (`txn.rs`).
 
+use crate::backend_local::BackendLocal;
 use crate::envelope;
 use crate::fmgr::{to_utf8, varlena_bytes, Args};
 use crate::guard::{guard, Code, PgError};
@@ -29,10 +30,7 @@ pub fn require_shared() -> &'static Shared {
     })
 }
 
-struct DbCheck(Cell<Option<bool>>);
-// SAFETY: single-threaded backend.
-unsafe impl Sync for DbCheck {}
-static IN_WORKER_DB: DbCheck = DbCheck(Cell::new(None));
+static IN_WORKER_DB: BackendLocal<Cell<Option<bool>>> = BackendLocal::new(Cell::new(None));
 
 fn current_database() -> String {
     // SAFETY: MyDatabaseId is set in any backend that runs SQL; get_database_name pallocs.
@@ -48,11 +46,11 @@ fn current_database() -> String {
 /// Publishing is possible here: preloaded, in the worker's database, not a standby.
 pub fn require_publishable() {
     require_shared();
-    let ok = match IN_WORKER_DB.0.get() {
+    let ok = match IN_WORKER_DB.get() {
         Some(v) => v,
         None => {
             let v = current_database() == gucs::DATABASE.string();
-            IN_WORKER_DB.0.set(Some(v));
+            IN_WORKER_DB.set(Some(v));
             v
         }
     };

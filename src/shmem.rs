@@ -28,7 +28,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Orde
 
 /// The most brokers `pg_mqtt_pub.max_brokers` may ask for (per-transaction bookkeeping in
 /// txn.rs uses fixed arrays and u32 bit sets of this size). Slot 0 is `default`.
-pub const MAX_BROKERS: usize = 32;
+pub const MAX_BROKERS: usize = crate::pending::MAX_BROKERS;
 
 pub const RING_LOCK: usize = 0;
 pub const STATUS_LOCK: usize = 1;
@@ -127,7 +127,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
                 let shared = &mut *(base as *mut Shared);
                 shared.nbrokers = gucs::MAX_BROKERS.get() as u32;
                 for b in shared.brokers() {
-                    b.mode.store(crate::status::MODE_COLD, Ordering::Relaxed);
+                    b.set_mode(crate::status::Mode::Cold);
                 }
             }
             SHARED.store(base as *mut Shared, Ordering::Release);

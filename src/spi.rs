@@ -17,6 +17,7 @@
 //!
 //! Everything here may raise an ERROR; callers run inside the FFI guard (`guard.rs`).
 
+use crate::backend_local::BackendLocal;
 use pgrx_pg_sys as pg;
 use std::cell::Cell;
 use std::ffi::{c_char, CStr, CString};
@@ -91,15 +92,12 @@ pub fn pinned<R>(rights: Rights, f: impl FnOnce() -> R) -> R {
     }
 }
 
-struct OwnerCache(Cell<pg::Oid>);
-// SAFETY: a backend is single-threaded.
-unsafe impl Sync for OwnerCache {}
-static OWNER: OwnerCache = OwnerCache(Cell::new(pg::InvalidOid));
+static OWNER: BackendLocal<Cell<pg::Oid>> = BackendLocal::new(Cell::new(pg::InvalidOid));
 
 /// The owner of `mqtt_pub.outbox`, from the relation cache (no SQL, no name lookup in any path).
 fn outbox_owner() -> pg::Oid {
-    if OWNER.0.get() != pg::InvalidOid {
-        return OWNER.0.get();
+    if OWNER.get() != pg::InvalidOid {
+        return OWNER.get();
     }
     // SAFETY: catalog lookups inside a transaction; the relation is opened and closed here.
     let owner = unsafe {
@@ -115,7 +113,7 @@ fn outbox_owner() -> pg::Oid {
         pg::RelationClose(rel);
         owner
     };
-    OWNER.0.set(owner);
+    OWNER.set(owner);
     owner
 }
 

@@ -12,8 +12,15 @@ use pgrx_pg_sys as pg;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-/// `BrokerShared::mode` values: 0 = hot (ring), this = cold (outbox).
-pub const MODE_COLD: u32 = 1;
+/// A broker's delivery mode (ADR-001, ADR-003).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Mode {
+    /// Committed messages go through the shared-memory ring.
+    Hot = 0,
+    /// Committed messages go through `mqtt_pub.outbox` (outage, spill, `durable`, start-up).
+    Cold = 1,
+}
 
 #[repr(C)]
 struct BrokerText {
@@ -26,9 +33,10 @@ struct BrokerText {
 pub struct BrokerShared {
     pub in_use: AtomicBool,
     pub connected: AtomicBool,
-    /// Delivery mode (0 hot, MODE_COLD). Changed only under RING_LOCK, so a publisher's choice
-    /// between ring and outbox is atomic with its ring reservation (txn.rs, worker.rs).
-    pub mode: AtomicU32,
+    /// Delivery mode (a `Mode`; read with `mode()`). Changed only under RING_LOCK
+    /// (`set_mode`), so a publisher's choice between ring and outbox is atomic with its ring
+    /// reservation (txn.rs, worker.rs).
+    mode: AtomicU32,
     /// Transactions in progress that wrote (or will write at pre-commit) outbox rows for this
     /// broker. The worker returns the broker to hot only when this is 0 and the outbox is empty.
     pub cold_writers: AtomicU32,
@@ -90,11 +98,28 @@ impl BrokerShared {
         self.last_error_at.store(now(), Ordering::Relaxed);
     }
 
+    pub fn mode(&self) -> Mode {
+        if self.mode.load(Ordering::Acquire) == Mode::Cold as u32 {
+            Mode::Cold
+        } else {
+            Mode::Hot
+        }
+    }
+
+    pub fn is_cold(&self) -> bool {
+        self.mode() == Mode::Cold
+    }
+
+    /// Caller holds RING_LOCK (or is initialising shared memory).
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u32, Ordering::Release);
+    }
+
     /// Worker: a removed broker's slot becomes free for the next `mqtt_broker_add`: counters
     /// reset, cold (a new broker starts on the outbox until it is connected and drained).
     pub fn release(&self) {
         shmem::with_lock(shmem::RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
-            self.mode.store(MODE_COLD, Ordering::Release);
+            self.set_mode(Mode::Cold);
         });
         shmem::with_lock(STATUS_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
             // SAFETY: under STATUS_LOCK.
@@ -165,7 +190,7 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                     port = cfg.port as i32;
                 }
                 let ts = |v: i64| (pg::Datum::from(v), v == 0);
-                let mode = if b.mode.load(Ordering::Relaxed) == MODE_COLD { "cold" } else { "hot" };
+                let mode = if b.is_cold() { "cold" } else { "hot" };
                 let (pending, oldest) = crate::outbox::pending_and_age(&name);
                 let cols: [(pg::Datum, bool); 15] = [
                     (text_datum(&name), false),

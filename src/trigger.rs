@@ -13,6 +13,7 @@
 //! The statement-level helper is `resultset.rs`; both share [`TriggerCall`]'s checks of how
 //! they were called.
 
+use crate::backend_local::BackendLocal;
 use crate::envelope::{self, Meta};
 use crate::fmgr::{to_utf8, varlena_bytes};
 use crate::guard::{guard, Code, PgError};
@@ -42,15 +43,13 @@ fn protocol_error(msg: &str) -> ! {
 }
 
 /// The transaction's start time as `to_json(now())` writes it, computed once per transaction.
-struct TimestampCache(RefCell<(pg::TimestampTz, Vec<u8>)>);
-// SAFETY: a backend is single-threaded.
-unsafe impl Sync for TimestampCache {}
-static TIMESTAMP: TimestampCache = TimestampCache(RefCell::new((i64::MIN, Vec::new())));
+static TIMESTAMP: BackendLocal<RefCell<(pg::TimestampTz, Vec<u8>)>> =
+    BackendLocal::new(RefCell::new((i64::MIN, Vec::new())));
 
 pub fn with_timestamp<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     // SAFETY: plain calls; JsonEncodeDateTime pallocs its result when buf is NULL.
     let now = unsafe { pg::GetCurrentTransactionStartTimestamp() };
-    let mut c = TIMESTAMP.0.borrow_mut();
+    let mut c = TIMESTAMP.borrow_mut();
     if c.0 != now {
         // SAFETY: encodes a timestamptz datum into a palloc'd C string, copied out at once.
         let s = unsafe {

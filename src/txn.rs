@@ -30,9 +30,7 @@
 //! outbox is read *outside* the lock) — so no later hot message can overtake a cold one (ADR-001).
 //!
 //! ## Savepoints
-//! Sub-transaction ids grow monotonically in a top-level transaction: everything published since
-//! sub-transaction S began has an id >= S and forms a suffix of the pending list. A stack of marks
-//! finds that suffix on ABORT_SUB; on COMMIT_SUB a child's marks fold into one.
+//! Savepoint marks find what ABORT_SUB drops (pending.rs, unit-tested).
 //!
 //! ## Bounded memory
 //! Past [`PENDING_LIMIT`] bytes the pending messages are written to the outbox (brokers turned
@@ -45,13 +43,15 @@
 //! `transactional = off`: the message is made visible at once (ring), or written to the outbox in
 //! the current transaction when the broker is cold.
 
+use crate::backend_local::BackendLocal;
 use crate::guard::{self, guard, Code, PgError};
 use crate::gucs;
 use crate::outbox::{self, NewRow, LANE_PUBLISHED};
+use crate::pending::Messages;
 use crate::publish::broker_name;
 use crate::ring::MessageRef;
 use crate::shmem::{self, MAX_BROKERS, RING_LOCK};
-use crate::status::{BrokerShared, MODE_COLD};
+use crate::status::{BrokerShared, Mode};
 use pgrx_pg_sys as pg;
 use std::cell::UnsafeCell;
 use std::sync::atomic::Ordering;
@@ -60,30 +60,10 @@ use std::time::{Duration, Instant};
 /// Pending bytes a transaction keeps in memory before writing them to the outbox.
 pub const PENDING_LIMIT: usize = 8 << 20;
 
-struct PendingMsg {
-    off: usize,
-    topic_len: u32,
-    payload_len: u32,
-    broker: u16,
-    qos: u8,
-    retain: bool,
-    subid: pg::SubTransactionId,
-}
-
-struct Mark {
-    subid: pg::SubTransactionId,
-    msgs: usize,
-    arena: usize,
-    per_broker: [u32; MAX_BROKERS],
-}
-
 #[derive(Default)]
 struct Pending {
-    arena: Vec<u8>,
-    msgs: Vec<PendingMsg>,
-    marks: Vec<Mark>,
-    /// In-memory messages per broker.
-    per_broker: [u32; MAX_BROKERS],
+    /// The messages and their savepoint marks (pending.rs).
+    msgs: Messages,
     /// Brokers whose `cold_writers` this transaction is counted in (bit per broker).
     cold_registered: u32,
     /// The PRE_COMMIT ring reservation: start and length in slots.
@@ -95,27 +75,12 @@ struct Pending {
 }
 
 impl Pending {
-    fn msg(&self, i: usize) -> MessageRef<'_> {
-        let m = &self.msgs[i];
-        let t = m.off + m.topic_len as usize;
-        MessageRef {
-            broker: m.broker,
-            qos: m.qos,
-            retain: m.retain,
-            topic: &self.arena[m.off..t],
-            payload: &self.arena[t..t + m.payload_len as usize],
-        }
-    }
-
     fn clear_messages(&mut self) {
-        self.arena.clear();
         self.msgs.clear();
-        self.marks.clear();
-        self.per_broker = [0; MAX_BROKERS];
     }
 
     fn reset(&mut self) {
-        if self.arena.capacity() > 1 << 20 {
+        if self.msgs.capacity() > 1 << 20 {
             // give memory back after a big transaction
             *self = Pending::default();
         } else {
@@ -130,24 +95,26 @@ impl Pending {
     /// Write messages (all, or those of one broker) to the outbox, in order.
     fn write_to_outbox(&self, only: Option<u16>) {
         let names: Vec<Option<String>> = (0..MAX_BROKERS)
-            .map(|b| (self.per_broker[b] > 0 && only.is_none_or(|o| o as usize == b)).then(|| broker_name(b as u16)))
+            .map(|b| {
+                (self.msgs.count_for(b as u16) > 0 && only.is_none_or(|o| o as usize == b))
+                    .then(|| broker_name(b as u16))
+            })
             .collect();
-        let mut rows = (0..self.msgs.len())
-            .map(|i| self.msg(i))
+        let mut rows = self
+            .msgs
+            .iter()
             .filter(|m| only.is_none_or(|b| m.broker == b))
             .map(|m| NewRow::of(names[m.broker as usize].as_deref().unwrap_or("default"), &m, LANE_PUBLISHED));
         outbox::insert(&mut rows);
     }
 }
 
-struct Cell(UnsafeCell<Option<Pending>>);
-// SAFETY: a backend is single-threaded; only its main thread runs SQL functions and callbacks.
-unsafe impl Sync for Cell {}
-static PENDING: Cell = Cell(UnsafeCell::new(None));
+static PENDING: BackendLocal<UnsafeCell<Option<Pending>>> = BackendLocal::new(UnsafeCell::new(None));
 
 fn pending() -> &'static mut Pending {
-    // SAFETY: single-threaded (see Cell); no reference outlives one callback or function call.
-    unsafe { (*PENDING.0.get()).get_or_insert_with(Pending::default) }
+    // SAFETY: main thread only (BackendLocal); no reference outlives one callback or function
+    // call, and none of them re-enters another.
+    unsafe { (*PENDING.get()).get_or_insert_with(Pending::default) }
 }
 
 fn broker_shared(b: u16) -> &'static BrokerShared {
@@ -155,7 +122,7 @@ fn broker_shared(b: u16) -> &'static BrokerShared {
 }
 
 fn is_cold(b: u16) -> bool {
-    broker_shared(b).mode.load(Ordering::Acquire) == MODE_COLD
+    broker_shared(b).is_cold()
 }
 
 /// Register this transaction as a cold writer of `b`, turning `b` cold first if `force`.
@@ -163,12 +130,12 @@ fn is_cold(b: u16) -> bool {
 /// Caller holds RING_LOCK.
 fn register_cold_locked(p: &mut Pending, b: u16, force: bool) -> bool {
     let s = broker_shared(b);
-    if s.mode.load(Ordering::Acquire) != MODE_COLD {
+    if !s.is_cold() {
         if !force {
             return false;
         }
         s.flip_head.store(shmem::ring().head(), Ordering::Release);
-        s.mode.store(MODE_COLD, Ordering::Release);
+        s.set_mode(Mode::Cold);
     }
     if p.cold_registered & (1 << b) == 0 {
         s.cold_writers.fetch_add(1, Ordering::AcqRel);
@@ -229,23 +196,8 @@ pub fn publish(msg: MessageRef<'_>) {
     require_room(p, &msg);
     // SAFETY: plain read of transaction state.
     let subid = unsafe { pg::GetCurrentSubTransactionId() };
-    if subid > 1 && p.marks.last().is_none_or(|m| subid > m.subid) {
-        p.marks.push(Mark { subid, msgs: p.msgs.len(), arena: p.arena.len(), per_broker: p.per_broker });
-    }
-    let off = p.arena.len();
-    p.arena.extend_from_slice(msg.topic);
-    p.arena.extend_from_slice(msg.payload);
-    p.msgs.push(PendingMsg {
-        off,
-        topic_len: msg.topic.len() as u32,
-        payload_len: msg.payload.len() as u32,
-        broker: b,
-        qos: msg.qos,
-        retain: msg.retain,
-        subid,
-    });
-    p.per_broker[b as usize] += 1;
-    if p.arena.len() > PENDING_LIMIT.max(p.spill_check_at) {
+    p.msgs.push(&msg, subid);
+    if p.msgs.arena_len() > PENDING_LIMIT.max(p.spill_check_at) {
         spill_if_safe(p, subid);
     }
 }
@@ -257,9 +209,8 @@ pub fn publish(msg: MessageRef<'_>) {
 /// backend, and with it the whole cluster. Past the cap the publishing call fails, before
 /// anything is lost.
 fn require_room(p: &Pending, msg: &MessageRef<'_>) {
-    let meta = std::mem::size_of::<PendingMsg>();
-    let held = p.arena.len() + p.msgs.len() * meta;
-    let more = msg.topic.len() + msg.payload.len() + meta;
+    let held = p.msgs.held();
+    let more = msg.topic.len() + msg.payload.len() + Messages::OVERHEAD;
     let cap = gucs::MAX_PENDING_MEMORY.get() as usize;
     if held + more > cap {
         PgError::new(
@@ -282,11 +233,11 @@ fn require_room(p: &Pending, msg: &MessageRef<'_>) {
 /// Memory bound: write everything pending to the outbox if no savepoint rollback could later
 /// remove rows for messages published before that savepoint.
 fn spill_if_safe(p: &mut Pending, current: pg::SubTransactionId) {
-    if p.msgs.iter().any(|m| m.subid < current) {
-        p.spill_check_at = p.arena.len() * 2; // keep growing; look again later
+    if p.msgs.any_before(current) {
+        p.spill_check_at = p.msgs.arena_len() * 2; // keep growing; look again later
         return;
     }
-    let brokers: Vec<u16> = (0..MAX_BROKERS as u16).filter(|b| p.per_broker[*b as usize] > 0).collect();
+    let brokers = p.msgs.brokers();
     shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
         for b in &brokers {
             register_cold_locked(p, *b, true);
@@ -353,7 +304,7 @@ fn pre_commit() {
     let durable = gucs::DURABLE.get();
     let timeout = Duration::from_millis(gucs::PUBLISH_TIMEOUT_MS.get() as u64);
     let start = Instant::now();
-    let brokers: Vec<u16> = (0..MAX_BROKERS as u16).filter(|b| p.per_broker[*b as usize] > 0).collect();
+    let brokers = p.msgs.brokers();
     let mut spill = false;
     enum Step {
         Done,
@@ -369,7 +320,7 @@ fn pre_commit() {
                     hot |= 1 << b;
                 }
             }
-            let slots: u64 = p.msgs.iter().filter(|m| hot & (1 << m.broker) != 0).map(slots_of).sum();
+            let slots: u64 = p.msgs.iter().filter(|m| hot & (1 << m.broker) != 0).map(|m| m.nslots()).sum();
             if slots == 0 {
                 p.hot_at_commit = 0;
                 return Step::Done;
@@ -403,7 +354,7 @@ fn pre_commit() {
     if let Some((start, slots)) = p.reserved {
         let mut pos = start;
         for m in p.msgs.iter().filter(|m| p.hot_at_commit & (1 << m.broker) != 0) {
-            let n = slots_of(m);
+            let n = m.nslots();
             let run = if pos == start { slots } else { 0 };
             // SAFETY: record starts inside our fresh reservation; the first is already RESERVED,
             // the others must be before anything becomes READY (ring.rs).
@@ -413,17 +364,12 @@ fn pre_commit() {
     }
 }
 
-fn slots_of(m: &PendingMsg) -> u64 {
-    crate::ring::slots_for(m.topic_len as usize, m.payload_len as usize)
-}
-
 fn commit() {
     let p = pending();
     if let Some((start, _)) = p.reserved {
         let ring = shmem::ring();
         let mut pos = start;
-        for i in 0..p.msgs.len() {
-            let m = p.msg(i);
+        for m in p.msgs.iter() {
             if p.hot_at_commit & (1 << m.broker) == 0 {
                 continue;
             }
@@ -488,30 +434,8 @@ unsafe extern "C-unwind" fn subxact_callback(
     guard(|| {
         let p = pending();
         match event {
-            SUBXACT_EVENT_ABORT_SUB => {
-                let mut cut = None;
-                while p.marks.last().is_some_and(|m| m.subid >= my_subid) {
-                    cut = p.marks.pop();
-                }
-                if let Some(m) = cut {
-                    p.msgs.truncate(m.msgs);
-                    p.arena.truncate(m.arena);
-                    p.per_broker = m.per_broker;
-                }
-            }
-            SUBXACT_EVENT_COMMIT_SUB => {
-                // The child's messages now belong to the parent: fold all marks above the
-                // parent into the earliest one, keeping its (child-range) subid.
-                let mut first = None;
-                while p.marks.last().is_some_and(|m| m.subid > parent_subid) {
-                    first = p.marks.pop();
-                }
-                if let Some(m) = first {
-                    if parent_subid > 1 {
-                        p.marks.push(m);
-                    }
-                }
-            }
+            SUBXACT_EVENT_ABORT_SUB => p.msgs.abort_sub(my_subid),
+            SUBXACT_EVENT_COMMIT_SUB => p.msgs.commit_sub(parent_subid),
             _ => {}
         }
     })

@@ -31,10 +31,12 @@ use crate::guard::{self, guard, Level, PgError};
 use crate::gucs::{self, BrokerConfig};
 use crate::outbox;
 use crate::ring::{Peek, Ring, RunState};
+use crate::scanlog::{Hole, ScanLog};
 use crate::shmem;
-use crate::status::{BrokerShared, MODE_COLD};
+use crate::status::{BrokerShared, Mode};
+use crate::window::{Lost, Window};
 use pgrx_pg_sys as pg;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::{c_int, CString};
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
@@ -519,23 +521,6 @@ enum Inflight {
     Outbox { id: i64, tid: outbox::Tid },
 }
 
-/// A ring record between the tail and the scan cursor.
-struct Scanned {
-    pos: u64,
-    nslots: u64,
-    done: bool,
-}
-
-/// A reservation the scan stepped over: its transaction stayed between PRE_COMMIT and COMMIT
-/// for longer than `STEP_OVER_AFTER`. `scanned` holds one placeholder for all of it (so the ring
-/// is never released past it) until it is published (then its records take the placeholder's
-/// place) or cancelled.
-#[derive(Clone, Copy)]
-struct Hole {
-    start: u64,
-    run: u64,
-}
-
 /// One broker connection and its delivery state. Brokers are independent: each has its own
 /// socket in the wait set, its own hot/cold mode, backoff, in-flight window, backlog and outbox
 /// pass, so a dead or slow broker never holds up another.
@@ -548,13 +533,8 @@ struct Link {
     resolving: Option<Connecting>,
     state: ConnState,
     failures: u32,
-    inflight: HashMap<i32, Inflight>,
-    /// Last acknowledgement, or when the in-flight window became non-empty (ack timeout).
-    last_progress: Instant,
-    /// After a connection drop with messages in flight: send this many one at a time, so a
-    /// message that makes the broker close the connection is identified (and charged a failed
-    /// attempt) instead of killing every reconnect.
-    probe: u32,
+    /// Messages handed over and not yet acknowledged; probe mode and ack timeout (window.rs).
+    window: Window<Inflight>,
     /// When a "session taken over" warning was last logged (at most once a minute).
     takeover_logged_at: Option<Instant>,
     /// When the current connection was accepted (CONNACK).
@@ -595,9 +575,7 @@ impl Link {
             resolving: None,
             state: ConnState::Idle,
             failures: 0,
-            inflight: HashMap::new(),
-            last_progress: Instant::now(),
-            probe: 0,
+            window: Window::default(),
             takeover_logged_at: None,
             up_since: None,
             refused_here: false,
@@ -615,15 +593,14 @@ impl Link {
     }
 
     fn cold(&self) -> bool {
-        self.status.mode.load(Ordering::Acquire) == MODE_COLD
+        self.status.is_cold()
     }
 
     fn window_open(&self) -> bool {
-        let window = if self.probe > 0 { 1 } else { self.cfg.max_inflight as usize };
         self.state == ConnState::Connected
             && self.switch_to.is_none()
             && self.removed_at.is_none()
-            && self.inflight.len() < window
+            && self.window.has_room(self.cfg.max_inflight as usize)
     }
 
     /// Can a new ring record for this broker be handed over right now?
@@ -632,10 +609,7 @@ impl Link {
     }
 
     fn note_sent(&mut self, mid: i32, what: Inflight) {
-        if self.inflight.is_empty() {
-            self.last_progress = Instant::now();
-        }
-        self.inflight.insert(mid, what);
+        self.window.sent(mid, what, Instant::now());
     }
 
     fn client_id(&self) -> String {
@@ -687,11 +661,8 @@ struct Worker {
     links: Vec<Link>,
     /// slot → index in `links`
     by_slot: Vec<Option<usize>>,
-    /// Next ring position to look at; records between the tail and here are in `scanned`.
-    cursor: u64,
-    scanned: VecDeque<Scanned>,
-    /// Reservations behind the cursor still waiting for their COMMIT, oldest first.
-    holes: VecDeque<Hole>,
+    /// The ring records scanned and not yet released (scanlog.rs).
+    scan: ScanLog,
     /// Where the scan is waiting at a reservation, and since when.
     blocked_at: Option<(u64, Instant)>,
     waiter: Option<Waiter>,
@@ -727,9 +698,7 @@ impl Worker {
             events: Vec::new(),
             links: vec![default],
             by_slot: Vec::new(),
-            cursor: ring.tail(),
-            scanned: VecDeque::new(),
-            holes: VecDeque::new(),
+            scan: ScanLog::new(ring.tail()),
             blocked_at: None,
             waiter: None,
             rebuild_waiter: true,
@@ -886,15 +855,14 @@ impl Worker {
         guard::log(Level::LOG, format!("pg_mqtt_pub: broker \"{}\" removed", self.links[l].cfg.name));
         let k = &mut self.links[l];
         k.removed_at = Some(self.ring.head());
-        if let Some(mut c) = k.client.take() {
-            c.disconnect();
-            c.loop_write();
+        if let Some(c) = k.client.take() {
+            c.close();
         }
         k.state = ConnState::Idle;
         k.status.set_connected(false);
         let mut recs: Vec<u64> = k.backlog.drain(..).map(|b| b.0).collect();
         k.backlog_slots = 0;
-        recs.extend(k.inflight.drain().filter_map(|(_, f)| if let Inflight::Ring(p) = f { Some(p) } else { None }));
+        recs.extend(k.window.take().into_iter().filter_map(|f| if let Inflight::Ring(p) = f { Some(p) } else { None }));
         k.fetched.clear();
         recs.sort_unstable();
         for pos in recs {
@@ -921,7 +889,7 @@ impl Worker {
 
     /// Is there anything for broker connections to do?
     fn active(&self) -> bool {
-        self.ext_present || self.ring.used_slots() > 0 || self.links.iter().any(|k| !k.inflight.is_empty())
+        self.ext_present || self.ring.used_slots() > 0 || self.links.iter().any(|k| !k.window.is_empty())
     }
 
     fn manage_connection(&mut self, l: usize) {
@@ -933,9 +901,8 @@ impl Worker {
         if !self.active() && self.links[l].state != ConnState::Idle {
             // Extension dropped and nothing left to deliver: let go of the broker.
             let k = &mut self.links[l];
-            if let Some(mut c) = k.client.take() {
-                c.disconnect();
-                c.loop_write();
+            if let Some(c) = k.client.take() {
+                c.close();
             }
             k.state = ConnState::Idle;
             k.status.set_connected(false);
@@ -1043,9 +1010,9 @@ impl Worker {
         let k = &mut self.links[l];
         let s = k.status;
         shmem::with_lock(shmem::RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
-            if s.mode.load(Ordering::Acquire) != MODE_COLD {
+            if !s.is_cold() {
                 s.flip_head.store(ring.head(), Ordering::Release);
-                s.mode.store(MODE_COLD, Ordering::Release);
+                s.set_mode(Mode::Cold);
             }
         });
         k.fetched.clear();
@@ -1127,38 +1094,34 @@ impl Worker {
     /// without letting us notice a message that keeps killing the connection.)
     fn drop_client(&mut self, l: usize, count_suspect: bool) {
         let k = &mut self.links[l];
-        if let Some(mut c) = k.client.take() {
-            c.disconnect();
-            c.loop_write();
+        if let Some(c) = k.client.take() {
+            c.close();
         }
         self.rebuild_waiter = true;
-        if k.inflight.is_empty() {
-            return;
-        }
-        let inflight: Vec<Inflight> = k.inflight.drain().map(|(_, f)| f).collect();
-        let probing = k.probe > 0;
-        if count_suspect && probing && inflight.len() == 1 {
-            // The connection died while only this message was in flight.
-            self.message_failed(l, inflight[0], "the broker closed the connection when this message was sent".into());
-        } else {
-            let mut ring: Vec<(u64, u64)> =
-                inflight.iter().filter_map(|f| if let Inflight::Ring(p) = f { Some((*p, 0)) } else { None }).collect();
-            ring.sort_unstable();
-            if !ring.is_empty() {
-                self.rescue(&ring);
+        match k.window.lost(count_suspect) {
+            Lost::Nothing => return,
+            Lost::Suspect(what) => {
+                self.message_failed(l, what, "the broker closed the connection when this message was sent".into())
+            }
+            Lost::Resend(inflight) => {
+                let mut ring: Vec<(u64, u64)> = inflight
+                    .iter()
+                    .filter_map(|f| if let Inflight::Ring(p) = f { Some((*p, 0)) } else { None })
+                    .collect();
+                ring.sort_unstable();
+                if !ring.is_empty() {
+                    self.rescue(&ring);
+                }
             }
         }
         let k = &mut self.links[l];
-        k.probe = if count_suspect { (inflight.len() as u32).min(10) } else { 0 };
         k.fetched.clear();
         k.drain_after = None;
         k.status.inflight.store(0, Ordering::Relaxed);
     }
 
     fn mark_ring_done(&mut self, pos: u64) {
-        if let Ok(i) = self.scanned.binary_search_by_key(&pos, |s| s.pos) {
-            self.scanned[i].done = true;
-        }
+        self.scan.mark_done(pos);
     }
 
     fn handle_events(&mut self, l: usize) {
@@ -1175,7 +1138,7 @@ impl Worker {
                     k.refused_here = false;
                     k.refusal = None;
                     k.outbox_check = true;
-                    k.last_progress = Instant::now();
+                    k.window.connected(Instant::now());
                     k.status.set_connected(true);
                     guard::log(
                         Level::LOG,
@@ -1209,9 +1172,7 @@ impl Worker {
                     }
                 }
                 Event::Published { mid, reason } => {
-                    let Some(what) = k.inflight.remove(&mid) else { continue };
-                    k.last_progress = Instant::now();
-                    k.probe = k.probe.saturating_sub(1);
+                    let Some(what) = k.window.acknowledged(mid, Instant::now()) else { continue };
                     if reason >= 0x80 {
                         k.refused_here = true;
                         let text = crate::broker::reason_string(reason).to_lowercase();
@@ -1237,7 +1198,7 @@ impl Worker {
             self.fail(l, why);
         }
         let k = &self.links[l];
-        k.status.inflight.store(k.inflight.len() as u32, Ordering::Relaxed);
+        k.status.inflight.store(k.window.len() as u32, Ordering::Relaxed);
     }
 
     /// One message failed (the broker refused it, or the client library did): count the attempt
@@ -1364,9 +1325,9 @@ impl Worker {
         }
         let shared = crate::publish::require_shared();
         let backlog_limit = ring.capacity() / 4;
-        let scan_start = self.cursor;
+        let scan_start = self.scan.cursor();
         for _ in 0..BATCH {
-            let pos = self.cursor;
+            let pos = self.scan.cursor();
             // SAFETY: this process is the ring's only consumer; pos is a record boundary.
             let (n, done) = match unsafe { ring.peek_at(pos, &mut scratch) } {
                 Peek::Empty => {
@@ -1378,15 +1339,13 @@ impl Worker {
                         more = false;
                         break;
                     }
-                    self.holes.push_back(Hole { start: pos, run });
-                    self.scanned.push_back(Scanned { pos, nslots: run, done: false });
-                    self.cursor = pos + run;
+                    self.scan.push_hole(run);
                     continue;
                 }
                 Peek::Cancelled(n) => (n, true),
                 Peek::Ready(r) => {
                     let n = r.nslots;
-                    if !self.holes.is_empty() {
+                    if self.scan.has_holes() {
                         // A stepped-over transaction that has committed since is older than this
                         // record, which may be its session's next one: its records go first.
                         self.fill_holes(&mut rescue, &mut removed, &mut orphans);
@@ -1397,8 +1356,7 @@ impl Worker {
                         }
                         // No broker owns the slot: nothing can deliver it.
                         orphans.push((pos, r.broker));
-                        self.scanned.push_back(Scanned { pos, nslots: n, done: false });
-                        self.cursor = pos + n;
+                        self.scan.push(n, false);
                         continue;
                     };
                     let k = &self.links[l];
@@ -1430,8 +1388,7 @@ impl Worker {
                         k.backlog.push_back((pos, n));
                         k.backlog_slots += n;
                         if k.backlog_slots > backlog_limit {
-                            self.scanned.push_back(Scanned { pos, nslots: n, done: false });
-                            self.cursor = pos + n;
+                            self.scan.push(n, false);
                             let why = format!(
                                 "broker \"{}\" is too slow: its unsent messages fill a quarter of the ring; using the outbox",
                                 self.links[l].cfg.name
@@ -1444,11 +1401,10 @@ impl Worker {
                     }
                 }
             };
-            self.scanned.push_back(Scanned { pos, nslots: n, done });
-            self.cursor = pos + n;
+            self.scan.push(n, done);
         }
         self.scratch = scratch;
-        if self.cursor != scan_start {
+        if self.scan.cursor() != scan_start {
             self.last_work = Instant::now();
         }
         if !rescue.is_empty() {
@@ -1473,7 +1429,7 @@ impl Worker {
             self.message_failed(l, Inflight::Ring(pos), why);
         }
         for k in &self.links {
-            k.status.inflight.store(k.inflight.len() as u32, Ordering::Relaxed);
+            k.status.inflight.store(k.window.len() as u32, Ordering::Relaxed);
         }
         more
     }
@@ -1490,38 +1446,25 @@ impl Worker {
         }
     }
 
-    /// The oldest ring position the scan is not finished with: a stepped-over reservation or
-    /// the cursor. Rules about "records before X" (outbox order, going hot) use this.
+    /// The oldest ring position the scan is not finished with (scanlog.rs): rules about
+    /// "records before X" (outbox order, going hot) use this.
     fn scan_low(&self) -> u64 {
-        self.holes.front().map_or(self.cursor, |h| h.start)
+        self.scan.low()
     }
 
     /// Stepped-over reservations that were published or cancelled since: the placeholder makes
     /// way for the records (not done yet), in order. Returns the records.
     fn take_filled_holes(&mut self) -> Vec<(u64, u64)> {
         let mut found = Vec::new();
-        let mut i = 0;
-        while i < self.holes.len() {
-            let Hole { start, run } = self.holes[i];
+        let holes: Vec<Hole> = self.scan.holes().collect();
+        for Hole { start, run } in holes {
             // SAFETY: a reservation the scan stepped over and has not released.
             let records = match unsafe { self.ring.run_state(start, run) } {
-                RunState::Waiting => {
-                    i += 1;
-                    continue;
-                }
+                RunState::Waiting => continue,
                 RunState::Cancelled => Vec::new(),
                 RunState::Ready(r) => r,
             };
-            self.holes.remove(i);
-            let at = self.scanned.binary_search_by_key(&start, |s| s.pos).expect("a hole has a placeholder");
-            if records.is_empty() {
-                self.scanned[at].done = true;
-                continue;
-            }
-            self.scanned.remove(at);
-            for (j, &(pos, nslots)) in records.iter().enumerate() {
-                self.scanned.insert(at + j, Scanned { pos, nslots, done: false });
-            }
+            self.scan.fill_hole(start, &records);
             found.extend(records);
         }
         found
@@ -1536,7 +1479,7 @@ impl Worker {
         orphans: &mut Vec<(u64, u16)>,
     ) {
         let shared = crate::publish::require_shared();
-        if self.holes.is_empty()
+        if !self.scan.has_holes()
             || !self.ext_present
             || shared.broker_generation.load(Ordering::Acquire) != self.generation
         {
@@ -1591,12 +1534,7 @@ impl Worker {
 
     /// Free the ring up to the first record not yet delivered.
     fn release_ring(&mut self) {
-        let mut to = None;
-        while self.scanned.front().is_some_and(|s| s.done) {
-            let s = self.scanned.pop_front().expect("checked");
-            to = Some(s.pos + s.nslots);
-        }
-        if let Some(pos) = to {
+        if let Some(pos) = self.scan.release() {
             // SAFETY: every record before `pos` is delivered, rescued or cancelled.
             unsafe { self.ring.release_to(pos) };
         }
@@ -1623,7 +1561,7 @@ impl Worker {
                 let k = &mut self.links[l];
                 let recovered_only = k.cold() && low < k.status.flip_head.load(Ordering::Acquire);
                 let mut exclude: Vec<i64> = k.to_delete.iter().map(|d| d.1).collect();
-                exclude.extend(k.inflight.values().filter_map(|f| match f {
+                exclude.extend(k.window.values().filter_map(|f| match f {
                     Inflight::Outbox { id, .. } => Some(*id),
                     Inflight::Ring(_) => None,
                 }));
@@ -1670,7 +1608,7 @@ impl Worker {
     /// the drain rate at the transaction rate. Everything goes once the window empties.
     fn flush_deletes(&mut self, l: usize) {
         let k = &mut self.links[l];
-        let outbox_in_flight = k.inflight.values().any(|f| matches!(f, Inflight::Outbox { .. }));
+        let outbox_in_flight = k.window.values().any(|f| matches!(f, Inflight::Outbox { .. }));
         if k.to_delete.is_empty() || (k.to_delete.len() < DELETE_BATCH && outbox_in_flight) {
             return;
         }
@@ -1689,7 +1627,7 @@ impl Worker {
             || !k.fetched.is_empty()
             || !k.to_delete.is_empty()
             || !k.backlog.is_empty()
-            || k.inflight.values().any(|f| matches!(f, Inflight::Outbox { .. }))
+            || k.window.values().any(|f| matches!(f, Inflight::Outbox { .. }))
             || self.scan_low() < k.status.flip_head.load(Ordering::Acquire)
             || k.status.cold_writers.load(Ordering::Acquire) != 0
         {
@@ -1711,7 +1649,7 @@ impl Worker {
                 let unchanged =
                     s.cold_writers.load(Ordering::Acquire) == 0 && s.cold_epoch.load(Ordering::Acquire) == epoch;
                 if unchanged {
-                    s.mode.store(0, Ordering::Release);
+                    s.set_mode(Mode::Hot);
                 }
                 unchanged
             })),
@@ -1752,11 +1690,11 @@ impl Worker {
     fn check_ack_timeout(&mut self, l: usize) {
         let limit = Duration::from_millis(gucs::ACK_TIMEOUT_MS.get() as u64);
         let k = &self.links[l];
-        if k.state == ConnState::Connected && !k.inflight.is_empty() && k.last_progress.elapsed() > limit {
+        if k.state == ConnState::Connected && k.window.stalled(Instant::now(), limit) {
             let why = format!(
                 "no acknowledgement for {} ms with {} messages in flight; reconnecting",
                 limit.as_millis(),
-                k.inflight.len()
+                k.window.len()
             );
             self.fail(l, why);
             let k = &mut self.links[l];
@@ -1794,7 +1732,7 @@ impl Worker {
     fn maybe_switch(&mut self, l: usize) {
         let k = &self.links[l];
         let Some((_, deadline)) = &k.switch_to else { return };
-        if k.state == ConnState::Connected && !k.inflight.is_empty() && Instant::now() < *deadline {
+        if k.state == ConnState::Connected && !k.window.is_empty() && Instant::now() < *deadline {
             return;
         }
         let (new, _) = self.links[l].switch_to.take().expect("checked above");
@@ -1815,7 +1753,7 @@ impl Worker {
             return true;
         }
         // SAFETY: only consumer; the view is dropped immediately.
-        match unsafe { self.ring.peek_at(self.cursor, &mut self.scratch) } {
+        match unsafe { self.ring.peek_at(self.scan.cursor(), &mut self.scratch) } {
             Peek::Cancelled(_) => true,
             Peek::Ready(r) => match self.by_slot.get(r.broker as usize).copied().flatten() {
                 Some(l) => {
@@ -1860,7 +1798,7 @@ impl Worker {
             timeout = timeout.min(until(self.next_ext_check));
         }
         if let Some((pos, since)) = self.blocked_at {
-            if pos == self.cursor {
+            if pos == self.scan.cursor() {
                 timeout = timeout.min(until(since + STEP_OVER_AFTER) + 1); // time to step over
             }
         }
@@ -1930,46 +1868,38 @@ impl Worker {
         let mut scratch = std::mem::take(&mut self.scratch);
         loop {
             let caught_up = loop {
-                let pos = self.cursor;
-                // SAFETY: only consumer; pos is the scan cursor, a record boundary.
-                let (n, done) = match unsafe { self.ring.peek_at(pos, &mut scratch) } {
-                    Peek::Ready(r) => (r.nslots, false),
-                    Peek::Cancelled(n) => (n, true),
-                    Peek::Reserved { run } if run > 0 => {
-                        self.holes.push_back(Hole { start: pos, run });
-                        (run, false)
-                    }
+                // SAFETY: only consumer; the scan cursor is a record boundary.
+                match unsafe { self.ring.peek_at(self.scan.cursor(), &mut scratch) } {
+                    Peek::Ready(r) => self.scan.push(r.nslots, false),
+                    Peek::Cancelled(n) => self.scan.push(n, true),
+                    Peek::Reserved { run } if run > 0 => self.scan.push_hole(run),
                     Peek::Reserved { .. } => break false,
                     Peek::Empty => break true,
-                };
-                self.scanned.push_back(Scanned { pos, nslots: n, done });
-                self.cursor = pos + n;
+                }
             };
             self.take_filled_holes();
-            if (caught_up && self.holes.is_empty()) || Instant::now() >= give_up {
+            if (caught_up && !self.scan.has_holes()) || Instant::now() >= give_up {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         self.scratch = scratch;
-        if !self.holes.is_empty() {
+        let abandoned = self.scan.abandon_holes();
+        if abandoned > 0 {
             guard::log(
                 Level::WARNING,
                 format!(
-                    "pg_mqtt_pub: worker stopping; {} transactions were still committing after {} s, their messages are not saved",
-                    self.holes.len(),
+                    "pg_mqtt_pub: worker stopping; {abandoned} transactions were still committing after {} s, their messages are not saved",
                     SHUTDOWN_COMMIT_WAIT.as_secs()
                 ),
             );
-            let holes: Vec<u64> = self.holes.drain(..).map(|h| h.start).collect();
-            self.scanned.retain(|s| !holes.contains(&s.pos));
         }
-        let left: Vec<(u64, u64)> = self.scanned.iter().filter(|s| !s.done).map(|s| (s.pos, s.nslots)).collect();
+        let left = self.scan.unfinished();
         if left.is_empty() || !self.ext_present {
             return;
         }
         for k in &mut self.links {
-            k.inflight.clear();
+            k.window.clear();
             k.backlog.clear();
         }
         self.rescue(&left);
@@ -1983,7 +1913,7 @@ impl Worker {
     fn shutdown(&mut self) -> ! {
         let until = Instant::now() + SHUTDOWN_GRACE;
         while Instant::now() < until
-            && self.links.iter().any(|k| !k.inflight.is_empty() && k.state == ConnState::Connected)
+            && self.links.iter().any(|k| !k.window.is_empty() && k.state == ConnState::Connected)
         {
             for l in 0..self.links.len() {
                 self.links[l].service_socket(true, true);

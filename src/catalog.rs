@@ -19,7 +19,7 @@
 use crate::backend_local::BackendLocal;
 use crate::guard::{guard, Code, PgError};
 use crate::gucs::BrokerConfig;
-use crate::publish::require_shared;
+use crate::shmem::require_shared;
 use crate::spi::{self, pinned, text_at, with_spi, Rights};
 use pgrx_pg_sys as pg;
 use std::cell::{Cell, RefCell};

@@ -243,7 +243,7 @@ pub fn define() {
         c"Brokers (default included) shared memory has room for.",
         &MAX_BROKERS,
         1,
-        crate::shmem::MAX_BROKERS as c_int,
+        crate::pending::MAX_BROKERS as c_int,
         POSTMASTER,
         0,
     );

@@ -13,22 +13,10 @@ use crate::fmgr::{to_utf8, varlena_bytes, Args};
 use crate::guard::{guard, Code, PgError};
 use crate::gucs;
 use crate::ring::MessageRef;
-use crate::shmem::{self, Shared};
+use crate::shmem;
 use crate::topic;
 use pgrx_pg_sys as pg;
 use std::cell::Cell;
-
-/// Shared state, or the "not preloaded" ERROR with the hint that fixes it.
-pub fn require_shared() -> &'static Shared {
-    shmem::shared().unwrap_or_else(|| {
-        PgError::new(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "pg_mqtt_pub must be loaded via shared_preload_libraries",
-        )
-        .hint("Add pg_mqtt_pub to shared_preload_libraries in postgresql.conf and restart PostgreSQL.")
-        .raise()
-    })
-}
 
 static IN_WORKER_DB: BackendLocal<Cell<Option<bool>>> = BackendLocal::new(Cell::new(None));
 
@@ -45,7 +33,7 @@ fn current_database() -> String {
 
 /// Publishing is possible here: preloaded, in the worker's database, not a standby.
 pub fn require_publishable() {
-    require_shared();
+    shmem::require_shared();
     let ok = match IN_WORKER_DB.get() {
         Some(v) => v,
         None => {
@@ -70,10 +58,6 @@ pub fn require_publishable() {
     }
 }
 
-/// Name of a broker by slot (the outbox stores names).
-pub fn broker_name(idx: u16) -> String {
-    crate::catalog::name_of(idx)
-}
 
 /// Slot of a broker by name, or ERROR.
 pub fn broker_index(name: &[u8]) -> u16 {

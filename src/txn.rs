@@ -48,10 +48,10 @@ use crate::guard::{self, guard, Code, PgError};
 use crate::gucs;
 use crate::outbox::{self, NewRow, LANE_PUBLISHED};
 use crate::pending::Messages;
-use crate::publish::broker_name;
+use crate::catalog::name_of as broker_name;
 use crate::ring::MessageRef;
 use crate::shmem::{self, MAX_BROKERS, RING_LOCK};
-use crate::status::{BrokerShared, Mode};
+use crate::shmem::{BrokerShared, Mode};
 use pgrx_pg_sys as pg;
 use std::cell::UnsafeCell;
 use std::sync::atomic::Ordering;
@@ -118,7 +118,7 @@ fn pending() -> &'static mut Pending {
 }
 
 fn broker_shared(b: u16) -> &'static BrokerShared {
-    crate::status::broker(b as usize)
+    crate::shmem::broker(b as usize)
 }
 
 fn is_cold(b: u16) -> bool {

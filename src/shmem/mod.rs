@@ -22,9 +22,24 @@
 
 use crate::gucs;
 use crate::ring::{self, Ring};
-use crate::status::BrokerShared;
+use crate::guard::{Code, PgError};
 use pgrx_pg_sys as pg;
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
+
+mod slot;
+pub use slot::{broker, BrokerShared, Mode};
+
+/// Shared state, or the "not preloaded" ERROR with the hint that fixes it.
+pub fn require_shared() -> &'static Shared {
+    shared().unwrap_or_else(|| {
+        PgError::new(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pg_mqtt_pub must be loaded via shared_preload_libraries",
+        )
+        .hint("Add pg_mqtt_pub to shared_preload_libraries in postgresql.conf and restart PostgreSQL.")
+        .raise()
+    })
+}
 
 /// The most brokers `pg_mqtt_pub.max_brokers` may ask for (per-transaction bookkeeping in
 /// txn.rs uses fixed arrays and u32 bit sets of this size). Slot 0 is `default`.
@@ -127,7 +142,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
                 let shared = &mut *(base as *mut Shared);
                 shared.nbrokers = gucs::MAX_BROKERS.get() as u32;
                 for b in shared.brokers() {
-                    b.set_mode(crate::status::Mode::Cold);
+                    b.set_mode(Mode::Cold);
                 }
             }
             SHARED.store(base as *mut Shared, Ordering::Release);

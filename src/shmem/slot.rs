@@ -1,0 +1,161 @@
+//! A broker's slot in shared memory: its delivery mode and the counters `mqtt_status()` shows.
+//!
+//! The worker is the only writer of a [`BrokerShared`]'s counters; backends only read them. Counters
+//! and flags are atomics (readers may see a counter a moment stale, never torn). Text fields (host,
+//! last error) are written and read under `STATUS_LOCK`, copied out before any PostgreSQL call.
+//! The mode is changed under `RING_LOCK` (ADR-003). All-zero memory is a valid initial state
+//! (empty strings, counters 0, not connected, hot).
+
+use super::{with_lock, RING_LOCK, STATUS_LOCK};
+use pgrx_pg_sys as pg;
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+
+/// A broker's delivery mode (ADR-001, ADR-003).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Mode {
+    /// Committed messages go through the shared-memory ring.
+    Hot = 0,
+    /// Committed messages go through `mqtt_pub.outbox` (outage, spill, `durable`, start-up).
+    Cold = 1,
+}
+
+#[repr(C)]
+struct BrokerText {
+    name: [u8; 64],
+    host: [u8; 256],
+    last_error: [u8; 512],
+}
+
+#[repr(C)]
+pub struct BrokerShared {
+    pub in_use: AtomicBool,
+    pub connected: AtomicBool,
+    /// Delivery mode (a `Mode`; read with `mode()`). Changed only under RING_LOCK
+    /// (`set_mode`), so a publisher's choice between ring and outbox is atomic with its ring
+    /// reservation (txn.rs, worker.rs).
+    mode: AtomicU32,
+    /// Transactions in progress that wrote (or will write at pre-commit) outbox rows for this
+    /// broker. The worker returns the broker to hot only when this is 0 and the outbox is empty.
+    pub cold_writers: AtomicU32,
+    /// Bumped (under RING_LOCK) by every new cold-writer registration: the worker checks the
+    /// outbox outside the lock and goes hot only if nobody registered in the meantime.
+    pub cold_epoch: AtomicU64,
+    /// Ring head when the broker last went cold: ring records for it can exist only before this.
+    pub flip_head: AtomicU64,
+    pub inflight: AtomicU32,
+    pub port: AtomicI32,
+    pub messages_sent: AtomicU64,
+    pub messages_failed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// TimestampTz, 0 = never.
+    pub last_connected_at: AtomicI64,
+    pub last_error_at: AtomicI64,
+    text: UnsafeCell<BrokerText>,
+}
+
+fn put(dst: &mut [u8], s: &str) {
+    // keep one byte for the terminating NUL and cut on a char boundary
+    let mut n = s.len().min(dst.len() - 1);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+    dst[n] = 0;
+}
+
+fn get(src: &[u8]) -> String {
+    let n = src.iter().position(|&b| b == 0).unwrap_or(src.len());
+    String::from_utf8_lossy(&src[..n]).into_owned()
+}
+
+fn now() -> i64 {
+    // SAFETY: plain call.
+    unsafe { pg::GetCurrentTimestamp() }
+}
+
+impl BrokerShared {
+    /// Worker: (re)describe this broker slot.
+    pub fn set_identity(&self, name: &str, host: &str, port: u16) {
+        with_lock(STATUS_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            // SAFETY: text fields are only touched under STATUS_LOCK.
+            let t = unsafe { &mut *self.text.get() };
+            put(&mut t.name, name);
+            put(&mut t.host, host);
+        });
+        self.port.store(port as i32, Ordering::Relaxed);
+        self.in_use.store(true, Ordering::Release);
+    }
+
+    /// Worker: record an error a human should see in `mqtt_status().last_error`.
+    pub fn set_error(&self, msg: &str) {
+        with_lock(STATUS_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            // SAFETY: under STATUS_LOCK.
+            put(unsafe { &mut (*self.text.get()).last_error }, msg);
+        });
+        self.last_error_at.store(now(), Ordering::Relaxed);
+    }
+
+    pub fn mode(&self) -> Mode {
+        if self.mode.load(Ordering::Acquire) == Mode::Cold as u32 {
+            Mode::Cold
+        } else {
+            Mode::Hot
+        }
+    }
+
+    pub fn is_cold(&self) -> bool {
+        self.mode() == Mode::Cold
+    }
+
+    /// Caller holds RING_LOCK (or is initialising shared memory).
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u32, Ordering::Release);
+    }
+
+    /// Worker: a removed broker's slot becomes free for the next `mqtt_broker_add`: counters
+    /// reset, cold (a new broker starts on the outbox until it is connected and drained).
+    pub fn release(&self) {
+        with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            self.set_mode(Mode::Cold);
+        });
+        with_lock(STATUS_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            // SAFETY: under STATUS_LOCK.
+            let t = unsafe { &mut *self.text.get() };
+            put(&mut t.name, "");
+            put(&mut t.host, "");
+            put(&mut t.last_error, "");
+        });
+        for c in [&self.messages_sent, &self.messages_failed, &self.dead_lettered] {
+            c.store(0, Ordering::Relaxed);
+        }
+        for t in [&self.last_connected_at, &self.last_error_at] {
+            t.store(0, Ordering::Relaxed);
+        }
+        self.inflight.store(0, Ordering::Relaxed);
+        self.connected.store(false, Ordering::Release);
+        self.in_use.store(false, Ordering::Release);
+    }
+
+    pub fn set_connected(&self, up: bool) {
+        if up {
+            self.last_connected_at.store(now(), Ordering::Relaxed);
+        }
+        self.connected.store(up, Ordering::Release);
+    }
+
+    pub fn text(&self) -> (String, String, String) {
+        with_lock(STATUS_LOCK, pg::LWLockMode::LW_SHARED, || {
+            // SAFETY: under STATUS_LOCK.
+            let t = unsafe { &*self.text.get() };
+            (get(&t.name), get(&t.host), get(&t.last_error))
+        })
+    }
+}
+
+/// Status slot of a broker by index.
+pub fn broker(idx: usize) -> &'static BrokerShared {
+    &super::require_shared().brokers()[idx]
+}

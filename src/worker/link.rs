@@ -1,0 +1,575 @@
+//! A link: one broker connection's state — connecting (on a helper thread for host names, see
+//! ADR-008), connected, failing with backoff, its events, the ack timeout and a settings switch —
+//! and what the worker does when one of those changes.
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum ConnState {
+    /// No client (extension absent, or before the first connect).
+    Idle,
+    Connecting {
+        since: Instant,
+    },
+    Connected,
+    Retry {
+        at: Instant,
+    },
+}
+
+/// What a libmosquitto message id stands for until its acknowledgement.
+#[derive(Clone, Copy)]
+pub(super) enum Inflight {
+    /// A ring record at this position (released once acknowledged).
+    Ring(u64),
+    /// An outbox row (deleted once acknowledged).
+    Outbox { id: i64, tid: outbox::Tid },
+}
+
+/// One broker connection and its delivery state. Brokers are independent: each has its own
+/// socket in the wait set, its own hot/cold mode, backoff, in-flight window, backlog and outbox
+/// pass, so a dead or slow broker never holds up another.
+pub(super) struct Link {
+    pub(super) slot: u16,
+    pub(super) status: &'static BrokerShared,
+    pub(super) cfg: BrokerConfig,
+    pub(super) client: Option<Client>,
+    /// A connect running on a helper thread (host name resolution), holding the client.
+    pub(super) resolving: Option<Connecting>,
+    pub(super) state: ConnState,
+    pub(super) failures: u32,
+    /// Messages handed over and not yet acknowledged; probe mode and ack timeout (window.rs).
+    pub(super) window: Window<Inflight>,
+    /// When a "session taken over" warning was last logged (at most once a minute).
+    pub(super) takeover_logged_at: Option<Instant>,
+    /// When the current connection was accepted (CONNACK).
+    pub(super) up_since: Option<Instant>,
+    /// The broker refused a message (reason code >= 0x80) on the current connection.
+    pub(super) refused_here: bool,
+    /// Ring records of this (hot) broker the scan went past while its window was full: sent
+    /// before anything newer for it. Bounded: past a quarter of the ring the broker goes cold.
+    pub(super) backlog: VecDeque<(u64, u64)>,
+    pub(super) backlog_slots: u64,
+    /// Outbox rows fetched and not yet handed to libmosquitto.
+    pub(super) fetched: VecDeque<outbox::Row>,
+    /// Acknowledged outbox rows to delete.
+    pub(super) to_delete: Vec<(outbox::Tid, i64)>,
+    /// The outbox may have rows for us (set by wake-ups and timers, cleared by an empty fetch).
+    pub(super) outbox_check: bool,
+    /// Where the current pass over the outbox is: the last (lane, id) fetched. `None` starts
+    /// from the head (after a reconnect, going cold, or reaching the end of a pass).
+    pub(super) drain_after: Option<(i16, i64)>,
+    pub(super) next_outbox_poll: Instant,
+    /// A settings change waiting for the in-flight window to drain.
+    pub(super) switch_to: Option<(BrokerConfig, Instant)>,
+    pub(super) refusal: Option<String>,
+    /// Removed from the catalog: the slot is released once the scan has passed this ring head
+    /// (every record published to it has been seen and dead-lettered).
+    pub(super) removed_at: Option<u64>,
+}
+
+impl Link {
+    pub(super) fn new(slot: u16, cfg: BrokerConfig) -> Link {
+        let status = &crate::shmem::require_shared().brokers()[slot as usize];
+        status.set_identity(&cfg.name, &cfg.host, cfg.port);
+        Link {
+            slot,
+            status,
+            cfg,
+            client: None,
+            resolving: None,
+            state: ConnState::Idle,
+            failures: 0,
+            window: Window::default(),
+            takeover_logged_at: None,
+            up_since: None,
+            refused_here: false,
+            backlog: VecDeque::new(),
+            backlog_slots: 0,
+            fetched: VecDeque::new(),
+            to_delete: Vec::new(),
+            outbox_check: true,
+            drain_after: None,
+            next_outbox_poll: Instant::now(),
+            switch_to: None,
+            refusal: None,
+            removed_at: None,
+        }
+    }
+
+    pub(super) fn cold(&self) -> bool {
+        self.status.is_cold()
+    }
+
+    pub(super) fn window_open(&self) -> bool {
+        self.state == ConnState::Connected
+            && self.switch_to.is_none()
+            && self.removed_at.is_none()
+            && self.window.has_room(self.cfg.max_inflight as usize)
+    }
+
+    /// Can a new ring record for this broker be handed over right now?
+    pub(super) fn takes_ring_record(&self) -> bool {
+        self.cold() || (self.backlog.is_empty() && self.window_open())
+    }
+
+    pub(super) fn note_sent(&mut self, mid: i32, what: Inflight) {
+        self.window.sent(mid, what, Instant::now());
+    }
+
+    pub(super) fn client_id(&self) -> String {
+        if !self.cfg.client_id.is_empty() {
+            return self.cfg.client_id.clone();
+        }
+        let mut host = [0u8; 256];
+        // SAFETY: gethostname writes at most host.len() bytes; DataDir is set (and NUL-terminated)
+        // before any worker starts; the others are plain reads.
+        let (sys, host, dir, port) = unsafe {
+            libc::gethostname(host.as_mut_ptr() as *mut std::ffi::c_char, host.len() - 1);
+            let n = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+            (
+                pg::GetSystemIdentifier(),
+                host[..n].to_vec(),
+                std::ffi::CStr::from_ptr(pg::DataDir).to_bytes().to_vec(),
+                pg::PostPortNumber,
+            )
+        };
+        let name = (self.slot != 0).then_some(self.cfg.name.as_str());
+        crate::identity::default_client_id(sys, &host, &dir, port, name)
+    }
+
+    pub(super) fn service_socket(&mut self, readable: bool, writable: bool) {
+        let Some(c) = self.client.as_mut() else { return };
+        if c.socket() < 0 {
+            return;
+        }
+        if readable {
+            c.loop_read();
+        }
+        if c.socket() >= 0 && (writable || c.want_write()) {
+            c.loop_write();
+        }
+        if c.socket() >= 0 {
+            c.loop_misc();
+        }
+    }
+}
+
+/// A connect running on a helper thread: it hands the client back with the result.
+pub(super) type Connecting = std::thread::JoinHandle<(Client, Result<(), String>)>;
+
+/// Start `client`'s connect on a helper thread. libmosquitto resolves the host name with a
+/// blocking getaddrinfo() inside its "asynchronous" connect; a name that resolves slowly (or a
+/// DNS server that does not answer) would stop delivery to every broker for seconds per try. The
+/// thread runs only libmosquitto and libc code (no PostgreSQL function), owns the client until
+/// it returns it, and blocks every signal, so PostgreSQL's handlers run in the main thread only.
+/// The name (not an address) is what libmosquitto connects to, so TLS still verifies the
+/// certificate against it.
+pub(super) fn connect_on_helper_thread(
+    client: Client,
+    host: &str,
+    port: u16,
+    keepalive: i32,
+) -> Result<Connecting, String> {
+    let host = host.to_string();
+    let mut client = Some(client);
+    // SAFETY: plain signal-mask calls on this thread; the new thread inherits the full mask and
+    // this thread's own mask is restored right after.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let handle = std::thread::Builder::new().name("pg_mqtt_pub connect".into()).spawn({
+            let mut client = client.take().expect("moved once");
+            move || {
+                let r =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client.connect(&host, port, keepalive)))
+                        .unwrap_or_else(|_| Err("the connect thread panicked".into()));
+                (client, r)
+            }
+        });
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        handle.map_err(|e| format!("cannot start a connect thread: {e}"))
+    }
+}
+
+/// The password to log in with: the first line of `password_file` when one is set (read at
+/// each connect, so rotating it needs no SQL and the secret never passes through SQL text or
+/// the server log), else the inline one.
+pub(super) fn read_password(cfg: &BrokerConfig) -> Result<String, String> {
+    if cfg.password_file.is_empty() {
+        return Ok(cfg.password.clone());
+    }
+    std::fs::read_to_string(&cfg.password_file)
+        .map(|s| s.lines().next().unwrap_or("").to_string())
+        .map_err(|e| format!("cannot read password_file \"{}\": {e}", cfg.password_file))
+}
+
+impl Worker {
+    pub(super) fn manage_connection(&mut self, l: usize) {
+        self.finish_resolving(l);
+        let now = Instant::now();
+        if self.links[l].removed_at.is_some() {
+            return;
+        }
+        if !self.active() && self.links[l].state != ConnState::Idle {
+            // Extension dropped and nothing left to deliver: let go of the broker.
+            let k = &mut self.links[l];
+            if let Some(c) = k.client.take() {
+                c.close();
+            }
+            k.state = ConnState::Idle;
+            k.status.set_connected(false);
+            self.go_cold(l);
+            self.rebuild_waiter = true;
+            guard::log(
+                Level::LOG,
+                format!("pg_mqtt_pub: idle, disconnected from broker \"{}\"", self.links[l].cfg.name),
+            );
+            return;
+        }
+        match self.links[l].state {
+            ConnState::Idle if self.active() => self.connect(l),
+            ConnState::Idle => {}
+            ConnState::Retry { at } if now >= at => self.connect(l),
+            ConnState::Connecting { since } => {
+                let k = &self.links[l];
+                let limit = Duration::from_secs(k.cfg.keepalive.max(10) as u64);
+                if now.duration_since(since) > limit {
+                    let why =
+                        format!("connecting to {}:{} timed out after {} s", k.cfg.host, k.cfg.port, limit.as_secs());
+                    self.fail(l, why);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn connect(&mut self, l: usize) {
+        if self.links[l].resolving.is_some() {
+            return; // the previous attempt's resolution must end first (it cannot be cancelled)
+        }
+        self.rebuild_waiter = true;
+        let k = &mut self.links[l];
+        k.status.set_identity(&k.cfg.name, &k.cfg.host, k.cfg.port);
+        let result = match k.client.as_mut() {
+            Some(_) => Ok(()), // still connecting
+            None => {
+                let id = k.client_id();
+                let password = match read_password(&k.cfg) {
+                    Ok(p) => p,
+                    Err(e) => return self.fail(l, e),
+                };
+                let opts = ClientOptions {
+                    client_id: &id,
+                    protocol: k.cfg.protocol,
+                    max_inflight: k.cfg.max_inflight,
+                    username: &k.cfg.username,
+                    password: &password,
+                    use_tls: k.cfg.use_tls,
+                    ca_cert: &k.cfg.ca_cert,
+                    client_cert: &k.cfg.client_cert,
+                    client_key: &k.cfg.client_key,
+                    tls_version: &k.cfg.tls_version,
+                };
+                match Client::new(&opts) {
+                    Err(e) => Err(e),
+                    Ok(mut c) if k.cfg.host.parse::<std::net::IpAddr>().is_ok() => {
+                        let r = c.connect(&k.cfg.host, k.cfg.port, k.cfg.keepalive);
+                        k.client = Some(c);
+                        r
+                    }
+                    Ok(c) => connect_on_helper_thread(c, &k.cfg.host, k.cfg.port, k.cfg.keepalive)
+                        .map(|h| k.resolving = Some(h)),
+                }
+            }
+        };
+        match result {
+            Ok(()) => self.links[l].state = ConnState::Connecting { since: Instant::now() },
+            Err(e) => {
+                let k = &self.links[l];
+                let why = format!("cannot connect to {}:{}: {e}", k.cfg.host, k.cfg.port);
+                self.fail(l, why)
+            }
+        }
+    }
+
+    /// A connect on a helper thread has returned: the client comes back to this loop if the
+    /// attempt is still wanted (nothing failed, switched or removed the link meanwhile), else it
+    /// is dropped.
+    pub(super) fn finish_resolving(&mut self, l: usize) {
+        let k = &mut self.links[l];
+        if !k.resolving.as_ref().is_some_and(|h| h.is_finished()) {
+            return;
+        }
+        let Ok((client, result)) = k.resolving.take().expect("checked").join() else {
+            return self.fail(l, "the connect thread failed".into());
+        };
+        if !matches!(k.state, ConnState::Connecting { .. }) || k.removed_at.is_some() || k.client.is_some() {
+            return; // not wanted any more; dropping it destroys the client
+        }
+        k.client = Some(client);
+        self.rebuild_waiter = true;
+        if let Err(e) = result {
+            let k = &self.links[l];
+            let why = format!("cannot connect to {}:{}: {e}", k.cfg.host, k.cfg.port);
+            self.fail(l, why);
+        }
+    }
+
+    /// The broker can no longer be written to: publishers use the outbox from now on, and its
+    /// backlog in the ring is taken back into the outbox.
+    pub(super) fn go_cold(&mut self, l: usize) {
+        let ring = self.ring;
+        let k = &mut self.links[l];
+        let s = k.status;
+        shmem::with_lock(shmem::RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            if !s.is_cold() {
+                s.flip_head.store(ring.head(), Ordering::Release);
+                s.set_mode(Mode::Cold);
+            }
+        });
+        k.fetched.clear();
+        k.drain_after = None;
+        k.outbox_check = true;
+        if !k.backlog.is_empty() {
+            let recs: Vec<(u64, u64)> = k.backlog.drain(..).collect();
+            k.backlog_slots = 0;
+            if !self.rescue(&recs) {
+                // no outbox to put them in (extension dropped): keep them for later
+                let k = &mut self.links[l];
+                k.backlog_slots = recs.iter().map(|r| r.1).sum();
+                k.backlog.extend(recs);
+            }
+        }
+    }
+
+    /// A connection attempt failed or the connection dropped: record why, schedule a retry.
+    /// Another client with our client id took the session over (MQTT 5 reason 0x8E): a
+    /// configuration problem (two clusters sharing an explicit `client_id`), not the fault of any
+    /// message. Nothing is charged, the reconnect backoff keeps growing (two clients fighting
+    /// over one id must not hammer the broker), and the warning is logged at most once a minute.
+    pub(super) fn taken_over(&mut self, l: usize, why: String) {
+        let k = &mut self.links[l];
+        let quiet = k.takeover_logged_at.is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+        if !quiet {
+            k.takeover_logged_at = Some(Instant::now());
+            PgError::new(
+                guard::Code::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!("pg_mqtt_pub: broker \"{}\": another client took over the session: {why}", k.cfg.name),
+            )
+            .hint("Two clients use one MQTT client id. Give each cluster its own client_id, or leave it empty for the default, which differs between clusters.")
+            .emit(Level::WARNING);
+        }
+        self.go_cold(l);
+        let k = &mut self.links[l];
+        k.status.set_connected(false);
+        k.status.set_error(&why);
+        self.drop_client(l, false);
+        self.schedule_retry(l);
+    }
+
+    pub(super) fn fail(&mut self, l: usize, why: String) {
+        let was_connected = self.links[l].state == ConnState::Connected;
+        // The in-flight records are older than the broker's backlog: save them to the outbox
+        // first (drop_client), then the backlog (go_cold), so the outbox ids keep their order.
+        self.drop_client(l, true);
+        self.go_cold(l);
+        let k = &mut self.links[l];
+        k.status.set_connected(false);
+        k.status.set_error(&why);
+        if was_connected {
+            guard::log(Level::WARNING, format!("pg_mqtt_pub: lost connection to broker \"{}\": {why}", k.cfg.name));
+            // Reconnect at once only after a connection that stayed up, or that ended after the
+            // broker refused a message (mosquitto closes the connection after a refusal: that
+            // message has its own retry backoff). A broker that accepts and drops at once, or
+            // two clients taking one client id from each other, get the growing backoff, not a
+            // reconnect per millisecond.
+            if k.refused_here || k.up_since.is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {
+                k.failures = 0;
+            }
+        } else if k.failures == 0 {
+            guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", k.cfg.name));
+        }
+        self.schedule_retry(l);
+    }
+
+    pub(super) fn schedule_retry(&mut self, l: usize) {
+        let k = &mut self.links[l];
+        let delay = reconnect_delay_ms(gucs::RECONNECT_INTERVAL_MS.get() as u64, k.failures);
+        k.failures = k.failures.saturating_add(1);
+        k.state = ConnState::Retry { at: Instant::now() + Duration::from_millis(delay) };
+        self.rebuild_waiter = true;
+    }
+
+    /// Forget the client and everything it had in flight: we resend ourselves, in order —
+    /// unacknowledged ring records go to the outbox (lane 0, ahead of everything), unacknowledged
+    /// outbox rows are simply fetched again. (libmosquitto would resend them from its memory,
+    /// without letting us notice a message that keeps killing the connection.)
+    pub(super) fn drop_client(&mut self, l: usize, count_suspect: bool) {
+        let k = &mut self.links[l];
+        if let Some(c) = k.client.take() {
+            c.close();
+        }
+        self.rebuild_waiter = true;
+        match k.window.lost(count_suspect) {
+            Lost::Nothing => return,
+            Lost::Suspect(what) => {
+                self.message_failed(l, what, "the broker closed the connection when this message was sent".into())
+            }
+            Lost::Resend(inflight) => {
+                let mut ring: Vec<(u64, u64)> = inflight
+                    .iter()
+                    .filter_map(|f| if let Inflight::Ring(p) = f { Some((*p, 0)) } else { None })
+                    .collect();
+                ring.sort_unstable();
+                if !ring.is_empty() {
+                    self.rescue(&ring);
+                }
+            }
+        }
+        let k = &mut self.links[l];
+        k.fetched.clear();
+        k.drain_after = None;
+        k.status.inflight.store(0, Ordering::Relaxed);
+    }
+
+    pub(super) fn handle_events(&mut self, l: usize) {
+        let Some(c) = self.links[l].client.as_mut() else { return };
+        let mut events = std::mem::take(&mut self.events);
+        c.take_events(&mut events);
+        for ev in events.iter().copied() {
+            let k = &mut self.links[l];
+            match ev {
+                Event::Connected(0) => {
+                    k.state = ConnState::Connected;
+                    // the backoff is reset only once the connection has proved stable (fail())
+                    k.up_since = Some(Instant::now());
+                    k.refused_here = false;
+                    k.refusal = None;
+                    k.outbox_check = true;
+                    k.window.connected(Instant::now());
+                    k.status.set_connected(true);
+                    guard::log(
+                        Level::LOG,
+                        format!("pg_mqtt_pub: connected to broker \"{}\" at {}:{}", k.cfg.name, k.cfg.host, k.cfg.port),
+                    );
+                }
+                Event::Connected(code) => {
+                    let why = k.client.as_ref().map(|c| c.describe_connack(code)).unwrap_or_default();
+                    k.refusal = Some(why);
+                }
+                Event::Disconnected(rc) => {
+                    if matches!(k.state, ConnState::Connected | ConnState::Connecting { .. }) {
+                        let why = k.refusal.take().unwrap_or_else(|| {
+                            let base = if rc == 0 {
+                                "disconnected".to_string()
+                            } else if rc >= 0x80 {
+                                format!(
+                                    "broker closed the connection: {} (0x{rc:02x})",
+                                    crate::broker::reason_string(rc)
+                                )
+                            } else {
+                                format!("connection lost: {}", crate::broker::strerror(rc))
+                            };
+                            k.client.as_ref().map(|c| c.with_log(base.clone())).unwrap_or(base)
+                        });
+                        if rc == REASON_SESSION_TAKEN_OVER {
+                            self.taken_over(l, why);
+                        } else {
+                            self.fail(l, why);
+                        }
+                    }
+                }
+                Event::Published { mid, reason } => {
+                    let Some(what) = k.window.acknowledged(mid, Instant::now()) else { continue };
+                    if reason >= 0x80 {
+                        k.refused_here = true;
+                        let text = crate::broker::reason_string(reason).to_lowercase();
+                        self.message_failed(l, what, format!("broker refused: {text} (0x{reason:02x})"));
+                        continue;
+                    }
+                    k.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    match what {
+                        Inflight::Ring(pos) => self.mark_ring_done(pos),
+                        Inflight::Outbox { id, tid } => k.to_delete.push((tid, id)),
+                    }
+                }
+            }
+        }
+        self.events = events;
+        // libmosquitto closes the socket of a failed TLS handshake without a disconnect callback
+        // (loop_read returns MOSQ_ERR_TLS): notice it here instead of waiting for the timeout.
+        let k = &self.links[l];
+        if matches!(k.state, ConnState::Connecting { .. } | ConnState::Connected)
+            && k.client.as_ref().is_some_and(|c| c.socket() < 0)
+        {
+            let why = k.client.as_ref().map(|c| c.with_log("TLS handshake failed".into())).unwrap_or_default();
+            self.fail(l, why);
+        }
+        let k = &self.links[l];
+        k.status.inflight.store(k.window.len() as u32, Ordering::Relaxed);
+    }
+
+    /// A broker that keeps the connection but stops acknowledging must not stall delivery.
+    pub(super) fn check_ack_timeout(&mut self, l: usize) {
+        let limit = Duration::from_millis(gucs::ACK_TIMEOUT_MS.get() as u64);
+        let k = &self.links[l];
+        if k.state == ConnState::Connected && k.window.stalled(Instant::now(), limit) {
+            let why = format!(
+                "no acknowledgement for {} ms with {} messages in flight; reconnecting",
+                limit.as_millis(),
+                k.window.len()
+            );
+            self.fail(l, why);
+            let k = &mut self.links[l];
+            k.failures = 0; // reconnect at once
+            k.state = ConnState::Retry { at: Instant::now() };
+        }
+    }
+
+    /// SIGHUP: the default broker's settings may have changed (and the protocol and window of
+    /// every broker); the catalog is read again too.
+    pub(super) fn reloaded(&mut self) {
+        self.next_catalog_check = Instant::now();
+        let new = BrokerConfig::default_broker();
+        let proto = (new.protocol, new.max_inflight);
+        for l in 0..self.links.len() {
+            let k = &mut self.links[l];
+            let mut target = if l == 0 { new.clone() } else { k.cfg.clone() };
+            (target.protocol, target.max_inflight) = proto;
+            if target == k.cfg {
+                continue;
+            }
+            guard::log(
+                Level::LOG,
+                format!(
+                    "pg_mqtt_pub: broker \"{}\" settings changed, reconnecting to {}:{}",
+                    target.name, target.host, target.port
+                ),
+            );
+            k.switch_to = Some((target, Instant::now() + DRAIN_GRACE));
+        }
+    }
+
+    /// Complete a pending settings switch once in-flight messages are acknowledged (or the grace
+    /// period ends: then they are taken back into the outbox and sent again).
+    pub(super) fn maybe_switch(&mut self, l: usize) {
+        let k = &self.links[l];
+        let Some((_, deadline)) = &k.switch_to else { return };
+        if k.state == ConnState::Connected && !k.window.is_empty() && Instant::now() < *deadline {
+            return;
+        }
+        let (new, _) = self.links[l].switch_to.take().expect("checked above");
+        self.go_cold(l);
+        self.drop_client(l, false);
+        let k = &mut self.links[l];
+        k.cfg = new;
+        k.status.set_connected(false);
+        k.status.set_identity(&k.cfg.name, &k.cfg.host, k.cfg.port);
+        k.state = ConnState::Idle;
+        k.failures = 0;
+        self.rebuild_waiter = true;
+    }
+}

@@ -1,0 +1,128 @@
+//! Process plumbing shared by the launcher and the worker: signals, naps, transactions,
+//! statistics, the settings the worker pins.
+
+use super::*;
+
+// The raw C signal handlers (the pgrx wrappers are Rust functions and cannot be installed).
+extern "C-unwind" {
+    #[link_name = "SignalHandlerForConfigReload"]
+    fn sighup_handler(arg: c_int);
+    #[link_name = "SignalHandlerForShutdownRequest"]
+    fn sigterm_handler(arg: c_int);
+}
+
+pub(super) fn install_signals() {
+    // SAFETY: standard background-worker setup, before signals are unblocked.
+    unsafe {
+        crate::compat::pqsignal(libc::SIGHUP, Some(sighup_handler));
+        crate::compat::pqsignal(libc::SIGTERM, Some(sigterm_handler));
+        // A broker closing the socket must not kill the worker.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        pg::BackgroundWorkerUnblockSignals();
+    }
+}
+
+pub(super) fn shutdown_requested() -> bool {
+    // SAFETY: sig_atomic_t flag set by the signal handler.
+    unsafe { pg::ShutdownRequestPending != 0 }
+}
+
+pub(super) fn take_reload() -> bool {
+    // SAFETY: as above; ProcessConfigFile runs on the main thread outside any transaction.
+    unsafe {
+        if pg::ConfigReloadPending == 0 {
+            return false;
+        }
+        pg::ConfigReloadPending = 0;
+        pg::ProcessConfigFile(pg::GucContext::PGC_SIGHUP);
+        true
+    }
+}
+
+/// Sleep on our latch (also woken by signals), exiting if the postmaster dies, then absorb
+/// interrupts: without CHECK_FOR_INTERRUPTS a process never accepts a ProcSignalBarrier, and
+/// DROP DATABASE (among others) waits for every process to accept one.
+pub(super) fn nap(ms: i64) {
+    // SAFETY: standard latch wait.
+    unsafe {
+        pg::WaitLatch(
+            pg::MyLatch,
+            (pg::WL_LATCH_SET | pg::WL_TIMEOUT | pg::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg::PG_WAIT_EXTENSION,
+        );
+        pg::ResetLatch(pg::MyLatch);
+    }
+    guard::check_for_interrupts();
+}
+
+pub(super) fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: the worker is between transactions whenever it calls this.
+    let r = unsafe {
+        pg::SetCurrentStatementStartTimestamp();
+        pg::StartTransactionCommand();
+        let r = f();
+        pg::CommitTransactionCommand();
+        r
+    };
+    STATS_PENDING.store(true, Ordering::Relaxed);
+    report_stats();
+    r
+}
+
+/// The worker's transactions have table statistics not yet reported.
+pub(super) static STATS_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Report the table statistics of our transactions (as a backend does when it goes idle): the
+/// outbox's deleted rows must count as dead tuples, or autovacuum never cleans it during a long
+/// drain and every fetch wades through them. PostgreSQL flushes at most about once a second;
+/// returns the milliseconds until the next try (0: nothing pending).
+pub(super) fn report_stats() -> i64 {
+    if !STATS_PENDING.load(Ordering::Relaxed) {
+        return 0;
+    }
+    // SAFETY: outside any transaction (after CommitTransactionCommand, or in the main loop).
+    let wait = unsafe { pg::pgstat_report_stat(false) } as i64;
+    if wait == 0 {
+        STATS_PENDING.store(false, Ordering::Relaxed);
+    }
+    wait
+}
+
+pub(super) fn extension_exists_in_transaction() -> bool {
+    // SAFETY: catalog lookup inside a transaction.
+    (unsafe { pg::get_extension_oid(c"pg_mqtt_pub".as_ptr(), true) }) != pg::InvalidOid
+}
+
+pub(super) fn extension_present() -> bool {
+    in_transaction(extension_exists_in_transaction)
+}
+
+/// Settings the worker's SQL depends on, fixed at connect with the highest source priority, so
+/// that `ALTER DATABASE` / `ALTER ROLE ... SET` can neither hijack (search_path) nor break
+/// (timeouts, read-only default) the bootstrap superuser's queries. Each query also pins its
+/// path itself (`spi.rs`).
+pub(super) fn pin_session_settings() {
+    const PINNED: [(&std::ffi::CStr, &std::ffi::CStr); 9] = [
+        (c"search_path", crate::spi::PINNED_PATH),
+        (c"statement_timeout", c"0"),
+        (c"lock_timeout", c"0"),
+        (c"idle_in_transaction_session_timeout", c"0"),
+        (c"idle_session_timeout", c"0"),
+        (c"default_transaction_read_only", c"off"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"session_replication_role", c"origin"),
+        // The worker's own writes (rescued ring records, deleted outbox rows) must not wait for a
+        // synchronous standby: that would stop delivery for everybody while none is attached.
+        // Losing them in a failover loses nothing committed by a user (ring records live only in
+        // this server's memory anyway; a lost delete means a duplicate, which at-least-once allows).
+        (c"synchronous_commit", c"local"),
+    ];
+    for (name, value) in PINNED {
+        // SAFETY: plain GUC assignment in our own process; PGC_S_OVERRIDE outranks every file,
+        // database and role setting.
+        unsafe {
+            pg::SetConfigOption(name.as_ptr(), value.as_ptr(), pg::GucContext::PGC_SUSET, pg::GucSource::PGC_S_OVERRIDE)
+        };
+    }
+}

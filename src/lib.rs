@@ -20,78 +20,35 @@
 //!                                        └──────▶   └─▶ libmosquitto (WaitEventSet-driven) ─▶ broker
 //! ```
 //!
-//! ## Module map
-//! | file | concern |
-//! |---|---|
-//! | `backend_local.rs` | `BackendLocal<T>`: per-process statics, used by the main thread only (pure) |
-//! | `guard.rs` | the FFI error boundary (panic ⇄ ereport) |
-//! | `compat.rs` | the differences between PostgreSQL 15, 16, 17 and 18, in one place |
-//! | `fmgr.rs` | SQL-callable function plumbing: arguments, varlena, encoding |
-//! | `gucs.rs` | every `pg_mqtt_pub.*` setting |
-//! | `shmem.rs` | the shared segment, LWLocks, the worker wake-up protocol |
-//! | `ring.rs` | the ring's memory protocol (pure, tested by `cargo test`) |
-//! | `scanlog.rs` | the worker's log of scanned ring records: release point, stepped-over reservations (pure) |
-//! | `topic.rs` | topic and QoS validation (pure) |
-//! | `window.rs` | a connection's in-flight window: probe mode, ack timeout (pure) |
-//! | `backoff.rs` | reconnect backoff (pure) |
-//! | `identity.rs` | the default MQTT client id, different for every clone of a cluster (pure) |
-//! | `publish.rs` | `mqtt_publish`, `_binary`, `_json`, `_batch` |
-//! | `envelope.rs` | the JSON envelope of change events (pure) |
-//! | `spi.rs` | the one place that runs SQL: pinned search_path, owner rights as a restricted operation |
-//! | `trigger.rs` | the compiled row trigger behind `mqtt_trigger_event_setup`; trigger-call checks |
-//! | `resultset.rs` | the compiled statement trigger behind `mqtt_trigger_resultset_setup` |
-//! | `setup.rs` | `mqtt_trigger_*_setup` and `mqtt_trigger_remove` (caller's rights) |
-//! | `pending.rs` | a transaction's pending messages and savepoint marks (pure) |
-//! | `txn.rs` | COMMIT / ABORT / PREPARE / savepoints; ring or outbox per broker |
-//! | `outbox.rs` | the SQL on `mqtt_pub.outbox` and `mqtt_pub.dead_letters` (through `spi.rs`) |
-//! | `catalog.rs` | `mqtt_pub.brokers`: named brokers, name → slot for publishers, reload for the worker |
-//! | `broker.rs` | one libmosquitto client, callbacks that only record |
-//! | `worker.rs` | the launcher and the publishing worker's loop |
-//! | `status.rs` | `mqtt_status()` and the shared counters |
+//! ## Layers
+//! One folder per layer; a module imports only from layers above it in this list (lower layers
+//! know nothing of higher ones), and there are no import cycles.
+//!
+//! | folder | layer | modules |
+//! |---|---|---|
+//! | `pure/` | logic without PostgreSQL, unit-tested by `cargo test` | `ring` (the ring's memory protocol), `scanlog` (the worker's scanned records, release point, stepped-over reservations), `window` (a connection's in-flight window: probe mode, ack timeout), `pending` (a transaction's messages and savepoint marks), `topic` (topic and QoS rules), `envelope` (the change-event JSON), `backoff`, `identity` (the default client id), `backend_local` (`BackendLocal<T>`) |
+//! | `mqtt/` | the MQTT client | `client` (one libmosquitto client; callbacks only record) |
+//! | `pg/` | PostgreSQL glue | `guard` (the FFI error boundary), `compat` (15–18 differences), `fmgr` (SQL-callable plumbing, encodings), `spi` (the one place that runs SQL: pinned path, owner rights restricted), `gucs` (every setting) |
+//! | `shmem/` | shared memory | `mod` (segment, LWLocks, wake-up protocol), `slot` (a broker's mode and counters) |
+//! | `data/` | data access | `catalog` (`mqtt_pub.brokers`, name → slot), `outbox` (the SQL on the outbox and dead letters) |
+//! | `backend/` | what a backend runs | `txn` (COMMIT / ABORT / PREPARE / savepoints: ring or outbox), `publish` (`mqtt_publish` & co.), `trigger` and `resultset` (the compiled triggers), `setup` (the trigger helpers), `status` (`mqtt_status()`) |
+//! | `worker/` | the background workers | the launcher and the worker's loop, one file per concern (see `worker/mod.rs`) |
 //!
 //! Modules that call PostgreSQL are compiled only into the extension (`not(test)`): a test
 //! binary cannot link PostgreSQL's symbols.
 
-pub mod backend_local;
-pub mod backoff;
-pub mod envelope;
-pub mod identity;
-pub mod pending;
-pub mod ring;
-pub mod scanlog;
-pub mod topic;
-pub mod window;
+pub mod pure;
 
 #[cfg(not(test))]
-pub mod broker;
+mod backend;
 #[cfg(not(test))]
-mod catalog;
+mod data;
 #[cfg(not(test))]
-mod compat;
+pub mod mqtt;
 #[cfg(not(test))]
-mod fmgr;
-#[cfg(not(test))]
-mod guard;
-#[cfg(not(test))]
-mod gucs;
-#[cfg(not(test))]
-mod outbox;
-#[cfg(not(test))]
-mod publish;
-#[cfg(not(test))]
-mod resultset;
-#[cfg(not(test))]
-mod setup;
+mod pg;
 #[cfg(not(test))]
 mod shmem;
-#[cfg(not(test))]
-mod spi;
-#[cfg(not(test))]
-mod status;
-#[cfg(not(test))]
-mod trigger;
-#[cfg(not(test))]
-mod txn;
 #[cfg(not(test))]
 mod worker;
 
@@ -103,17 +60,17 @@ mod worker;
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _PG_init() {
     pgrx_pg_sys::panic::register_pg_guard_panic_hook();
-    guard::guard(|| {
+    pg::guard::guard(|| {
         // SAFETY: plain read of a PostgreSQL global.
         if !unsafe { pgrx_pg_sys::process_shared_preload_libraries_in_progress } {
             // Loaded by CREATE EXTENSION or a function call without preloading: the SQL
             // functions will say what to do (publish::require_shared).
             return;
         }
-        gucs::define();
-        gucs::validate_startup();
+        pg::gucs::define();
+        pg::gucs::validate_startup();
         shmem::install_hooks();
-        txn::register_callbacks();
+        backend::txn::register_callbacks();
         // pg_upgrade runs both servers in binary-upgrade mode: no worker may deliver (and delete
         // outbox rows) while the catalog is being restored.
         // SAFETY: plain read of a PostgreSQL global.

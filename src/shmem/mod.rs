@@ -17,12 +17,12 @@
 //! publishes its records, then sets the worker's latch only if `worker_sleeping` is set. Both sides
 //! put a SeqCst fence between their write and their read, so one of them always sees the other.
 //! After it found work the worker naps briefly *without* setting the flag for a couple of
-//! milliseconds (worker.rs, `LINGER`), so a steady stream of commits is picked up by polling
+//! milliseconds (worker/mod.rs, `LINGER`), so a steady stream of commits is picked up by polling
 //! instead of one signal per commit.
 
-use crate::gucs;
-use crate::ring::{self, Ring};
-use crate::guard::{Code, PgError};
+use crate::pg::guard::{Code, PgError};
+use crate::pg::gucs;
+use crate::pure::ring::{self, Ring};
 use pgrx_pg_sys as pg;
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 
@@ -43,7 +43,7 @@ pub fn require_shared() -> &'static Shared {
 
 /// The most brokers `pg_mqtt_pub.max_brokers` may ask for (per-transaction bookkeeping in
 /// txn.rs uses fixed arrays and u32 bit sets of this size). Slot 0 is `default`.
-pub const MAX_BROKERS: usize = crate::pending::MAX_BROKERS;
+pub const MAX_BROKERS: usize = crate::pure::pending::MAX_BROKERS;
 
 pub const RING_LOCK: usize = 0;
 pub const STATUS_LOCK: usize = 1;
@@ -108,7 +108,7 @@ pub fn install_hooks() {
 }
 
 unsafe extern "C-unwind" fn shmem_request() {
-    crate::guard::guard(|| {
+    crate::pg::guard::guard(|| {
         // SAFETY: called by the postmaster at the one point where requests are allowed.
         unsafe {
             if let Some(prev) = PREV_REQUEST_HOOK {
@@ -121,7 +121,7 @@ unsafe extern "C-unwind" fn shmem_request() {
 }
 
 unsafe extern "C-unwind" fn shmem_startup() {
-    crate::guard::guard(|| {
+    crate::pg::guard::guard(|| {
         // SAFETY: the documented recipe (pg_stat_statements): create or attach under
         // AddinShmemInitLock; initialise only if we created it.
         unsafe {

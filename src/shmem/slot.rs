@@ -11,7 +11,6 @@ use pgrx_pg_sys as pg;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-
 /// A broker's delivery mode (ADR-001, ADR-003).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -35,7 +34,7 @@ pub struct BrokerShared {
     pub connected: AtomicBool,
     /// Delivery mode (a `Mode`; read with `mode()`). Changed only under RING_LOCK
     /// (`set_mode`), so a publisher's choice between ring and outbox is atomic with its ring
-    /// reservation (txn.rs, worker.rs).
+    /// reservation (backend/txn.rs, worker/).
     mode: AtomicU32,
     /// Transactions in progress that wrote (or will write at pre-commit) outbox rows for this
     /// broker. The worker returns the broker to hot only when this is 0 and the outbox is empty.

@@ -14,7 +14,7 @@ impl Worker {
         self.generation = generation;
         self.next_catalog_check = Instant::now() + CATALOG_RECHECK;
         let named = if self.ext_present {
-            match self.with_outbox(crate::catalog::load_all) {
+            match self.with_outbox(crate::data::catalog::load_all) {
                 Some(n) => n,
                 None => return,
             }

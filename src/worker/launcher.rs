@@ -52,7 +52,7 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
         loop {
             if shutdown_requested() {
                 // SAFETY: exits the process.
-                crate::compat::proc_exit(1);
+                crate::pg::compat::proc_exit(1);
             }
             take_reload();
             if !database_exists(&db) {
@@ -114,7 +114,7 @@ pub(super) fn supervise_worker() {
             // SAFETY: handle is valid; then exit.
             unsafe {
                 pg::TerminateBackgroundWorker(handle);
-                crate::compat::proc_exit(1);
+                crate::pg::compat::proc_exit(1);
             }
         }
         take_reload();

@@ -135,7 +135,7 @@ impl Link {
             )
         };
         let name = (self.slot != 0).then_some(self.cfg.name.as_str());
-        crate::identity::default_client_id(sys, &host, &dir, port, name)
+        crate::pure::identity::default_client_id(sys, &host, &dir, port, name)
     }
 
     pub(super) fn service_socket(&mut self, readable: bool, writable: bool) {
@@ -468,10 +468,10 @@ impl Worker {
                             } else if rc >= 0x80 {
                                 format!(
                                     "broker closed the connection: {} (0x{rc:02x})",
-                                    crate::broker::reason_string(rc)
+                                    crate::mqtt::client::reason_string(rc)
                                 )
                             } else {
-                                format!("connection lost: {}", crate::broker::strerror(rc))
+                                format!("connection lost: {}", crate::mqtt::client::strerror(rc))
                             };
                             k.client.as_ref().map(|c| c.with_log(base.clone())).unwrap_or(base)
                         });
@@ -486,7 +486,7 @@ impl Worker {
                     let Some(what) = k.window.acknowledged(mid, Instant::now()) else { continue };
                     if reason >= 0x80 {
                         k.refused_here = true;
-                        let text = crate::broker::reason_string(reason).to_lowercase();
+                        let text = crate::mqtt::client::reason_string(reason).to_lowercase();
                         self.message_failed(l, what, format!("broker refused: {text} (0x{reason:02x})"));
                         continue;
                     }

@@ -23,16 +23,16 @@
 //! records are saved to the outbox ahead of everything else, outbox rows are fetched again
 //! (`drop_client`), so a message that keeps killing the connection can be identified.
 
-use crate::backoff::reconnect_delay_ms;
-use crate::broker::{Client, ClientOptions, Event, Handoff};
-use crate::guard::{self, guard, Level, PgError};
-use crate::gucs::{self, BrokerConfig};
-use crate::outbox;
-use crate::ring::{Peek, Ring, RunState};
-use crate::scanlog::{Hole, ScanLog};
+use crate::data::outbox;
+use crate::mqtt::client::{Client, ClientOptions, Event, Handoff};
+use crate::pg::guard::{self, guard, Level, PgError};
+use crate::pg::gucs::{self, BrokerConfig};
+use crate::pure::backoff::reconnect_delay_ms;
+use crate::pure::ring::{Peek, Ring, RunState};
+use crate::pure::scanlog::{Hole, ScanLog};
+use crate::pure::window::{Lost, Window};
 use crate::shmem;
 use crate::shmem::{BrokerShared, Mode};
-use crate::window::{Lost, Window};
 use pgrx_pg_sys as pg;
 use std::collections::VecDeque;
 use std::ffi::{c_int, CString};
@@ -116,7 +116,7 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_worker_main(_arg: pg::Datum) {
             s.worker_pid.store(pg::MyProcPid, Ordering::Release);
             pg::on_shmem_exit(Some(forget_latch), pg::Datum::from(0usize));
         }
-        crate::broker::lib_init();
+        crate::mqtt::client::lib_init();
         Worker::new().run()
     })
 }

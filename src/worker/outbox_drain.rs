@@ -58,7 +58,7 @@ impl Worker {
                 Handoff::Refused { rc } => self.message_failed(
                     l,
                     Inflight::Outbox { id: row.id, tid: row.tid },
-                    format!("refused by the MQTT client library: {}", crate::broker::strerror(rc)),
+                    format!("refused by the MQTT client library: {}", crate::mqtt::client::strerror(rc)),
                 ),
                 Handoff::NotConnected => {
                     k.fetched.push_front(row);

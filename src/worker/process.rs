@@ -14,8 +14,8 @@ extern "C-unwind" {
 pub(super) fn install_signals() {
     // SAFETY: standard background-worker setup, before signals are unblocked.
     unsafe {
-        crate::compat::pqsignal(libc::SIGHUP, Some(sighup_handler));
-        crate::compat::pqsignal(libc::SIGTERM, Some(sigterm_handler));
+        crate::pg::compat::pqsignal(libc::SIGHUP, Some(sighup_handler));
+        crate::pg::compat::pqsignal(libc::SIGTERM, Some(sigterm_handler));
         // A broker closing the socket must not kill the worker.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         pg::BackgroundWorkerUnblockSignals();
@@ -104,7 +104,7 @@ pub(super) fn extension_present() -> bool {
 /// path itself (`spi.rs`).
 pub(super) fn pin_session_settings() {
     const PINNED: [(&std::ffi::CStr, &std::ffi::CStr); 9] = [
-        (c"search_path", crate::spi::PINNED_PATH),
+        (c"search_path", crate::pg::spi::PINNED_PATH),
         (c"statement_timeout", c"0"),
         (c"lock_timeout", c"0"),
         (c"idle_in_transaction_session_timeout", c"0"),

@@ -165,9 +165,11 @@ impl Worker {
                 k.status.messages_sent.fetch_add(1, Ordering::Relaxed);
                 return Some(true);
             }
-            Handoff::Refused { rc } => {
-                failed.push((l, pos, format!("refused by the MQTT client library: {}", crate::broker::strerror(rc))))
-            }
+            Handoff::Refused { rc } => failed.push((
+                l,
+                pos,
+                format!("refused by the MQTT client library: {}", crate::mqtt::client::strerror(rc)),
+            )),
         }
         Some(false)
     }

@@ -80,6 +80,6 @@ impl Worker {
         }
         self.save_ring_to_outbox();
         // SAFETY: exits the process.
-        crate::compat::proc_exit(0)
+        crate::pg::compat::proc_exit(0)
     }
 }

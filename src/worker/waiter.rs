@@ -16,7 +16,7 @@ impl Waiter {
     pub(super) fn new(fds: &[(usize, c_int)]) -> Waiter {
         // SAFETY: standard WaitEventSet construction in a long-lived context.
         unsafe {
-            let set = crate::compat::create_wait_event_set(2 + fds.len() as c_int);
+            let set = crate::pg::compat::create_wait_event_set(2 + fds.len() as c_int);
             pg::AddWaitEventToSet(set, pg::WL_LATCH_SET, -1, pg::MyLatch, std::ptr::null_mut());
             pg::AddWaitEventToSet(set, pg::WL_EXIT_ON_PM_DEATH, -1, std::ptr::null_mut(), std::ptr::null_mut());
             let socks = fds

@@ -14,13 +14,13 @@
 //! broker takes AccessShareLock on `mqtt_pub.brokers` until the transaction ends;
 //! `mqtt_broker_remove` takes ACCESS EXCLUSIVE, so it waits for those transactions (and they for
 //! it); the generation is bumped before the remover's lock is released. A removed broker's slot
-//! is reused only after the worker has released it (`status.in_use` false, see worker.rs).
+//! is reused only after the worker has released it (`status.in_use` false, see worker/catalog_sync.rs).
 
-use crate::backend_local::BackendLocal;
-use crate::guard::{guard, Code, PgError};
-use crate::gucs::BrokerConfig;
+use crate::pg::guard::{guard, Code, PgError};
+use crate::pg::gucs::BrokerConfig;
+use crate::pg::spi::{self, pinned, text_at, with_spi, Rights};
+use crate::pure::backend_local::BackendLocal;
 use crate::shmem::require_shared;
-use crate::spi::{self, pinned, text_at, with_spi, Rights};
 use pgrx_pg_sys as pg;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering;
@@ -206,7 +206,7 @@ pub unsafe extern "C-unwind" fn mqtt_pub_brokers_changed(_fcinfo: pg::FunctionCa
 pub unsafe extern "C-unwind" fn mqtt_pub_broker_slot_busy(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     guard(|| {
         // SAFETY: fcinfo is valid for this call.
-        let a = unsafe { crate::fmgr::Args::new(fcinfo) };
+        let a = unsafe { crate::pg::fmgr::Args::new(fcinfo) };
         let slot = a.i32(0, "slot");
         pg::Datum::from(slot < 0 || slot_busy(slot as usize))
     })

@@ -2,7 +2,7 @@
 //!
 //! Invariants:
 //! * libmosquitto runs without threads: the worker drives it with `loop_read`, `loop_write` and
-//!   `loop_misc` from its own WaitEventSet loop (`worker.rs`). Never `mosquitto_loop_start`.
+//!   `loop_misc` from its own WaitEventSet loop (`src/worker/`). Never `mosquitto_loop_start`.
 //! * Callbacks only *record* what happened ([`Event`]s, the last error logged) in a boxed state
 //!   whose address is the client's userdata; they call no PostgreSQL function (a PostgreSQL ERROR
 //!   there would longjmp through libmosquitto's frames) and cannot panic across the C frames
@@ -10,10 +10,10 @@
 //!   into C).
 //! * Connecting is asynchronous (`mosquitto_connect_async`): a black-holed host never blocks the
 //!   worker. Host name resolution inside it is not, so the worker calls `connect` for a host
-//!   name on a helper thread (worker.rs); a client is `Send` for that.
+//!   name on a helper thread (worker/link.rs); a client is `Send` for that.
 //! * One client object per connection. libmosquitto would keep unacknowledged QoS 1/2 messages
 //!   across a reconnect and resend them on its own, out of our sight — including a message that
-//!   makes the broker close the connection every time. The worker resends instead (worker.rs),
+//!   makes the broker close the connection every time. The worker resends instead (worker/link.rs),
 //!   so a message is never sent from two places.
 //! * `Drop` destroys the client (closing the socket).
 //!
@@ -365,7 +365,7 @@ impl Client {
 }
 
 // SAFETY: a client may move to another thread (the worker connects on a helper thread, see
-// worker.rs): it is used by one thread at a time, libmosquitto is built thread-safe, its
+// worker/link.rs): it is used by one thread at a time, libmosquitto is built thread-safe, its
 // callbacks run on the thread that calls into it and touch only the client's own state box.
 unsafe impl Send for Client {}
 

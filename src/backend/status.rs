@@ -1,7 +1,7 @@
 //! `mqtt_status()`: one row per broker, from its shared slot (shmem/slot.rs) and the outbox.
 
-use crate::fmgr::{text_datum, Args};
-use crate::guard::guard;
+use crate::pg::fmgr::{text_datum, Args};
+use crate::pg::guard::guard;
 use crate::shmem;
 use pgrx_pg_sys as pg;
 use std::sync::atomic::Ordering;
@@ -16,7 +16,7 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
         // SAFETY: fcinfo is valid for this call.
         let args = unsafe { Args::new(fcinfo) };
         let ring = shmem::ring();
-        let ring_bytes = (ring.used_slots() * crate::ring::SLOT as u64) as i64;
+        let ring_bytes = (ring.used_slots() * crate::pure::ring::SLOT as u64) as i64;
         // SAFETY: the documented materialize-mode SRF recipe.
         unsafe {
             pg::InitMaterializedSRF(args.fcinfo(), 0);
@@ -30,14 +30,14 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                 let mut port = b.port.load(Ordering::Relaxed);
                 if !in_use {
                     // the worker has not started yet: show what it will use
-                    let cfg = crate::gucs::BrokerConfig::default_broker();
+                    let cfg = crate::pg::gucs::BrokerConfig::default_broker();
                     name = cfg.name;
                     host = cfg.host;
                     port = cfg.port as i32;
                 }
                 let ts = |v: i64| (pg::Datum::from(v), v == 0);
                 let mode = if b.is_cold() { "cold" } else { "hot" };
-                let (pending, oldest) = crate::outbox::pending_and_age(&name);
+                let (pending, oldest) = crate::data::outbox::pending_and_age(&name);
                 let cols: [(pg::Datum, bool); 15] = [
                     (text_datum(&name), false),
                     (text_datum(&host), false),

@@ -10,11 +10,11 @@
 //!
 //! Topics are stored as text in the database encoding; payloads as the exact bytes to send.
 //! Everything here raises ERRORs through the guard; the worker's calls run inside its own
-//! transactions (`worker.rs`).
+//! transactions (`src/worker/`).
 
-use crate::backend_local::BackendLocal;
-use crate::fmgr::{from_utf8, to_utf8, varlena_bytes};
-use crate::spi::{self, bytes_datum, execute, first_value, pinned, with_spi, Rights};
+use crate::pg::fmgr::{from_utf8, to_utf8, varlena_bytes};
+use crate::pg::spi::{self, bytes_datum, execute, first_value, pinned, with_spi, Rights};
+use crate::pure::backend_local::BackendLocal;
 use pgrx_pg_sys as pg;
 use std::cell::Cell;
 
@@ -58,7 +58,7 @@ pub struct NewRow<'a> {
 
 impl<'a> NewRow<'a> {
     /// A row for message `m` (its topic is UTF-8) to broker `broker`, in `lane`.
-    pub fn of(broker: &'a str, m: &crate::ring::MessageRef<'a>, lane: i16) -> Self {
+    pub fn of(broker: &'a str, m: &crate::pure::ring::MessageRef<'a>, lane: i16) -> Self {
         NewRow { broker, topic_utf8: m.topic, payload: m.payload, qos: m.qos, retain: m.retain, lane }
     }
 }

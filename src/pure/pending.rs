@@ -10,7 +10,7 @@
 //!   stack of marks (the list's length when a deeper sub-transaction first published) finds that
 //!   suffix on abort; on a sub-commit the child's marks fold into one, keeping the earliest.
 
-use crate::ring::MessageRef;
+use crate::pure::ring::MessageRef;
 
 /// Brokers a transaction can address (bit masks of brokers are `u32`).
 pub const MAX_BROKERS: usize = 32;

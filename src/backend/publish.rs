@@ -7,14 +7,14 @@
 //! Cost on the hot path (a row trigger calling `mqtt_publish`): argument decoding, topic check
 //! (one pass over the topic), and one copy into the transaction's pending arena (`txn.rs`).
 
-use crate::backend_local::BackendLocal;
-use crate::envelope;
-use crate::fmgr::{to_utf8, varlena_bytes, Args};
-use crate::guard::{guard, Code, PgError};
-use crate::gucs;
-use crate::ring::MessageRef;
+use crate::pg::fmgr::{to_utf8, varlena_bytes, Args};
+use crate::pg::guard::{guard, Code, PgError};
+use crate::pg::gucs;
+use crate::pure::backend_local::BackendLocal;
+use crate::pure::envelope;
+use crate::pure::ring::MessageRef;
+use crate::pure::topic;
 use crate::shmem;
-use crate::topic;
 use pgrx_pg_sys as pg;
 use std::cell::Cell;
 
@@ -58,10 +58,9 @@ pub fn require_publishable() {
     }
 }
 
-
 /// Slot of a broker by name, or ERROR.
 pub fn broker_index(name: &[u8]) -> u16 {
-    crate::catalog::slot_of(name)
+    crate::data::catalog::slot_of(name)
 }
 
 /// A UTF-8 topic that may be published to, or ERROR 22023 saying what is wrong with it.
@@ -104,7 +103,7 @@ pub fn publish_to(t: &Target<'_>, payload: &[u8], retain: bool) {
             .hint("Publish a smaller payload, or raise pg_mqtt_pub.max_message_size.")
             .raise();
     }
-    crate::txn::publish(MessageRef { broker: t.broker, qos: t.qos, retain, topic: &t.topic, payload });
+    crate::backend::txn::publish(MessageRef { broker: t.broker, qos: t.qos, retain, topic: &t.topic, payload });
 }
 
 /// Validate and publish one message. `payload` is already in its final (UTF-8 or binary) form.
@@ -173,7 +172,7 @@ fn publish_batch_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     // which only adds the length limit.
     let t = check_target(prefix, qos, broker);
     // SAFETY: the argument is declared text[].
-    let (ndim, elems) = unsafe { crate::fmgr::text_elements(arr) };
+    let (ndim, elems) = unsafe { crate::pg::fmgr::text_elements(arr) };
     if ndim > 1 {
         PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, "payloads must be a one-dimensional array")
             .detail(format!("The array has {ndim} dimensions."))

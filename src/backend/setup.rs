@@ -11,10 +11,10 @@
 //! `mqtt_pub_event` (row level) and `mqtt_pub_resultset_<operation>` (statement level, one per
 //! operation because PostgreSQL allows transition tables only on single-event triggers).
 
-use crate::fmgr::Args;
-use crate::guard::{guard, Code, PgError};
-use crate::publish;
-use crate::spi::{self, pinned, quote_ident, quote_literal, with_spi, Rights};
+use crate::backend::publish;
+use crate::pg::fmgr::Args;
+use crate::pg::guard::{guard, Code, PgError};
+use crate::pg::spi::{self, pinned, quote_ident, quote_literal, with_spi, Rights};
 use pgrx_pg_sys as pg;
 use std::ffi::{CStr, CString};
 
@@ -36,12 +36,12 @@ fn resolve_table(a: &Args) -> Table {
             .raise()
     };
     // SAFETY: a text argument.
-    let given = unsafe { crate::fmgr::varlena_bytes(d) };
+    let given = unsafe { crate::pg::fmgr::varlena_bytes(d) };
     let c = CString::new(given).expect("text has no NUL");
     // SAFETY: parses the name as SQL does (ERROR on bad syntax), then looks it up in the
     // caller's search_path without locking, returning InvalidOid when missing.
     let relid = unsafe {
-        let names = crate::compat::qualified_name_list(c.as_ptr());
+        let names = crate::pg::compat::qualified_name_list(c.as_ptr());
         let rv = pg::makeRangeVarFromNameList(names);
         pg::RangeVarGetRelidExtended(rv, pg::NoLock as _, pg::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut())
     };
@@ -87,7 +87,7 @@ fn setup_target(a: &Args, row_level: bool) -> (Table, Vec<u8>) {
     }
     let prefix = match a.get(1) {
         // SAFETY: a text argument.
-        Some(d) => unsafe { crate::fmgr::varlena_bytes(d) }.to_vec(),
+        Some(d) => unsafe { crate::pg::fmgr::varlena_bytes(d) }.to_vec(),
         None => {
             let mut p = b"db/changes/".to_vec();
             if t.nsp != b"public" {
@@ -120,7 +120,7 @@ fn operations(a: &Args) -> Vec<&'static str> {
     };
     let Some(d) = a.get(2) else { none() };
     // SAFETY: a text[] argument.
-    let (_, elems) = unsafe { crate::fmgr::text_elements(d) };
+    let (_, elems) = unsafe { crate::pg::fmgr::text_elements(d) };
     if elems.is_empty() {
         none();
     }
@@ -178,7 +178,7 @@ fn drop_triggers(t: &Table, kind: Kind) -> i32 {
             unsafe {
                 spi::execute(&sql, &[(pg::OIDOID, pg::Datum::from(t.relid))], true, 0);
                 (0..spi::processed() as usize)
-                    .filter_map(|r| spi::value(r, 1).map(|d| crate::fmgr::varlena_bytes(d).to_vec()))
+                    .filter_map(|r| spi::value(r, 1).map(|d| crate::pg::fmgr::varlena_bytes(d).to_vec()))
                     .collect()
             }
         })

@@ -13,11 +13,11 @@
 //! The statement-level helper is `resultset.rs`; both share [`TriggerCall`]'s checks of how
 //! they were called.
 
-use crate::backend_local::BackendLocal;
-use crate::envelope::{self, Meta};
-use crate::fmgr::{to_utf8, varlena_bytes};
-use crate::guard::{guard, Code, PgError};
-use crate::publish;
+use crate::backend::publish;
+use crate::pg::fmgr::{to_utf8, varlena_bytes};
+use crate::pg::guard::{guard, Code, PgError};
+use crate::pure::backend_local::BackendLocal;
+use crate::pure::envelope::{self, Meta};
 use pgrx_pg_sys as pg;
 use std::cell::RefCell;
 use std::ffi::CStr;

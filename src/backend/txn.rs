@@ -43,13 +43,13 @@
 //! `transactional = off`: the message is made visible at once (ring), or written to the outbox in
 //! the current transaction when the broker is cold.
 
-use crate::backend_local::BackendLocal;
-use crate::guard::{self, guard, Code, PgError};
-use crate::gucs;
-use crate::outbox::{self, NewRow, LANE_PUBLISHED};
-use crate::pending::Messages;
-use crate::catalog::name_of as broker_name;
-use crate::ring::MessageRef;
+use crate::data::catalog::name_of as broker_name;
+use crate::data::outbox::{self, NewRow, LANE_PUBLISHED};
+use crate::pg::guard::{self, guard, Code, PgError};
+use crate::pg::gucs;
+use crate::pure::backend_local::BackendLocal;
+use crate::pure::pending::Messages;
+use crate::pure::ring::MessageRef;
 use crate::shmem::{self, MAX_BROKERS, RING_LOCK};
 use crate::shmem::{BrokerShared, Mode};
 use pgrx_pg_sys as pg;
@@ -399,11 +399,11 @@ unsafe extern "C-unwind" fn xact_callback(event: pg::XactEvent::Type, _arg: *mut
     guard(|| match event {
         XACT_EVENT_PRE_COMMIT => pre_commit(),
         XACT_EVENT_COMMIT => {
-            crate::catalog::at_commit();
+            crate::data::catalog::at_commit();
             commit()
         }
         XACT_EVENT_ABORT => {
-            crate::catalog::at_abort();
+            crate::data::catalog::at_abort();
             abort()
         }
         XACT_EVENT_PRE_PREPARE => {

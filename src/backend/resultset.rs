@@ -18,12 +18,12 @@
 //! without a key, old rows then new rows, unpaired. Messages are split at `rows_per_message`
 //! rows and at `max_message_size` bytes, measured exactly in UTF-8 (what is sent).
 
-use crate::envelope::{self, Meta};
-use crate::fmgr::{to_utf8, varlena_bytes};
-use crate::guard::{guard, Code, PgError};
-use crate::publish;
-use crate::spi::{self, pinned, quote_ident, with_spi, Rights};
-use crate::trigger::{qualified_name, with_timestamp, TriggerCall};
+use crate::backend::publish;
+use crate::backend::trigger::{qualified_name, with_timestamp, TriggerCall};
+use crate::pg::fmgr::{to_utf8, varlena_bytes};
+use crate::pg::guard::{guard, Code, PgError};
+use crate::pg::spi::{self, pinned, quote_ident, with_spi, Rights};
+use crate::pure::envelope::{self, Meta};
 use pgrx_pg_sys as pg;
 use std::ffi::CStr;
 
@@ -222,7 +222,7 @@ fn resultset_trigger(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
         }
         let head = to_utf8(&head).into_owned();
         let rows = entries(td, op);
-        let max = crate::gucs::MAX_MESSAGE_SIZE.get() as usize;
+        let max = crate::pg::gucs::MAX_MESSAGE_SIZE.get() as usize;
         let budget = max.saturating_sub(target.topic.len() + head.len() + TAIL_RESERVE);
         let parts = envelope::split_rows(&rows, max_rows, budget);
         let mut payload = Vec::new();

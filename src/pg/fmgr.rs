@@ -1,10 +1,10 @@
 //! Helpers for version-1 SQL-callable functions: argument access, varlena decoding, encoding.
 //!
-//! Every accessor that can fail raises a [`PgError`](crate::guard::PgError), so it must run
-//! inside [`guard`](crate::guard::guard). Byte slices returned here point into memory allocated
+//! Every accessor that can fail raises a [`PgError`](crate::pg::guard::PgError), so it must run
+//! inside [`guard`](crate::pg::guard::guard). Byte slices returned here point into memory allocated
 //! in the function's memory context: valid for the duration of the call, no longer.
 
-use crate::guard::{Code, PgError};
+use crate::pg::guard::{Code, PgError};
 use pgrx_pg_sys as pg;
 use std::borrow::Cow;
 

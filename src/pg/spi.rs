@@ -17,7 +17,7 @@
 //!
 //! Everything here may raise an ERROR; callers run inside the FFI guard (`guard.rs`).
 
-use crate::backend_local::BackendLocal;
+use crate::pure::backend_local::BackendLocal;
 use pgrx_pg_sys as pg;
 use std::cell::Cell;
 use std::ffi::{c_char, CStr, CString};
@@ -104,9 +104,12 @@ fn outbox_owner() -> pg::Oid {
         let ns = pg::get_namespace_oid(c"mqtt_pub".as_ptr(), false);
         let relid = pg::get_relname_relid(c"outbox".as_ptr(), ns);
         if relid == pg::InvalidOid {
-            crate::guard::PgError::new(crate::guard::Code::ERRCODE_UNDEFINED_TABLE, "mqtt_pub.outbox does not exist")
-                .hint("Run CREATE EXTENSION pg_mqtt_pub in this database.")
-                .raise();
+            crate::pg::guard::PgError::new(
+                crate::pg::guard::Code::ERRCODE_UNDEFINED_TABLE,
+                "mqtt_pub.outbox does not exist",
+            )
+            .hint("Run CREATE EXTENSION pg_mqtt_pub in this database.")
+            .raise();
         }
         let rel = pg::RelationIdGetRelation(relid);
         let owner = (*(*rel).rd_rel).relowner;

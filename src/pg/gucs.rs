@@ -9,8 +9,8 @@
 //! Values live in statics that PostgreSQL writes (the GUC machinery holds pointers to them);
 //! they are read only from the main thread of a backend or worker.
 
-use crate::backend_local::BackendLocal;
-use crate::guard::{guard, Code, PgError};
+use crate::pg::guard::{guard, Code, PgError};
+use crate::pure::backend_local::BackendLocal;
 use pgrx_pg_sys as pg;
 use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -157,7 +157,7 @@ unsafe extern "C-unwind" fn check_queue_size(
         // SAFETY: guc.c passes a valid pointer.
         let v = unsafe { *newval };
         // SAFETY: plain read of a PostgreSQL global on the main thread.
-        if crate::ring::is_power_of_two(v as i64) || unsafe { pg::process_shared_preload_libraries_in_progress } {
+        if crate::pure::ring::is_power_of_two(v as i64) || unsafe { pg::process_shared_preload_libraries_in_progress } {
             return true;
         }
         // SAFETY: guc.c reports (and owns) these palloc'd strings.
@@ -243,7 +243,7 @@ pub fn define() {
         c"Brokers (default included) shared memory has room for.",
         &MAX_BROKERS,
         1,
-        crate::pending::MAX_BROKERS as c_int,
+        crate::pure::pending::MAX_BROKERS as c_int,
         POSTMASTER,
         0,
     );
@@ -420,7 +420,7 @@ pub fn define() {
 /// Refuse to start with settings that cannot work (see `check_queue_size`).
 pub fn validate_startup() {
     let q = QUEUE_SIZE.get();
-    if !crate::ring::is_power_of_two(q as i64) {
+    if !crate::pure::ring::is_power_of_two(q as i64) {
         PgError::new(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("invalid value for parameter \"pg_mqtt_pub.queue_size\": {q}"),

@@ -4,7 +4,7 @@
 //! per-process caches and state of this extension (prepared plans, the transaction's pending
 //! messages, catalog caches) need no lock. Rust cannot know that, and a `static` must be `Sync`.
 //! This wrapper states it once, instead of an `unsafe impl Sync` per static. The only other
-//! threads in any of our processes are the worker's connect threads (worker.rs), which run
+//! threads in any of our processes are the worker's connect threads (worker/link.rs), which run
 //! libmosquitto code only and never touch a `BackendLocal`.
 
 use std::ops::Deref;

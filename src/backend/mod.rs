@@ -1,0 +1,9 @@
+//! What a backend runs: the publishing functions, the transaction callbacks, the compiled
+//! triggers and their helpers, `mqtt_status()`.
+
+pub mod publish;
+pub mod resultset;
+pub mod setup;
+pub mod status;
+pub mod trigger;
+pub mod txn;

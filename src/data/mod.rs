@@ -1,0 +1,4 @@
+//! Data access: the extension's tables, through `pg::spi` only.
+
+pub mod catalog;
+pub mod outbox;

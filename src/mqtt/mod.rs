@@ -1,0 +1,3 @@
+//! The MQTT client (libmosquitto), free of PostgreSQL.
+
+pub mod client;

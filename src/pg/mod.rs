@@ -1,0 +1,8 @@
+//! PostgreSQL glue: the FFI error boundary, version differences, function-call plumbing, the
+//! one SQL runner, settings.
+
+pub mod compat;
+pub mod fmgr;
+pub mod guard;
+pub mod gucs;
+pub mod spi;

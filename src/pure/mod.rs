@@ -1,0 +1,11 @@
+//! Logic without PostgreSQL: no `pg_sys` call, so `cargo test` links and runs it.
+
+pub mod backend_local;
+pub mod backoff;
+pub mod envelope;
+pub mod identity;
+pub mod pending;
+pub mod ring;
+pub mod scanlog;
+pub mod topic;
+pub mod window;

@@ -3,8 +3,9 @@
 //! The worker is the only writer of a [`BrokerShared`]'s counters; backends only read them. Counters
 //! and flags are atomics (readers may see a counter a moment stale, never torn). Text fields (host,
 //! last error) are written and read under `STATUS_LOCK`, copied out before any PostgreSQL call.
-//! The mode is changed under `RING_LOCK` (ADR-003). All-zero memory is a valid initial state
-//! (empty strings, counters 0, not connected, hot).
+//! The mode is changed under `RING_LOCK` (ADR-003). All-zero memory is a valid slot (empty
+//! strings, counters 0, not connected, mode 0 = hot); shared-memory initialisation then sets every
+//! broker cold (shmem/mod.rs: the outbox goes first after a restart).
 
 use super::{with_lock, RING_LOCK, STATUS_LOCK};
 use pgrx_pg_sys as pg;

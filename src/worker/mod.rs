@@ -10,7 +10,8 @@
 //! |---|---|
 //! | `process.rs` | signals, naps, transactions, statistics, pinned settings |
 //! | `waiter.rs` | the WaitEventSet; sleep, linger or go on |
-//! | `link.rs` | one broker connection: connect, fail and back off, events, ack timeout, settings switch |
+//! | `link.rs` | one broker connection: fail and back off, events, ack timeout, settings switch |
+//! | `connect.rs` | connecting a link (host names on a helper thread, ADR-008) |
 //! | `ring_scan.rs` | hand ring records to brokers in order; step over a stuck commit; release |
 //! | `outbox_drain.rs` | deliver outbox rows, delete acknowledged ones, go hot again, prune |
 //! | `failures.rs` | poison handling: retry with backoff, dead letters |
@@ -40,6 +41,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 mod catalog_sync;
+mod connect;
 mod failures;
 mod launcher;
 mod link;

@@ -3,25 +3,59 @@
 
 use super::*;
 
+/// What a pass over the ring leaves for SQL afterwards (records stay in the ring until then).
+#[derive(Default)]
+pub(super) struct Found {
+    /// Records of cold brokers, to save to the outbox (position, slots).
+    rescue: Vec<(u64, u64)>,
+    /// Records the client library refused: (link, position, why).
+    failed: Vec<(usize, u64, String)>,
+    /// Records of removed brokers: (link, position).
+    removed: Vec<(usize, u64)>,
+    /// Records whose broker slot nobody owns: (position, slot).
+    orphans: Vec<(u64, u16)>,
+}
+
+/// The scan's decision about one ready record.
+enum Take {
+    /// Log it (and whether it is finished already).
+    Logged(bool),
+    /// Already logged (and handled).
+    Skip,
+    /// Stop scanning here for now; the record stays for the next pass.
+    Stop,
+    /// Stop: the links must be synced with the catalog first.
+    Resync,
+}
+
 impl Worker {
-    /// Scan the ring from the cursor: publish records of a hot broker (or queue them in its
-    /// backlog while its window is full), take records of a cold broker back into the outbox
-    /// (lane 0), dead-letter records of a removed broker, skip cancelled reservations. Returns
-    /// true if more could be done right away.
+    /// Hand ring records to their brokers: stepped-over transactions that committed since and
+    /// the brokers' backlogs first (they are older than anything the scan finds), then new
+    /// records in ring order; then what the scan decided needs SQL (outbox, dead letters).
+    /// Returns whether there may be more to do at once.
     pub(super) fn process_ring(&mut self) -> bool {
-        let mut rescue: Vec<(u64, u64)> = Vec::new();
-        let mut failed: Vec<(usize, u64, String)> = Vec::new();
-        let mut removed: Vec<(usize, u64)> = Vec::new();
-        let mut orphans: Vec<(u64, u16)> = Vec::new();
-        let mut more = true;
-        let ring = self.ring;
+        let mut found = Found::default();
         let mut scratch = std::mem::take(&mut self.scratch);
-        self.fill_holes(&mut rescue, &mut removed, &mut orphans);
-        // Backlogs first: they are older than anything the scan finds.
+        self.fill_holes(&mut found);
+        self.send_backlogs(&mut scratch, &mut found);
+        let scan_start = self.scan.cursor();
+        let more = self.scan_ring(&mut scratch, &mut found);
+        self.scratch = scratch;
+        if self.scan.cursor() != scan_start {
+            self.last_work = Instant::now();
+        }
+        self.settle(found);
+        for k in &self.links {
+            k.status.inflight.store(k.window.len() as u32, Ordering::Relaxed);
+        }
+        more
+    }
+
+    fn send_backlogs(&mut self, scratch: &mut Vec<u8>, found: &mut Found) {
         for l in 0..self.links.len() {
             while !self.links[l].backlog.is_empty() && self.links[l].window_open() && !self.links[l].cold() {
                 let (pos, n) = self.links[l].backlog[0];
-                match self.send_ring_record(l, pos, &mut scratch, &mut failed) {
+                match self.send_ring_record(l, pos, scratch, &mut found.failed) {
                     None => break,
                     Some(true) => self.mark_ring_done(pos),
                     Some(false) => {}
@@ -31,97 +65,104 @@ impl Worker {
                 k.backlog_slots -= n;
             }
         }
-        let shared = crate::shmem::require_shared();
-        let backlog_limit = ring.capacity() / 4;
-        let scan_start = self.scan.cursor();
+    }
+
+    /// Look at up to `BATCH` new records from the cursor; log each one the scan passes.
+    fn scan_ring(&mut self, scratch: &mut Vec<u8>, found: &mut Found) -> bool {
+        let ring = self.ring;
         for _ in 0..BATCH {
             let pos = self.scan.cursor();
             // SAFETY: this process is the ring's only consumer; pos is a record boundary.
-            let (n, done) = match unsafe { ring.peek_at(pos, &mut scratch) } {
-                Peek::Empty => {
-                    more = false;
-                    break;
-                }
+            match unsafe { ring.peek_at(pos, scratch) } {
+                Peek::Empty => return false,
                 Peek::Reserved { run } => {
                     if run == 0 || !self.waited_long_enough(pos) {
-                        more = false;
-                        break;
+                        return false;
                     }
                     self.scan.push_hole(run);
-                    continue;
                 }
-                Peek::Cancelled(n) => (n, true),
+                Peek::Cancelled(n) => self.scan.push(n, true),
                 Peek::Ready(r) => {
-                    let n = r.nslots;
+                    let (n, broker) = (r.nslots, r.broker);
                     if self.scan.has_holes() {
                         // A stepped-over transaction that has committed since is older than this
                         // record, which may be its session's next one: its records go first.
-                        self.fill_holes(&mut rescue, &mut removed, &mut orphans);
+                        self.fill_holes(found);
                     }
-                    let Some(l) = self.by_slot.get(r.broker as usize).copied().flatten() else {
-                        if shared.broker_generation.load(Ordering::Acquire) != self.generation {
-                            break; // a broker was added or removed: sync the links first
-                        }
-                        // No broker owns the slot: nothing can deliver it.
-                        orphans.push((pos, r.broker));
-                        self.scan.push(n, false);
-                        continue;
-                    };
-                    let k = &self.links[l];
-                    if k.removed_at.is_some() {
-                        removed.push((l, pos));
-                        (n, false)
-                    } else if k.cold() {
-                        if !self.ext_present {
-                            more = false;
-                            break; // nowhere to put it yet
-                        }
-                        rescue.push((pos, n));
-                        (n, false)
-                    } else if k.takes_ring_record() {
-                        match self.send_ring_record(l, pos, &mut scratch, &mut failed) {
-                            None => {
-                                more = false;
-                                break;
-                            }
-                            Some(done) => (n, done),
-                        }
-                    } else if self.links.len() == 1 {
-                        // the only broker is busy: leave the record where it is
-                        more = false;
-                        break;
-                    } else {
-                        // Busy broker: queue the record for it and keep scanning for the others.
-                        let k = &mut self.links[l];
-                        k.backlog.push_back((pos, n));
-                        k.backlog_slots += n;
-                        if k.backlog_slots > backlog_limit {
-                            self.scan.push(n, false);
-                            let why = format!(
-                                "broker \"{}\" is too slow: its unsent messages fill a quarter of the ring; using the outbox",
-                                self.links[l].cfg.name
-                            );
-                            guard::log(Level::WARNING, format!("pg_mqtt_pub: {why}"));
-                            self.go_cold(l);
-                            continue;
-                        }
-                        (n, false)
+                    match self.take_record(pos, n, broker, scratch, found) {
+                        Take::Logged(done) => self.scan.push(n, done),
+                        Take::Skip => {}
+                        Take::Stop => return false,
+                        Take::Resync => return true,
                     }
                 }
-            };
-            self.scan.push(n, done);
+            }
         }
-        self.scratch = scratch;
-        if self.scan.cursor() != scan_start {
-            self.last_work = Instant::now();
+        true
+    }
+
+    /// What to do with the ready record at `pos` for the broker in `slot`.
+    fn take_record(&mut self, pos: u64, n: u64, slot: u16, scratch: &mut Vec<u8>, found: &mut Found) -> Take {
+        let Some(l) = self.by_slot.get(slot as usize).copied().flatten() else {
+            if crate::shmem::require_shared().broker_generation.load(Ordering::Acquire) != self.generation {
+                return Take::Resync; // a broker was added or removed: sync the links first
+            }
+            // No broker owns the slot: nothing can deliver it.
+            found.orphans.push((pos, slot));
+            return Take::Logged(false);
+        };
+        let k = &self.links[l];
+        if k.removed_at.is_some() {
+            found.removed.push((l, pos));
+            Take::Logged(false)
+        } else if k.cold() {
+            if !self.ext_present {
+                return Take::Stop; // nowhere to put it yet
+            }
+            found.rescue.push((pos, n));
+            Take::Logged(false)
+        } else if k.takes_ring_record() {
+            match self.send_ring_record(l, pos, scratch, &mut found.failed) {
+                None => Take::Stop,
+                Some(done) => Take::Logged(done),
+            }
+        } else if self.links.len() == 1 {
+            Take::Stop // the only broker is busy: leave the record where it is
+        } else {
+            self.queue_for_busy_broker(l, pos, n)
         }
-        if !rescue.is_empty() {
-            self.rescue(&rescue);
+    }
+
+    /// Busy broker: queue the record for it and keep scanning for the others; a broker whose
+    /// queue fills a quarter of the ring goes cold (its queue moves to the outbox).
+    fn queue_for_busy_broker(&mut self, l: usize, pos: u64, n: u64) -> Take {
+        let k = &mut self.links[l];
+        k.backlog.push_back((pos, n));
+        k.backlog_slots += n;
+        if k.backlog_slots <= self.ring.capacity() / 4 {
+            return Take::Logged(false);
         }
-        for (l, pos) in removed {
+        self.scan.push(n, false); // logged before go_cold saves it (and marks it done)
+        let why = format!(
+            "broker \"{}\" is too slow: its unsent messages fill a quarter of the ring; using the outbox",
+            self.links[l].cfg.name
+        );
+        guard::log(Level::WARNING, format!("pg_mqtt_pub: {why}"));
+        self.go_cold(l);
+        Take::Skip
+    }
+
+    /// Carry out what the scan found needs SQL: save cold brokers' records to the outbox,
+    /// dead-letter records of removed brokers and orphans, count refused ones.
+    fn settle(&mut self, found: Found) {
+        if !found.rescue.is_empty() {
+            self.rescue(&found.rescue);
+        }
+        for (l, pos) in found.removed {
             self.dead_letter_ring(l, pos, "the broker was removed");
         }
-        for (pos, slot) in orphans {
+        let ring = self.ring;
+        for (pos, slot) in found.orphans {
             let mut scratch = Vec::new();
             self.with_outbox(|| {
                 // SAFETY: scanned, not released.
@@ -133,13 +174,9 @@ impl Worker {
             });
             self.mark_ring_done(pos);
         }
-        for (l, pos, why) in failed {
+        for (l, pos, why) in found.failed {
             self.message_failed(l, Inflight::Ring(pos), why);
         }
-        for k in &self.links {
-            k.status.inflight.store(k.window.len() as u32, Ordering::Relaxed);
-        }
-        more
     }
 
     /// Hand one ring record to broker `l`. `None`: not connected, the caller keeps it;
@@ -216,12 +253,7 @@ impl Worker {
 
     /// Hand the records of stepped-over transactions that committed since to their brokers,
     /// as the scan would have: queued behind the broker's backlog, rescued if it is cold.
-    pub(super) fn fill_holes(
-        &mut self,
-        rescue: &mut Vec<(u64, u64)>,
-        removed: &mut Vec<(usize, u64)>,
-        orphans: &mut Vec<(u64, u16)>,
-    ) {
+    pub(super) fn fill_holes(&mut self, found: &mut Found) {
         let shared = crate::shmem::require_shared();
         if !self.scan.has_holes()
             || !self.ext_present
@@ -235,9 +267,9 @@ impl Worker {
             let Peek::Ready(r) = (unsafe { self.ring.peek_at(pos, &mut scratch) }) else { continue };
             let broker = r.broker;
             match self.by_slot.get(broker as usize).copied().flatten() {
-                None => orphans.push((pos, broker)),
-                Some(l) if self.links[l].removed_at.is_some() => removed.push((l, pos)),
-                Some(l) if self.links[l].cold() => rescue.push((pos, n)),
+                None => found.orphans.push((pos, broker)),
+                Some(l) if self.links[l].removed_at.is_some() => found.removed.push((l, pos)),
+                Some(l) if self.links[l].cold() => found.rescue.push((pos, n)),
                 Some(l) => {
                     let k = &mut self.links[l];
                     k.backlog.push_back((pos, n));

@@ -101,54 +101,19 @@ impl Worker {
         }
     }
 
+    /// Wait for something to do: a latch (commit, signal), a socket, or the next timer. Sleeps
+    /// only when nothing is pending; right after work it lingers briefly instead (`LINGER`).
     pub(super) fn wait(&mut self, more: bool) {
-        let fds: Vec<(usize, c_int)> = self
-            .links
-            .iter()
-            .enumerate()
-            .filter_map(|(i, k)| k.client.as_ref().map(|c| (i, c.socket())))
-            .filter(|&(_, fd)| fd >= 0)
-            .collect();
-        if self.rebuild_waiter || self.waiter.as_ref().is_none_or(|w| !w.same_sockets(&fds)) {
-            self.waiter = Some(Waiter::new(&fds));
-            self.rebuild_waiter = false;
-        }
-        let now = Instant::now();
-        let until = |t: Instant| t.saturating_duration_since(now).as_millis() as i64;
-        let mut timeout: i64 = 1000; // keepalive handling granularity
-        let mut busy = more;
-        for k in &self.links {
-            if let ConnState::Retry { at } = k.state {
-                timeout = timeout.min(until(at));
-            }
-            if k.state == ConnState::Connected {
-                timeout = timeout.min(until(k.next_outbox_poll));
-            }
-            if k.resolving.is_some() {
-                timeout = timeout.min(RESOLVE_POLL_MS); // the thread does not set our latch
-            }
-            busy |= k.outbox_check && k.window_open() && self.ext_present;
-        }
-        if !self.ext_present {
-            timeout = timeout.min(until(self.next_ext_check));
-        }
-        if let Some((pos, since)) = self.blocked_at {
-            if pos == self.scan.cursor() {
-                timeout = timeout.min(until(since + STEP_OVER_AFTER) + 1); // time to step over
-            }
-        }
-        timeout = timeout.min(until(self.next_catalog_check));
-        let stats = report_stats();
-        if stats > 0 {
-            timeout = timeout.min(stats);
-        }
+        self.refresh_waiter();
+        let busy = more || self.links.iter().any(|k| k.outbox_check && k.window_open() && self.ext_present);
+        let mut timeout = self.next_timer_ms();
         let shared = crate::shmem::require_shared();
         let mut sleeping = false;
         let linger = !busy && self.last_work.elapsed() < LINGER;
         if busy || linger {
             timeout = 0;
         } else {
-            // The wake-up protocol (shmem.rs): announce, then re-check, then sleep.
+            // The wake-up protocol (shmem/mod.rs): announce, then re-check, then sleep.
             shared.worker_sleeping.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             sleeping = true;
@@ -190,5 +155,54 @@ impl Worker {
             }
         }
         self.ready = ready;
+    }
+
+    /// A new wait set when the set of sockets changed.
+    fn refresh_waiter(&mut self) {
+        let fds: Vec<(usize, c_int)> = self
+            .links
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.client.as_ref().map(|c| (i, c.socket())))
+            .filter(|&(_, fd)| fd >= 0)
+            .collect();
+        if self.rebuild_waiter || self.waiter.as_ref().is_none_or(|w| !w.same_sockets(&fds)) {
+            self.waiter = Some(Waiter::new(&fds));
+            self.rebuild_waiter = false;
+        }
+    }
+
+    /// Milliseconds until the next timer: a reconnect, an outbox poll, a connect thread to look
+    /// at, the extension or catalog check, stepping over a stuck commit, statistics to report;
+    /// at most 1 s (keepalive handling granularity).
+    fn next_timer_ms(&self) -> i64 {
+        let now = Instant::now();
+        let until = |t: Instant| t.saturating_duration_since(now).as_millis() as i64;
+        let mut timeout: i64 = 1000;
+        for k in &self.links {
+            if let ConnState::Retry { at } = k.state {
+                timeout = timeout.min(until(at));
+            }
+            if k.state == ConnState::Connected {
+                timeout = timeout.min(until(k.next_outbox_poll));
+            }
+            if k.resolving.is_some() {
+                timeout = timeout.min(RESOLVE_POLL_MS); // the thread does not set our latch
+            }
+        }
+        if !self.ext_present {
+            timeout = timeout.min(until(self.next_ext_check));
+        }
+        if let Some((pos, since)) = self.blocked_at {
+            if pos == self.scan.cursor() {
+                timeout = timeout.min(until(since + STEP_OVER_AFTER) + 1); // time to step over
+            }
+        }
+        timeout = timeout.min(until(self.next_catalog_check));
+        let stats = report_stats();
+        if stats > 0 {
+            timeout = timeout.min(stats);
+        }
+        timeout
     }
 }

@@ -40,8 +40,9 @@ case "$MAJOR" in
     echo "scripts/pg.sh: $regress does not run here; using Debian's pg_regress instead" >&2
     cp /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress "$regress"
   fi
-  # the tests run the server as the postgres OS user
-  chmod -R a+rX "$CACHE"
+  # the tests run the server as the postgres OS user (only this installation: the cache also
+  # holds the trixie root, whose /tmp has live test clusters that must stay 0700)
+  chmod -R a+rX "$dir"
   echo "$pgc"
   ;;
 *)

@@ -199,7 +199,13 @@ class Cluster:
             self.pg_ctl("start")
             return self
         pg_ctl = ["runuser", "-u", "postgres", "--", f"{self.bindir}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "start"]
-        subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+        # Inside a chroot (PostgreSQL 17's trixie root) "/" is not a mount point, so unshare
+        # cannot make it private; scripts/trixie.sh already entered a private mount namespace,
+        # whose copies stay private in a nested one: "unchanged" is safe there, and only there.
+        with open("/proc/self/mountinfo") as f:
+            root_is_mount = any(line.split()[4] == "/" for line in f)
+        propagation = "private" if root_is_mount else "unchanged"
+        subprocess.run(["unshare", "--mount", "--propagation", propagation, "sh", "-ec",
                         'mount --bind "$0" /etc/resolv.conf; exec "$@"', resolv_conf, *pg_ctl],
                        check=True, stdout=subprocess.DEVNULL)
         return self

@@ -156,6 +156,90 @@ impl Link {
     }
 }
 
+/// What an event on a link asks of the worker; the link changes only its own state.
+pub(super) enum Outcome {
+    Nothing,
+    /// A ring record was delivered: it may be released.
+    RingDone(u64),
+    /// The broker refused this message: charge an attempt (poison handling).
+    Failed(Inflight, String),
+    /// The connection ended, and why; `taken_over`: another client took the session (0x8E).
+    Lost {
+        why: String,
+        taken_over: bool,
+    },
+}
+
+impl Link {
+    /// One event recorded by the client's callbacks.
+    pub(super) fn on_event(&mut self, ev: Event) -> Outcome {
+        match ev {
+            Event::Connected(0) => {
+                self.state = ConnState::Connected;
+                // the backoff is reset only once the connection has proved stable (fail())
+                self.up_since = Some(Instant::now());
+                self.refused_here = false;
+                self.refusal = None;
+                self.outbox_check = true;
+                self.window.connected(Instant::now());
+                self.status.set_connected(true);
+                guard::log(
+                    Level::LOG,
+                    format!(
+                        "pg_mqtt_pub: connected to broker \"{}\" at {}:{}",
+                        self.cfg.name, self.cfg.host, self.cfg.port
+                    ),
+                );
+                Outcome::Nothing
+            }
+            Event::Connected(code) => {
+                self.refusal = Some(self.client.as_ref().map(|c| c.describe_connack(code)).unwrap_or_default());
+                Outcome::Nothing
+            }
+            Event::Disconnected(rc) if matches!(self.state, ConnState::Connected | ConnState::Connecting { .. }) => {
+                let why = self.refusal.take().unwrap_or_else(|| self.disconnect_reason(rc));
+                Outcome::Lost { why, taken_over: rc == REASON_SESSION_TAKEN_OVER }
+            }
+            Event::Disconnected(_) => Outcome::Nothing,
+            Event::Published { mid, reason } => {
+                let Some(what) = self.window.acknowledged(mid, Instant::now()) else { return Outcome::Nothing };
+                if reason >= 0x80 {
+                    self.refused_here = true;
+                    let text = crate::mqtt::client::reason_string(reason).to_lowercase();
+                    return Outcome::Failed(what, format!("broker refused: {text} (0x{reason:02x})"));
+                }
+                self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                match what {
+                    Inflight::Ring(pos) => Outcome::RingDone(pos),
+                    Inflight::Outbox { id, tid } => {
+                        self.to_delete.push((tid, id));
+                        Outcome::Nothing
+                    }
+                }
+            }
+        }
+    }
+
+    fn disconnect_reason(&self, rc: i32) -> String {
+        let base = if rc == 0 {
+            "disconnected".to_string()
+        } else if rc >= 0x80 {
+            format!("broker closed the connection: {} (0x{rc:02x})", crate::mqtt::client::reason_string(rc))
+        } else {
+            format!("connection lost: {}", crate::mqtt::client::strerror(rc))
+        };
+        self.client.as_ref().map(|c| c.with_log(base.clone())).unwrap_or(base)
+    }
+
+    /// libmosquitto closes the socket of a failed TLS handshake without a disconnect callback
+    /// (loop_read returns MOSQ_ERR_TLS): notice it here instead of waiting for the timeout.
+    pub(super) fn tls_failed(&self) -> Option<String> {
+        let c = self.client.as_ref()?;
+        (matches!(self.state, ConnState::Connecting { .. } | ConnState::Connected) && c.socket() < 0)
+            .then(|| c.with_log("TLS handshake failed".into()))
+    }
+}
+
 impl Worker {
     /// The broker can no longer be written to: publishers use the outbox from now on, and its
     /// backlog in the ring is taken back into the outbox.
@@ -274,77 +358,22 @@ impl Worker {
         k.status.inflight.store(0, Ordering::Relaxed);
     }
 
+    /// Take the events the client recorded and carry out what each asks of the worker.
     pub(super) fn handle_events(&mut self, l: usize) {
         let Some(c) = self.links[l].client.as_mut() else { return };
         let mut events = std::mem::take(&mut self.events);
         c.take_events(&mut events);
         for ev in events.iter().copied() {
-            let k = &mut self.links[l];
-            match ev {
-                Event::Connected(0) => {
-                    k.state = ConnState::Connected;
-                    // the backoff is reset only once the connection has proved stable (fail())
-                    k.up_since = Some(Instant::now());
-                    k.refused_here = false;
-                    k.refusal = None;
-                    k.outbox_check = true;
-                    k.window.connected(Instant::now());
-                    k.status.set_connected(true);
-                    guard::log(
-                        Level::LOG,
-                        format!("pg_mqtt_pub: connected to broker \"{}\" at {}:{}", k.cfg.name, k.cfg.host, k.cfg.port),
-                    );
-                }
-                Event::Connected(code) => {
-                    let why = k.client.as_ref().map(|c| c.describe_connack(code)).unwrap_or_default();
-                    k.refusal = Some(why);
-                }
-                Event::Disconnected(rc) => {
-                    if matches!(k.state, ConnState::Connected | ConnState::Connecting { .. }) {
-                        let why = k.refusal.take().unwrap_or_else(|| {
-                            let base = if rc == 0 {
-                                "disconnected".to_string()
-                            } else if rc >= 0x80 {
-                                format!(
-                                    "broker closed the connection: {} (0x{rc:02x})",
-                                    crate::mqtt::client::reason_string(rc)
-                                )
-                            } else {
-                                format!("connection lost: {}", crate::mqtt::client::strerror(rc))
-                            };
-                            k.client.as_ref().map(|c| c.with_log(base.clone())).unwrap_or(base)
-                        });
-                        if rc == REASON_SESSION_TAKEN_OVER {
-                            self.taken_over(l, why);
-                        } else {
-                            self.fail(l, why);
-                        }
-                    }
-                }
-                Event::Published { mid, reason } => {
-                    let Some(what) = k.window.acknowledged(mid, Instant::now()) else { continue };
-                    if reason >= 0x80 {
-                        k.refused_here = true;
-                        let text = crate::mqtt::client::reason_string(reason).to_lowercase();
-                        self.message_failed(l, what, format!("broker refused: {text} (0x{reason:02x})"));
-                        continue;
-                    }
-                    k.status.messages_sent.fetch_add(1, Ordering::Relaxed);
-                    match what {
-                        Inflight::Ring(pos) => self.mark_ring_done(pos),
-                        Inflight::Outbox { id, tid } => k.to_delete.push((tid, id)),
-                    }
-                }
+            match self.links[l].on_event(ev) {
+                Outcome::Nothing => {}
+                Outcome::RingDone(pos) => self.mark_ring_done(pos),
+                Outcome::Failed(what, why) => self.message_failed(l, what, why),
+                Outcome::Lost { why, taken_over: true } => self.taken_over(l, why),
+                Outcome::Lost { why, taken_over: false } => self.fail(l, why),
             }
         }
         self.events = events;
-        // libmosquitto closes the socket of a failed TLS handshake without a disconnect callback
-        // (loop_read returns MOSQ_ERR_TLS): notice it here instead of waiting for the timeout.
-        let k = &self.links[l];
-        if matches!(k.state, ConnState::Connecting { .. } | ConnState::Connected)
-            && k.client.as_ref().is_some_and(|c| c.socket() < 0)
-        {
-            let why = k.client.as_ref().map(|c| c.with_log("TLS handshake failed".into())).unwrap_or_default();
+        if let Some(why) = self.links[l].tls_failed() {
             self.fail(l, why);
         }
         let k = &self.links[l];

@@ -2,7 +2,7 @@
 publishes to it (database `mqtt_test`), and one subscriber listening to everything."""
 import pytest
 
-from harness import Broker, Cluster, Subscriber, stop_leftovers, wait_until
+from harness import Broker, Cluster, Subscriber, stop_leftovers, wait_until, worker_settings
 
 BROKER_PORT = 18831
 PG_PORT = 25433
@@ -18,12 +18,7 @@ def broker():
 
 @pytest.fixture(scope="session")
 def cluster(broker):
-    c = Cluster("main", PG_PORT, {
-        "pg_mqtt_pub.database": f"'{DB}'",
-        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": BROKER_PORT,
-        "pg_mqtt_pub.reconnect_interval_ms": 200,
-    }).start()
+    c = Cluster("main", PG_PORT, worker_settings(DB, BROKER_PORT)).start()
     c.sql(f"CREATE DATABASE {DB}")
     c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
     wait_until(lambda: c.sql("SELECT connected FROM mqtt_status()", dbname=DB)[0][0], 20, "worker connected")

@@ -300,6 +300,20 @@ class Subscriber:
         self.client.disconnect()
 
 
+def worker_settings(db, mqtt_port, **overrides):
+    """postgresql.conf settings for a cluster whose worker publishes from database `db` to the
+    broker on `mqtt_port`; `overrides` add or replace settings (name=value, as postgresql.conf
+    spells the value, e.g. pg_mqtt_pub__queue_size=64 or {"pg_mqtt_pub.queue_size": 64})."""
+    conf = {
+        "pg_mqtt_pub.database": f"'{db}'",
+        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
+        "pg_mqtt_pub.broker_port": mqtt_port,
+        "pg_mqtt_pub.reconnect_interval_ms": 200,
+    }
+    conf.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return conf
+
+
 @contextmanager
 def scene(name, pg_port, mqtt_port, db, topic, gated=False, settings=None, resolv_conf=None):
     """A mosquitto broker, a subscriber to `topic` on it and a cluster whose default broker it
@@ -309,14 +323,7 @@ def scene(name, pg_port, mqtt_port, db, topic, gated=False, settings=None, resol
     s = c = None
     try:
         s = Subscriber(mqtt_port, topic)
-        conf = {
-            "pg_mqtt_pub.database": f"'{db}'",
-            "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-            "pg_mqtt_pub.broker_port": mqtt_port,
-            "pg_mqtt_pub.reconnect_interval_ms": 200,
-            **(settings or {}),
-        }
-        c = Cluster(name, pg_port, conf).start(resolv_conf=resolv_conf)
+        c = Cluster(name, pg_port, worker_settings(db, mqtt_port, **(settings or {}))).start(resolv_conf=resolv_conf)
         c.sql(f'CREATE DATABASE "{db}"')
         c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=db)
         yield b, s, c
@@ -328,6 +335,9 @@ def scene(name, pg_port, mqtt_port, db, topic, gated=False, settings=None, resol
         b.stop_if_running()
 
 
-def status(cluster, dbname):
-    rows = cluster.sql("SELECT broker_name, host, port, connected, messages_sent, last_error FROM mqtt_status()", dbname=dbname)
-    return rows[0]
+def status(cluster, dbname, broker="default"):
+    """`mqtt_status()`'s row for `broker`, as a dict by column name."""
+    with cluster.connect(dbname) as c:
+        cur = c.execute("SELECT * FROM mqtt_status() WHERE broker_name = %s", (broker,))
+        row = cur.fetchone()
+        return dict(zip([d.name for d in cur.description], row))

@@ -24,7 +24,7 @@ import time
 import psycopg
 import pytest
 
-from harness import Broker, Cluster, Subscriber, scratch, wait_port, wait_until
+from harness import Broker, Cluster, Subscriber, scratch, wait_port, wait_until, worker_settings
 
 PG_PORT = 25442
 PLAIN, TLS, AUTH, EXTRA, TLS12_ONLY = 18851, 18852, 18853, 18854, 18855
@@ -68,13 +68,8 @@ def env():
     try:
         for b in brokers.values():
             b.start()
-        c = Cluster("brokers", PG_PORT, {
-            "pg_mqtt_pub.database": "'postgres'",
-            "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-            "pg_mqtt_pub.broker_port": PLAIN,  # default = the plain broker too
-            "pg_mqtt_pub.reconnect_interval_ms": 200,
-            "pg_mqtt_pub.max_brokers": 8,  # default + 7 named
-        }).start()
+        # default = the plain broker too; default + 7 named brokers
+        c = Cluster("brokers", PG_PORT, worker_settings("postgres", PLAIN, pg_mqtt_pub__max_brokers=8)).start()
         tls_client = {"ca": pki["ca"], "cert": pki["client"], "key": pki["client-key"]}
         subs["plain"] = Subscriber(PLAIN, "b/#")
         subs["tls"] = Subscriber(TLS, "b/#", tls=tls_client)

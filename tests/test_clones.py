@@ -13,7 +13,7 @@ import re
 import threading
 import time
 
-from harness import Broker, Cluster, Subscriber, wait_until
+from harness import Broker, Cluster, Subscriber, status, wait_until, worker_settings
 
 PORT = 18893
 N = 1000
@@ -32,12 +32,7 @@ def connects(c, mark=0):
 def test_clones_of_one_base_backup_both_deliver_everything():
     b = Broker("clones", PORT).start()
     s = Subscriber(PORT, "clone/#")
-    settings = {
-        "pg_mqtt_pub.database": "'cl'",
-        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": PORT,
-        "pg_mqtt_pub.reconnect_interval_ms": 200,
-    }
+    settings = worker_settings("cl", PORT)
     a = Cluster("clone-a", 25448, settings).start()
     clone = None
     try:
@@ -47,7 +42,7 @@ def test_clones_of_one_base_backup_both_deliver_everything():
         assert a.sql("SELECT system_identifier FROM pg_control_system()") == \
             clone.sql("SELECT system_identifier FROM pg_control_system()"), "a clone shares the system identifier"
         for c in (a, clone):
-            wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status()", dbname="cl")[0][0] == "hot", 30, "hot")
+            wait_until(lambda: status(c, "cl")["delivery_mode"] == "hot", 30, "hot")
 
         ids = set(re.findall(r"New client connected from \S+ as (pg_mqtt_pub-\S+) ", open(b.log).read()))
         assert len(ids) == 2, f"two clusters, two client ids: {ids}"

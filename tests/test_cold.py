@@ -9,11 +9,11 @@ import time
 import pytest
 
 from conftest import DB
-from harness import Broker, Cluster, Subscriber, status, wait_until
+from harness import Broker, Cluster, Subscriber, status, wait_until, worker_settings
 
 
 def mode(cluster, dbname=DB):
-    return cluster.sql("SELECT delivery_mode FROM mqtt_status()", dbname=dbname)[0][0]
+    return status(cluster, dbname)["delivery_mode"]
 
 
 def outbox_count(cluster, dbname=DB):
@@ -150,14 +150,8 @@ SMALL_BROKER_PORT = 18834
 @pytest.fixture(scope="module")
 def small():
     b = Broker("small", SMALL_BROKER_PORT).start()
-    c = Cluster("small", 25438, {
-        "pg_mqtt_pub.database": f"'{DB}'",
-        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": SMALL_BROKER_PORT,
-        "pg_mqtt_pub.reconnect_interval_ms": 200,
-        "pg_mqtt_pub.queue_size": 64,
-        "pg_mqtt_pub.ack_timeout_ms": 2000,
-    }).start()
+    c = Cluster("small", 25438, worker_settings(DB, SMALL_BROKER_PORT, pg_mqtt_pub__queue_size=64,
+                                                 pg_mqtt_pub__ack_timeout_ms=2000)).start()
     c.sql(f"CREATE DATABASE {DB}")
     c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
     s = Subscriber(SMALL_BROKER_PORT)

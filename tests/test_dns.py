@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 
-from harness import scene, scratch, wait_until
+from harness import scene, scratch, status, wait_until
 
 PORT = 18901
 DNS = ("127.0.0.79", 53)
@@ -50,7 +50,7 @@ def test_slow_name_resolution_does_not_stall_other_brokers():
 
 
 def slow_broker_does_not_stall_the_default_one(s, c):
-    wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status()", dbname="dns")[0][0] == "hot", 30, "hot")
+    wait_until(lambda: status(c, "dns")["delivery_mode"] == "hot", 30, "hot")
     c.sql("SELECT mqtt_broker_add('slow', 'broker.slow-dns.test', %s)", (PORT,), dbname="dns")
     time.sleep(0.5)  # its first resolution is under way
     sent = {}
@@ -63,7 +63,5 @@ def slow_broker_does_not_stall_the_default_one(s, c):
     assert [m.topic for m in got] == [f"dns/{i:02d}" for i in range(60)]
     worst = max(m.at - sent[m.topic] for m in got)
     assert worst < 2.0, f"a message to the default broker took {worst:.1f} s while the other broker's name resolved"
-    row = c.sql("SELECT connected, last_error FROM mqtt_status() WHERE broker_name = 'slow'", dbname="dns")[0]
-    wait_until(lambda: c.sql("SELECT last_error FROM mqtt_status() WHERE broker_name = 'slow'", dbname="dns")[0][0],
-               15, "the slow broker says why it is not connected")
-    assert row[0] is False
+    assert status(c, "dns", "slow")["connected"] is False
+    wait_until(lambda: status(c, "dns", "slow")["last_error"], 15, "the slow broker says why it is not connected")

@@ -10,7 +10,7 @@ outbox; after the broker restarts, the subscriber receives exactly the 100, in c
 import signal
 import time
 
-from harness import scene, wait_until
+from harness import scene, status, wait_until
 
 PORT = 18897
 OTHER_PORT = 18898  # nothing listens there: the second broker only has to exist
@@ -19,13 +19,13 @@ OTHER_PORT = 18898  # nothing listens there: the second broker only has to exist
 def test_drop_with_messages_in_flight_and_queued_keeps_commit_order():
     with scene("drop-order", 25454, PORT, "dord", "do/#", settings={"pg_mqtt_pub.max_inflight": 10}) as (b, s, c):
         c.sql("SELECT mqtt_broker_add('elsewhere', '127.0.0.1', %s)", (OTHER_PORT,), dbname="dord")
-        wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status() WHERE broker_name = 'default'", dbname="dord")[0][0] == "hot",
+        wait_until(lambda: status(c, "dord", "default")["delivery_mode"] == "hot",
                    30, "default hot")
         b.kill(signal.SIGSTOP)
         with c.connect("dord") as q:
             for i in range(100):
                 q.execute("SELECT mqtt_publish(%s, %s, 1)", (f"do/{i:03d}", str(i)))
-        wait_until(lambda: c.sql("SELECT inflight FROM mqtt_status() WHERE broker_name = 'default'", dbname="dord")[0][0] == 10,
+        wait_until(lambda: status(c, "dord", "default")["inflight"] == 10,
                    10, "10 in flight")
         time.sleep(0.5)
         b.kill()  # SIGKILL while frozen: it acknowledged none of them

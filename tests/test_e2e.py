@@ -134,11 +134,11 @@ def test_utf8_topic_and_payload(db, sub):
 
 def test_broker_outage_delays_but_loses_nothing(cluster, broker, sub, db):
     broker.kill()
-    wait_until(lambda: not status(cluster, DB)[3], 10, "worker notices the outage")
+    wait_until(lambda: not status(cluster, DB)["connected"], 10, "worker notices the outage")
     for i in range(300):
         db.execute("SELECT mqtt_publish('e2e/outage/x', %s, 1)", (str(i),))
     st = status(cluster, DB)
-    assert st[3] is False and st[5], "mqtt_status shows the broker down with a reason"
+    assert st["connected"] is False and st["last_error"], "mqtt_status shows the broker down with a reason"
     broker.restart(sub)
     got = sub.wait_for("e2e/outage/", 300, timeout=30)
     assert [int(m.payload) for m in got] == list(range(300))
@@ -149,13 +149,13 @@ def test_sighup_switches_to_another_broker(cluster, db, sub):
     sub2 = Subscriber(other.port)
     try:
         cluster.reload_with(DB, broker_port=other.port)
-        wait_until(lambda: status(cluster, DB)[2] == other.port and status(cluster, DB)[3], 15, "worker on the second broker")
+        wait_until(lambda: status(cluster, DB)["port"] == other.port and status(cluster, DB)["connected"], 15, "worker on the second broker")
         db.execute("SELECT mqtt_publish('e2e/switch/x', 'to second', 1)")
         got = sub2.wait_for("e2e/switch/", 1)
         assert [m.payload for m in got] == [b"to second"]
     finally:
         cluster.reload_with(DB, broker_port=BROKER_PORT)
-        wait_until(lambda: status(cluster, DB)[2] == BROKER_PORT and status(cluster, DB)[3], 15, "worker back on the first broker")
+        wait_until(lambda: status(cluster, DB)["port"] == BROKER_PORT and status(cluster, DB)["connected"], 15, "worker back on the first broker")
         sub2.close()
         other.stop()
     db.execute("SELECT mqtt_publish('e2e/switch/x', 'back to first', 1)")
@@ -183,7 +183,7 @@ def test_publish_from_another_database_is_refused(cluster):
 
 
 def test_status_counts_sent_messages(cluster, db, sub):
-    before = status(cluster, DB)[4]
+    before = status(cluster, DB)["messages_sent"]
     db.execute("SELECT mqtt_publish('e2e/count/' || i, 'x', 1) FROM generate_series(1, 25) i")
     sub.wait_for("e2e/count/", 25)
-    wait_until(lambda: status(cluster, DB)[4] >= before + 25, 10, "messages_sent counted")
+    wait_until(lambda: status(cluster, DB)["messages_sent"] >= before + 25, 10, "messages_sent counted")

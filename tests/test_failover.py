@@ -14,7 +14,7 @@ import re
 import psycopg
 import pytest
 
-from harness import Broker, Cluster, Subscriber, wait_until
+from harness import Broker, Cluster, Subscriber, status, wait_until, worker_settings
 
 PORT = 18896
 
@@ -22,12 +22,7 @@ PORT = 18896
 def test_promoted_standby_delivers_the_outbox_it_inherited():
     b = Broker("failover", PORT).start(gated=True)  # the worker cannot log in yet; the subscriber can
     s = Subscriber(PORT, "fo/#")
-    settings = {
-        "pg_mqtt_pub.database": "'fo'",
-        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": PORT,
-        "pg_mqtt_pub.reconnect_interval_ms": 200,
-    }
+    settings = worker_settings("fo", PORT)
     primary = Cluster("fo-primary", 25452, settings).start()
     standby = None
     try:
@@ -72,7 +67,7 @@ def test_promoted_standby_delivers_the_outbox_it_inherited():
         assert [m.topic for m in got] == [f"fo/{i:02d}" for i in range(53)], "exactly once, in commit order"
         wait_until(lambda: standby.sql("SELECT count(*) FROM mqtt_pub.outbox", dbname="fo")[0][0] == 0, 30, "outbox drained")
 
-        wait_until(lambda: standby.sql("SELECT delivery_mode FROM mqtt_status()", dbname="fo")[0][0] == "hot", 30, "hot")
+        wait_until(lambda: status(standby, "fo")["delivery_mode"] == "hot", 30, "hot")
         standby.sql("SELECT mqtt_publish('fo/new', 'n', 1)", dbname="fo")
         s.wait_for("fo/new", 1, timeout=30)
     finally:

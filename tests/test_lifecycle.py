@@ -5,7 +5,7 @@ import time
 import psycopg
 import pytest
 
-from harness import Broker, Cluster, Subscriber, wait_until
+from harness import Broker, Cluster, Subscriber, status, wait_until
 
 
 def test_functions_say_how_to_preload():
@@ -48,7 +48,7 @@ def test_worker_waits_for_database_and_extension_then_goes_idle():
         assert "connected to broker" not in c.log_text(), "no broker connection without the extension"
 
         c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="later")
-        wait_until(lambda: c.sql("SELECT connected FROM mqtt_status()", dbname="later")[0][0], 15, "connected")
+        wait_until(lambda: status(c, "later")["connected"], 15, "connected")
         c.sql("SELECT mqtt_publish('life/x', 'hello', 1)", dbname="later")
         assert [m.payload for m in sub.wait_for("life/", 1)] == [b"hello"]
 

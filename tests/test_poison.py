@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from conftest import DB
-from harness import SUB_USER, Broker, Cluster, Subscriber, wait_until
+from harness import Broker, Cluster, SUB_USER, Subscriber, status, wait_until, worker_settings
 
 PORT = 18835
 BASE_MS = 200
@@ -31,18 +31,12 @@ def env():
     write_acl(acl, deny=True)
     os.chmod(acl, 0o644)
     b = Broker("poison", PORT, f"acl_file {acl}\nmessage_size_limit 10000").start()
-    c = Cluster("poison", 25439, {
-        "pg_mqtt_pub.database": f"'{DB}'",
-        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": PORT,
-        "pg_mqtt_pub.reconnect_interval_ms": 200,
-        "pg_mqtt_pub.retry_base_ms": BASE_MS,
-        "pg_mqtt_pub.poison_max_attempts": MAX_ATTEMPTS,
-    }).start()
+    c = Cluster("poison", 25439, worker_settings(DB, PORT, pg_mqtt_pub__retry_base_ms=BASE_MS,
+                                                  pg_mqtt_pub__poison_max_attempts=MAX_ATTEMPTS)).start()
     c.sql(f"CREATE DATABASE {DB}")
     c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
     s = Subscriber(PORT)
-    wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status()", dbname=DB)[0][0] == "hot", 20, "hot")
+    wait_until(lambda: status(c, DB)["delivery_mode"] == "hot", 20, "hot")
     yield c, b, s, acl
     s.close()
     c.stop()

@@ -18,7 +18,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from harness import scene, wait_until
+from harness import scene, status, wait_until
 
 PORT = 18895
 
@@ -84,7 +84,7 @@ def in_thread(f):
 
 def test_a_commit_waiting_for_a_standby_holds_up_nobody():
     with stall_scene("stall-syncrep", 25450) as (b, s, c):
-        wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status()", dbname="st")[0][0] == "hot", 30, "hot")
+        wait_until(lambda: status(c, "st")["delivery_mode"] == "hot", 30, "hot")
         start_stuck_commit(c, "stall/stuck")
         with local(c) as q:
             for i in range(100):
@@ -125,7 +125,7 @@ def test_a_locked_outbox_does_not_hang_publishers():
         with local(c) as q:
             q.execute("SET pg_mqtt_pub.durable = on")
             q.execute("SELECT mqtt_publish('stall/durable', 'd', 1)")
-        wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status() WHERE broker_name = 'default'", dbname="st")[0][0] == "cold",
+        wait_until(lambda: status(c, "st", "default")["delivery_mode"] == "cold",
                    10, "default cold")
         # A session locks the outbox, then the stuck commit ends: the worker delivers it and
         # checks whether "default" can go hot again: that check waits for the table lock.
@@ -156,5 +156,5 @@ def test_a_locked_outbox_does_not_hang_publishers():
         time.sleep(1)
         assert sorted(m.topic for m in s.matching("stall/")) == \
             ["stall/durable", "stall/locker", "stall/other", "stall/stuck"], "every message once"
-        wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status() WHERE broker_name = 'default'", dbname="st")[0][0] == "hot",
+        wait_until(lambda: status(c, "st", "default")["delivery_mode"] == "hot",
                    30, "default hot again")

@@ -335,6 +335,18 @@ def scene(name, pg_port, mqtt_port, db, topic, gated=False, settings=None, resol
         b.stop_if_running()
 
 
+def primary_and_copy(name, ports, db, mqtt_port, standby=False):
+    """A cluster with pg_mqtt_pub installed in `db` and a pg_basebackup copy of it (a clone, or
+    with `standby` a streaming standby), both publishing to the broker on `mqtt_port`; both
+    started. Returns (primary, copy)."""
+    settings = worker_settings(db, mqtt_port)
+    primary = Cluster(f"{name}-a", ports[0], settings).start()
+    primary.sql(f'CREATE DATABASE "{db}"')
+    primary.sql("CREATE EXTENSION pg_mqtt_pub", dbname=db)
+    copy = Cluster(f"{name}-b", ports[1], settings, backup_of=primary, standby=standby).start()
+    return primary, copy
+
+
 def status(cluster, dbname, broker="default"):
     """`mqtt_status()`'s row for `broker`, as a dict by column name."""
     with cluster.connect(dbname) as c:

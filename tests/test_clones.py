@@ -13,7 +13,7 @@ import re
 import threading
 import time
 
-from harness import Broker, Cluster, Subscriber, status, wait_until, worker_settings
+from harness import Broker, Subscriber, primary_and_copy, status, wait_until
 
 PORT = 18893
 N = 1000
@@ -32,13 +32,8 @@ def connects(c, mark=0):
 def test_clones_of_one_base_backup_both_deliver_everything():
     b = Broker("clones", PORT).start()
     s = Subscriber(PORT, "clone/#")
-    settings = worker_settings("cl", PORT)
-    a = Cluster("clone-a", 25448, settings).start()
-    clone = None
+    a, clone = primary_and_copy("clone", (25448, 25449), "cl", PORT)
     try:
-        a.sql("CREATE DATABASE cl")
-        a.sql("CREATE EXTENSION pg_mqtt_pub", dbname="cl")
-        clone = Cluster("clone-b", 25449, settings, backup_of=a).start()
         assert a.sql("SELECT system_identifier FROM pg_control_system()") == \
             clone.sql("SELECT system_identifier FROM pg_control_system()"), "a clone shares the system identifier"
         for c in (a, clone):
@@ -84,7 +79,6 @@ def test_clones_of_one_base_backup_both_deliver_everything():
             assert {int(m.payload) for m in got if m.topic.startswith(f"clone/{p}/")} == set(range(20))
     finally:
         s.close()
-        if clone:
-            clone.stop_if_running()
+        clone.stop_if_running()
         a.stop_if_running()
         b.stop()

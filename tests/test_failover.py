@@ -14,7 +14,7 @@ import re
 import psycopg
 import pytest
 
-from harness import Broker, Cluster, Subscriber, status, wait_until, worker_settings
+from harness import Broker, Subscriber, primary_and_copy, status, wait_until
 
 PORT = 18896
 
@@ -22,13 +22,8 @@ PORT = 18896
 def test_promoted_standby_delivers_the_outbox_it_inherited():
     b = Broker("failover", PORT).start(gated=True)  # the worker cannot log in yet; the subscriber can
     s = Subscriber(PORT, "fo/#")
-    settings = worker_settings("fo", PORT)
-    primary = Cluster("fo-primary", 25452, settings).start()
-    standby = None
+    primary, standby = primary_and_copy("fo", (25452, 25453), "fo", PORT, standby=True)
     try:
-        primary.sql("CREATE DATABASE fo")
-        primary.sql("CREATE EXTENSION pg_mqtt_pub", dbname="fo")
-        standby = Cluster("fo-standby", 25453, settings, backup_of=primary, standby=True).start()
 
         with primary.connect("fo") as q:
             for i in range(50):
@@ -73,6 +68,5 @@ def test_promoted_standby_delivers_the_outbox_it_inherited():
     finally:
         s.close()
         primary.stop_if_running()
-        if standby:
-            standby.stop_if_running()
+        standby.stop_if_running()
         b.stop_if_running()

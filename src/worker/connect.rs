@@ -14,13 +14,12 @@ pub(super) type Connecting = std::thread::JoinHandle<(Client, Result<(), String>
 /// The name (not an address) is what libmosquitto connects to, so TLS still verifies the
 /// certificate against it.
 pub(super) fn connect_on_helper_thread(
-    client: Client,
+    mut client: Client,
     host: &str,
     port: u16,
     keepalive: i32,
 ) -> Result<Connecting, String> {
     let host = host.to_string();
-    let mut client = Some(client);
     // SAFETY: plain signal-mask calls on this thread; the new thread inherits the full mask and
     // this thread's own mask is restored right after.
     unsafe {
@@ -28,14 +27,10 @@ pub(super) fn connect_on_helper_thread(
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let handle = std::thread::Builder::new().name("pg_mqtt_pub connect".into()).spawn({
-            let mut client = client.take().expect("moved once");
-            move || {
-                let r =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client.connect(&host, port, keepalive)))
-                        .unwrap_or_else(|_| Err("the connect thread panicked".into()));
-                (client, r)
-            }
+        let handle = std::thread::Builder::new().name("pg_mqtt_pub connect".into()).spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client.connect(&host, port, keepalive)))
+                .unwrap_or_else(|_| Err("the connect thread panicked".into()));
+            (client, r)
         });
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         handle.map_err(|e| format!("cannot start a connect thread: {e}"))

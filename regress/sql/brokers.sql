@@ -62,6 +62,12 @@ SELECT mqtt_broker_remove('cloud');
 \echo :LAST_ERROR_SQLSTATE
 SELECT mqtt_broker_remove('cloud', force := true);
 SELECT broker, topic, last_error FROM mqtt_pub.dead_letters ORDER BY id;
+-- one statement writes dead letters (mqtt_pub.dead_letter_outbox, shared with the worker):
+-- no SQL function of the extension repeats it
+SELECT p.oid::regprocedure AS repeats_the_dead_letter_insert FROM pg_proc p
+JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_mqtt_pub'
+WHERE p.prosrc ~* 'insert\s+into\s+mqtt_pub\.dead_letters';
 SELECT mqtt_publish('regress/cloud', 'gone', broker := 'cloud');
 \echo :LAST_ERROR_SQLSTATE
 CREATE TABLE uses_plant (id int PRIMARY KEY);

@@ -222,21 +222,65 @@ pub fn record_failure(broker: &str, id: i64, why: &str, base_ms: i64, max_attemp
             let topic = String::from_utf8_lossy(&to_utf8(varlena_bytes(first_value(2)?))).into_owned();
             let dead_lettered = attempts >= max_attempts;
             if dead_lettered {
-                execute(
-                    &format!(
-                        "WITH dead AS (DELETE FROM mqtt_pub.outbox WHERE broker OPERATOR(pg_catalog.=) $2 \
-                         AND {BOTH_LANES} AND id OPERATOR(pg_catalog.=) $1 RETURNING *) \
-                         INSERT INTO mqtt_pub.dead_letters \
-                           (original_id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error) \
-                         SELECT id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error FROM dead"
-                    ),
-                    &[(pg::INT8OID, pg::Datum::from(id)), (pg::TEXTOID, bytes_datum(broker.as_bytes()))],
-                    false,
-                    0,
-                );
+                move_to_dead_letters(broker, Some(id), None);
             }
             Some(Failure { attempts, dead_lettered, topic })
         }
+    })
+}
+
+/// Move outbox rows of `broker` to `mqtt_pub.dead_letters` — row `id`, or all of them — keeping
+/// their attempts and first failure; `reason` replaces their last error when given. The one
+/// statement that writes dead letters: the worker's poison handling and `mqtt_broker_remove`
+/// (through [`mqtt_pub_dead_letter_outbox`]) both come here. Runs in the caller's SPI and pinned
+/// scope. Returns how many rows moved.
+///
+/// # Safety
+/// Inside SPI and a pinned scope (`spi.rs`).
+pub unsafe fn move_to_dead_letters(broker: &str, id: Option<i64>, reason: Option<&[u8]>) -> u64 {
+    // SAFETY: inside SPI (the caller's promise); parameters match the placeholders. The id and
+    // reason are constants to the planner (SPI passes them as such), so a NULL id plans as a
+    // scan of the broker's rows and a given one as a primary-key lookup.
+    unsafe {
+        spi::execute_nulls(
+            &format!(
+                "WITH gone AS (DELETE FROM mqtt_pub.outbox o WHERE o.broker OPERATOR(pg_catalog.=) $1 \
+                   AND o.{BOTH_LANES} AND ($2 IS NULL OR o.id OPERATOR(pg_catalog.=) $2) \
+                   RETURNING o.id, o.broker, o.topic, o.payload, o.qos, o.retain, o.attempts, o.first_failed_at, \
+                             o.last_error) \
+                 INSERT INTO mqtt_pub.dead_letters \
+                   (original_id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error) \
+                 SELECT g.id, g.broker, g.topic, g.payload, g.qos, g.retain, g.attempts, g.first_failed_at, \
+                        COALESCE($3, g.last_error) \
+                 FROM gone g ORDER BY g.id"
+            ),
+            &[
+                (pg::TEXTOID, Some(bytes_datum(broker.as_bytes()))),
+                (pg::INT8OID, id.map(pg::Datum::from)),
+                (pg::TEXTOID, reason.map(bytes_datum)),
+            ],
+            false,
+            0,
+        );
+    }
+    spi::processed()
+}
+
+crate::pg_finfo!(pg_finfo_mqtt_pub_dead_letter_outbox);
+
+/// `mqtt_pub.dead_letter_outbox(broker_name text, reason text) RETURNS bigint`: every outbox row
+/// of a broker to the dead letters, for `mqtt_broker_remove(force := true)` (which runs as the
+/// extension owner and has locked the broker catalog). Not executable by PUBLIC.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn mqtt_pub_dead_letter_outbox(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    crate::pg::guard::guard(|| {
+        // SAFETY: fcinfo is valid for this call.
+        let a = unsafe { crate::pg::fmgr::Args::new(fcinfo) };
+        let broker = String::from_utf8_lossy(&to_utf8(a.text(0, "broker_name"))).into_owned();
+        let reason = a.text(1, "reason").to_vec();
+        // SAFETY: inside SPI and the pinned scope, as the current user (the owner).
+        let n = with_spi(|| pinned(Rights::Caller, || unsafe { move_to_dead_letters(&broker, None, Some(&reason)) }));
+        pg::Datum::from(n as i64)
     })
 }
 

@@ -126,9 +126,21 @@ fn outbox_owner() -> pg::Oid {
 /// # Safety
 /// Inside [`with_spi`] and [`pinned`]; each datum is of its declared type.
 pub unsafe fn execute(sql: &str, args: &[(pg::Oid, pg::Datum)], read_only: bool, limit: i64) -> i32 {
+    let args: Vec<(pg::Oid, Option<pg::Datum>)> = args.iter().map(|&(t, d)| (t, Some(d))).collect();
+    // SAFETY: the caller's promise.
+    unsafe { execute_nulls(sql, &args, read_only, limit) }
+}
+
+/// [`execute`] with parameters that may be NULL (`None`).
+///
+/// # Safety
+/// As [`execute`].
+pub unsafe fn execute_nulls(sql: &str, args: &[(pg::Oid, Option<pg::Datum>)], read_only: bool, limit: i64) -> i32 {
     let sql = CString::new(sql).expect("no NUL in generated SQL");
     let mut types: Vec<pg::Oid> = args.iter().map(|a| a.0).collect();
-    let mut values: Vec<pg::Datum> = args.iter().map(|a| a.1).collect();
+    let mut values: Vec<pg::Datum> = args.iter().map(|a| a.1.unwrap_or(pg::Datum::from(0usize))).collect();
+    // SPI's convention: ' ' for a value, 'n' for NULL.
+    let nulls: Vec<std::ffi::c_char> = args.iter().map(|a| if a.1.is_some() { b' ' } else { b'n' } as _).collect();
     // SAFETY: the caller's promise; the arrays have one entry per parameter.
     unsafe {
         pg::SPI_execute_with_args(
@@ -136,7 +148,7 @@ pub unsafe fn execute(sql: &str, args: &[(pg::Oid, pg::Datum)], read_only: bool,
             args.len() as i32,
             types.as_mut_ptr(),
             values.as_mut_ptr(),
-            std::ptr::null(),
+            nulls.as_ptr(),
             read_only,
             limit,
         )

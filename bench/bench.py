@@ -17,11 +17,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-from harness import PGBIN, SUB_PASSWORD, SUB_USER, Broker, Cluster, Subscriber, wait_until  # noqa: E402
+from harness import PGBIN, SUB_PASSWORD, SUB_USER, Broker, Cluster, Subscriber, ports, wait_until  # noqa: E402
 
 OUT = os.path.join(HERE, "out")
 RAW_PUB = os.path.join(OUT, "raw_pub")
-BROKER_PORT, PG_PORT, DB = 18870, 25450, "bench"
+BROKER_PORT, PG_PORT = ports(2)
+DB = "bench"
 # BENCH_SMOKE=1: every section, tiny sizes (CI runs it so the benchmark cannot rot; its numbers
 # mean nothing and nothing asserts them).
 SMOKE = os.environ.get("BENCH_SMOKE") == "1"

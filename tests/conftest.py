@@ -2,10 +2,10 @@
 publishes to it (database `mqtt_test`), and one subscriber listening to everything."""
 import pytest
 
-from harness import Broker, Cluster, Subscriber, stop_leftovers, wait_until, worker_settings
+from harness import Broker, Cluster, Subscriber, port, stop_leftovers, wait_until, worker_settings
 
-BROKER_PORT = 18831
-PG_PORT = 25433
+BROKER_PORT = port()
+PG_PORT = port()
 DB = "mqtt_test"
 
 

@@ -21,11 +21,33 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 WORK = os.environ.get("PG_MQTT_PUB_TEST_DIR", "/tmp/pg_mqtt_pub_test")
-# Ports: PostgreSQL 254xx, mosquitto 188xx: both below the kernel's ephemeral range (32768+), so
-# an outgoing connection can never be holding a port a test server wants to listen on.
 PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
 PGBIN = subprocess.check_output([PG_CONFIG, "--bindir"], text=True).strip()
 SUB_USER, SUB_PASSWORD = "test-subscriber", "test-subscriber-password"
+
+
+# Every port a test server listens on comes from port(): one counter for the whole session, so no
+# two tests share a port, whichever subset runs. The range stays below the kernel's ephemeral
+# range (32768+), so an outgoing connection can never hold a port a server wants to listen on;
+# a port something else on the machine holds is skipped.
+_NEXT_PORT = [int(os.environ.get("PG_MQTT_PUB_TEST_FIRST_PORT", "18800"))]
+
+
+def port():
+    while _NEXT_PORT[0] < 32000:
+        p = _NEXT_PORT[0]
+        _NEXT_PORT[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no free test port left below 32000")
+
+
+def ports(n):
+    return tuple(port() for _ in range(n))
 
 
 def as_postgres(args, **kw):

@@ -24,10 +24,10 @@ import time
 import psycopg
 import pytest
 
-from harness import Broker, Cluster, Subscriber, scratch, wait_port, wait_until, worker_settings
+from harness import Broker, Cluster, Subscriber, port, ports, scratch, wait_port, wait_until, worker_settings
 
-PG_PORT = 25442
-PLAIN, TLS, AUTH, EXTRA, TLS12_ONLY = 18851, 18852, 18853, 18854, 18855
+PG_PORT = port()
+PLAIN, TLS, AUTH, EXTRA, TLS12_ONLY = ports(5)
 PUB_USER, PUB_PASSWORD = "pgpub", "s3cret-Pub-Pw"
 
 

@@ -13,9 +13,9 @@ import re
 import threading
 import time
 
-from harness import Broker, Subscriber, primary_and_copy, status, wait_until
+from harness import Broker, Subscriber, port, ports, primary_and_copy, status, wait_until
 
-PORT = 18893
+PORT = port()
 N = 1000
 
 
@@ -32,7 +32,7 @@ def connects(c, mark=0):
 def test_clones_of_one_base_backup_both_deliver_everything():
     b = Broker("clones", PORT).start()
     s = Subscriber(PORT, "clone/#")
-    a, clone = primary_and_copy("clone", (25448, 25449), "cl", PORT)
+    a, clone = primary_and_copy("clone", ports(2), "cl", PORT)
     try:
         assert a.sql("SELECT system_identifier FROM pg_control_system()") == \
             clone.sql("SELECT system_identifier FROM pg_control_system()"), "a clone shares the system identifier"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import DB
-from harness import Broker, Cluster, Subscriber, status, wait_until, worker_settings
+from harness import Broker, Cluster, Subscriber, port, status, wait_until, worker_settings
 
 
 def mode(cluster, dbname=DB):
@@ -144,13 +144,13 @@ def test_two_phase_commit_while_hot_delivers_once(cluster, sub):
 
 # --- a cluster with a tiny ring (64 slots = 32 kB) and a short acknowledgement timeout ---
 
-SMALL_BROKER_PORT = 18834
+SMALL_BROKER_PORT = port()
 
 
 @pytest.fixture(scope="module")
 def small():
     b = Broker("small", SMALL_BROKER_PORT).start()
-    c = Cluster("small", 25438, worker_settings(DB, SMALL_BROKER_PORT, pg_mqtt_pub__queue_size=64,
+    c = Cluster("small", port(), worker_settings(DB, SMALL_BROKER_PORT, pg_mqtt_pub__queue_size=64,
                                                  pg_mqtt_pub__ack_timeout_ms=2000)).start()
     c.sql(f"CREATE DATABASE {DB}")
     c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)

@@ -7,7 +7,7 @@ heartbeat example, word for word apart from its schedule.
 import json
 import re
 
-from harness import Cluster, Subscriber, wait_until
+from harness import Cluster, Subscriber, port, wait_until
 from conftest import BROKER_PORT
 
 HEARTBEAT = """
@@ -26,7 +26,7 @@ $$)
 
 
 def test_pg_cron_job_publishes(broker):
-    c = Cluster("cron", 25441, {
+    c = Cluster("cron", port(), {
         "shared_preload_libraries": "'pg_mqtt_pub,pg_cron'",
         "cron.database_name": "'postgres'",
         # jobs run in background workers: no libpq connection back to the server to configure

@@ -12,9 +12,9 @@ import socket
 import threading
 import time
 
-from harness import scene, scratch, status, wait_until
+from harness import port, scene, scratch, status, wait_until
 
-PORT = 18901
+PORT = port()
 DNS = ("127.0.0.79", 53)
 
 
@@ -41,7 +41,7 @@ def test_slow_name_resolution_does_not_stall_other_brokers():
     with open(resolv, "w") as f:
         f.write(f"nameserver {DNS[0]}\noptions timeout:4 attempts:1\n")
     try:
-        with scene("dns", 25457, PORT, "dns", "dns/#", settings={"pg_mqtt_pub.reconnect_interval_ms": 100},
+        with scene("dns", port(), PORT, "dns", "dns/#", settings={"pg_mqtt_pub.reconnect_interval_ms": 100},
                    resolv_conf=resolv) as (b, s, c):
             slow_broker_does_not_stall_the_default_one(s, c)
     finally:

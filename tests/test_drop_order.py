@@ -10,14 +10,14 @@ outbox; after the broker restarts, the subscriber receives exactly the 100, in c
 import signal
 import time
 
-from harness import scene, status, wait_until
+from harness import port, scene, status, wait_until
 
-PORT = 18897
-OTHER_PORT = 18898  # nothing listens there: the second broker only has to exist
+PORT = port()
+OTHER_PORT = port()  # nothing listens there: the second broker only has to exist
 
 
 def test_drop_with_messages_in_flight_and_queued_keeps_commit_order():
-    with scene("drop-order", 25454, PORT, "dord", "do/#", settings={"pg_mqtt_pub.max_inflight": 10}) as (b, s, c):
+    with scene("drop-order", port(), PORT, "dord", "do/#", settings={"pg_mqtt_pub.max_inflight": 10}) as (b, s, c):
         c.sql("SELECT mqtt_broker_add('elsewhere', '127.0.0.1', %s)", (OTHER_PORT,), dbname="dord")
         wait_until(lambda: status(c, "dord", "default")["delivery_mode"] == "hot",
                    30, "default hot")

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from conftest import BROKER_PORT, DB
-from harness import Broker, Subscriber, status, wait_until
+from harness import Broker, Subscriber, port, status, wait_until
 
 N = 10_000
 
@@ -145,7 +145,7 @@ def test_broker_outage_delays_but_loses_nothing(cluster, broker, sub, db):
 
 
 def test_sighup_switches_to_another_broker(cluster, db, sub):
-    other = Broker("second", BROKER_PORT + 1).start()
+    other = Broker("second", port()).start()
     sub2 = Subscriber(other.port)
     try:
         cluster.reload_with(DB, broker_port=other.port)

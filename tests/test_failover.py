@@ -14,15 +14,15 @@ import re
 import psycopg
 import pytest
 
-from harness import Broker, Subscriber, primary_and_copy, status, wait_until
+from harness import Broker, Subscriber, port, ports, primary_and_copy, status, wait_until
 
-PORT = 18896
+PORT = port()
 
 
 def test_promoted_standby_delivers_the_outbox_it_inherited():
     b = Broker("failover", PORT).start(gated=True)  # the worker cannot log in yet; the subscriber can
     s = Subscriber(PORT, "fo/#")
-    primary, standby = primary_and_copy("fo", (25452, 25453), "fo", PORT, standby=True)
+    primary, standby = primary_and_copy("fo", ports(2), "fo", PORT, standby=True)
     try:
 
         with primary.connect("fo") as q:

@@ -5,11 +5,11 @@ import time
 import psycopg
 import pytest
 
-from harness import Broker, Cluster, Subscriber, status, wait_until
+from harness import Broker, Cluster, Subscriber, port, status, wait_until
 
 
 def test_functions_say_how_to_preload():
-    c = Cluster("nopreload", 25435, preload=False).start()
+    c = Cluster("nopreload", port(), preload=False).start()
     try:
         c.sql("CREATE EXTENSION pg_mqtt_pub")
         for q in ("SELECT mqtt_publish('a', 'b')", "SELECT * FROM mqtt_status()"):
@@ -22,15 +22,15 @@ def test_functions_say_how_to_preload():
 
 
 def test_bad_queue_size_refuses_to_start():
-    c = Cluster("badqueue", 25437, {"pg_mqtt_pub.queue_size": 1000})
+    c = Cluster("badqueue", port(), {"pg_mqtt_pub.queue_size": 1000})
     with pytest.raises(Exception):
         c.start()
     assert "pg_mqtt_pub.queue_size must be a power of two" in c.log_text()
 
 
 def test_worker_waits_for_database_and_extension_then_goes_idle():
-    broker = Broker("lifecycle", 18833).start()
-    c = Cluster("lifecycle", 25436, {
+    broker = Broker("lifecycle", port()).start()
+    c = Cluster("lifecycle", port(), {
         "pg_mqtt_pub.database": "'later'",
         "pg_mqtt_pub.broker_host": "'127.0.0.1'",
         "pg_mqtt_pub.broker_port": broker.port,

@@ -10,9 +10,10 @@ Its MQTT 5 CONNECT carries a Maximum Packet Size of 256 kB.
 import threading
 import time
 
-from harness import Cluster, scene, wait_until
+from harness import Cluster, port, scene, wait_until
 
-PORT = 18900
+PORT = port()
+CONNECT_PORT = port()  # a bare TCP listener that only records the CONNECT packet
 N = 120
 SIZE = 1_000_000
 
@@ -26,7 +27,7 @@ def rss_anon_kb(pid):
 
 
 def test_draining_large_messages_keeps_the_worker_small():
-    with scene("memory", 25456, PORT, "mem", "mem/#", gated=True, settings={"pg_mqtt_pub.max_inflight": 10}) as (b, s, c):
+    with scene("memory", port(), PORT, "mem", "mem/#", gated=True, settings={"pg_mqtt_pub.max_inflight": 10}) as (b, s, c):
         with c.connect("mem") as q:
             for i in range(N):
                 q.execute("SELECT mqtt_publish(%s, repeat(%s, %s), 1)", (f"mem/{i:03d}", chr(65 + i % 26), SIZE))
@@ -63,13 +64,13 @@ def test_connect_announces_a_maximum_packet_size():
 
     listener = so.socket()
     listener.setsockopt(so.SOL_SOCKET, so.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", PORT + 2))
+    listener.bind(("127.0.0.1", CONNECT_PORT))
     listener.listen(1)
     listener.settimeout(30)
-    c = Cluster("memory-connect", 25458, {
+    c = Cluster("memory-connect", port(), {
         "pg_mqtt_pub.database": "'postgres'",
         "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": PORT + 2,
+        "pg_mqtt_pub.broker_port": CONNECT_PORT,
     }).start()
     try:
         c.sql("CREATE EXTENSION pg_mqtt_pub")

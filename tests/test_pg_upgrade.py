@@ -13,10 +13,10 @@ database. Debian's own 18 is not reachable from here.
 import os
 import subprocess
 
-from harness import Broker, Cluster, Subscriber, as_postgres, scratch, wait_until
+from harness import Broker, Cluster, Subscriber, as_postgres, port, scratch, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PORT = 18891
+PORT = port()
 N = 200
 
 
@@ -46,7 +46,7 @@ def test_pg_upgrade_16_to_18_delivers_the_waiting_messages():
         "pg_mqtt_pub.reconnect_interval_ms": 200,
     }
     b = Broker("pg-upgrade", PORT)  # down until after the upgrade
-    old = Cluster("upgrade-16", 25446, settings, initdb_args=["--locale=C", "-E", "UTF8"], bindir=bindir(old_config)).start()
+    old = Cluster("upgrade-16", port(), settings, initdb_args=["--locale=C", "-E", "UTF8"], bindir=bindir(old_config)).start()
     new = None
     s = None
     try:
@@ -62,11 +62,11 @@ def test_pg_upgrade_16_to_18_delivers_the_waiting_messages():
         old.stop()
 
         # 18's initdb turns data checksums on by default; pg_upgrade needs them as in the old cluster
-        new = Cluster("upgrade-18", 25447, settings, initdb_args=["--locale=C", "-E", "UTF8", "--no-data-checksums"],
+        new = Cluster("upgrade-18", port(), settings, initdb_args=["--locale=C", "-E", "UTF8", "--no-data-checksums"],
                       bindir=bindir(new_config))
         work = scratch("pg-upgrade-work")
         as_postgres([f"{bindir(new_config)}/pg_upgrade", "-b", bindir(old_config), "-B", bindir(new_config),
-                     "-d", old.data, "-D", new.data, "-p", "25446", "-P", "25447"],
+                     "-d", old.data, "-D", new.data, "-p", str(old.port), "-P", str(new.port)],
                     cwd=work, stdout=subprocess.DEVNULL)
         new.start()
         assert new.sql("SHOW server_version_num")[0][0].startswith("18")

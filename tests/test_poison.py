@@ -10,9 +10,9 @@ import psycopg
 import pytest
 
 from conftest import DB
-from harness import Broker, Cluster, SUB_USER, Subscriber, status, wait_until, worker_settings
+from harness import Broker, Cluster, SUB_USER, Subscriber, port, status, wait_until, worker_settings
 
-PORT = 18835
+PORT = port()
 BASE_MS = 200
 MAX_ATTEMPTS = 5
 
@@ -31,7 +31,7 @@ def env():
     write_acl(acl, deny=True)
     os.chmod(acl, 0o644)
     b = Broker("poison", PORT, f"acl_file {acl}\nmessage_size_limit 10000").start()
-    c = Cluster("poison", 25439, worker_settings(DB, PORT, pg_mqtt_pub__retry_base_ms=BASE_MS,
+    c = Cluster("poison", port(), worker_settings(DB, PORT, pg_mqtt_pub__retry_base_ms=BASE_MS,
                                                   pg_mqtt_pub__poison_max_attempts=MAX_ATTEMPTS)).start()
     c.sql(f"CREATE DATABASE {DB}")
     c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)

@@ -5,14 +5,14 @@ cluster starts: pg_regress creates it, which also exercises the launcher's wait.
 import os
 import subprocess
 
-from harness import PG_CONFIG, PGBIN, WORK, Cluster
+from harness import Cluster, PGBIN, PG_CONFIG, WORK, port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
 def test_pg_regress():
-    c = Cluster("regress", 25434, {
+    c = Cluster("regress", port(), {
         "pg_mqtt_pub.database": "'contrib_regression'",
         "pg_mqtt_pub.broker_host": "'127.0.0.1'",
         "pg_mqtt_pub.broker_port": 1,  # nothing listens there

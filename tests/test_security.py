@@ -21,10 +21,11 @@ import subprocess
 
 import pytest
 
-from harness import PGBIN, SUB_USER, Broker, Cluster, Subscriber, wait_until
+from harness import Broker, Cluster, PGBIN, SUB_USER, Subscriber, port, wait_until
 
-PORT = 18871
-PW_PORT = 18872
+PORT = port()
+PW_PORT = port()
+ENC_PORT = port()
 DB = "sec"
 CANARY = "pg_mqtt_pub canary"
 
@@ -41,7 +42,7 @@ def env():
     write_acl(acl)
     os.chmod(acl, 0o644)
     b = Broker("sec", PORT, f"acl_file {acl}").start()
-    c = Cluster("sec", 25443, {
+    c = Cluster("sec", port(), {
         "pg_mqtt_pub.database": f"'{DB}'",
         "pg_mqtt_pub.broker_host": "'127.0.0.1'",
         "pg_mqtt_pub.broker_port": PORT,
@@ -339,12 +340,12 @@ def test_password_never_logged_and_password_file(env, tmp_path):
 
 
 def test_encodings_exact_bytes_hot_and_cold(tmp_path):
-    b = Broker("sec-enc", PORT + 10).start()
-    s = Subscriber(PORT + 10, "enc/#")
-    c = Cluster("sec-enc", 25444, {
+    b = Broker("sec-enc", ENC_PORT).start()
+    s = Subscriber(ENC_PORT, "enc/#")
+    c = Cluster("sec-enc", port(), {
         "pg_mqtt_pub.database": "'enc_sql_ascii'",
         "pg_mqtt_pub.broker_host": "'127.0.0.1'",
-        "pg_mqtt_pub.broker_port": PORT + 10,
+        "pg_mqtt_pub.broker_port": ENC_PORT,
         "pg_mqtt_pub.reconnect_interval_ms": 200,
     }, initdb_args=["--locale=C", "-E", "UTF8"]).start()
     try:

@@ -18,9 +18,9 @@ import threading
 import time
 from contextlib import contextmanager
 
-from harness import scene, status, wait_until
+from harness import port, scene, status, wait_until
 
-PORT = 18895
+PORT = port()
 
 
 @contextmanager
@@ -83,7 +83,7 @@ def in_thread(f):
 
 
 def test_a_commit_waiting_for_a_standby_holds_up_nobody():
-    with stall_scene("stall-syncrep", 25450) as (b, s, c):
+    with stall_scene("stall-syncrep", port()) as (b, s, c):
         wait_until(lambda: status(c, "st")["delivery_mode"] == "hot", 30, "hot")
         start_stuck_commit(c, "stall/stuck")
         with local(c) as q:
@@ -113,7 +113,7 @@ def test_a_commit_waiting_for_a_standby_holds_up_nobody():
 
 def test_a_locked_outbox_does_not_hang_publishers():
     # no periodic outbox look-ups of the cold broker: the worker's next SQL is the go-hot check
-    with stall_scene("stall-lock", 25451, **{"pg_mqtt_pub.worker_poll_interval_ms": 60000}) as (b, s, c):
+    with stall_scene("stall-lock", port(), **{"pg_mqtt_pub.worker_poll_interval_ms": 60000}) as (b, s, c):
         with local(c) as q:
             q.execute("SELECT mqtt_broker_add('other', '127.0.0.1', %s)", (PORT,))
         wait_until(lambda: [r[0] for r in c.sql("SELECT delivery_mode FROM mqtt_status() ORDER BY broker_name", dbname="st")]

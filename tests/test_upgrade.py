@@ -14,10 +14,10 @@ import re
 
 import pytest
 
-from harness import Broker, Cluster, Subscriber, wait_until
+from harness import Broker, Cluster, Subscriber, port, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PORT = 18890
+PORT = port()
 
 
 def current_version():
@@ -89,7 +89,7 @@ def rows(c, db):
 @pytest.mark.parametrize("old", earlier_versions())
 def test_alter_extension_update_matches_a_fresh_install_and_keeps_every_row(old):
     b = Broker("upgrade", PORT)  # not started: everything waits in the outbox
-    c = Cluster("upgrade", 25445, {
+    c = Cluster("upgrade", port(), {
         "pg_mqtt_pub.database": "'up'",
         "pg_mqtt_pub.broker_host": "'127.0.0.1'",
         "pg_mqtt_pub.broker_port": PORT,

@@ -6,14 +6,14 @@ and autovacuum cleans the table (insert-triggered vacuums are switched off for i
 the reported deletes can trigger one). Before, the deletes were never reported: n_tup_del stayed
 0 and the dead rows piled up until something else vacuumed the table.
 """
-from harness import scene, wait_until
+from harness import port, scene, wait_until
 
-PORT = 18899
+PORT = port()
 N = 3000
 
 
 def test_outbox_deletes_are_reported_and_autovacuum_cleans_the_outbox():
-    with scene("vacuum", 25455, PORT, "vac", "vac/#", gated=True, settings={"autovacuum_naptime": 1}) as (b, s, c):
+    with scene("vacuum", port(), PORT, "vac", "vac/#", gated=True, settings={"autovacuum_naptime": 1}) as (b, s, c):
         c.sql("ALTER TABLE mqtt_pub.outbox SET (autovacuum_vacuum_insert_threshold = -1)", dbname="vac")
         c.sql("SELECT mqtt_publish('vac/' || i, 'x', 1) FROM generate_series(1, %s) i", (N,), dbname="vac")
         assert c.sql("SELECT count(*) FROM mqtt_pub.outbox", dbname="vac")[0][0] == N

@@ -102,6 +102,13 @@ impl MessageRef<'_> {
     }
 }
 
+/// Where a record lies in the ring: its first slot's position and how many slots it takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span {
+    pub pos: u64,
+    pub nslots: u64,
+}
+
 /// What the consumer finds at the tail.
 pub enum Peek<'a> {
     Empty,
@@ -123,8 +130,8 @@ pub enum RunState {
     Waiting,
     /// Aborted: skip all of it.
     Cancelled,
-    /// Every record is published: their positions and sizes, in order.
-    Ready(Vec<(u64, u64)>),
+    /// Every record is published: where each lies, in order.
+    Ready(Vec<Span>),
 }
 
 /// A ready record. `topic_nul` is the topic followed by its NUL (what libmosquitto wants).
@@ -367,7 +374,7 @@ impl Ring {
                     _ => return RunState::Waiting,
                 }
                 let n = (*h).nslots as u64;
-                records.push((pos, n));
+                records.push(Span { pos, nslots: n });
                 pos += n;
             }
         }
@@ -537,7 +544,7 @@ mod tests {
             assert_eq!(r.run_state(a, 3), RunState::Waiting, "half published is not ready");
             r.publish(a + 1, &msg(b"y", b"1"));
             r.publish(a + 2, &msg(b"z", b"1"));
-            assert_eq!(r.run_state(a, 3), RunState::Ready(vec![(a, 1), (a + 1, 1), (a + 2, 1)]));
+            assert_eq!(r.run_state(a, 3), RunState::Ready((a..a + 3).map(|pos| Span { pos, nslots: 1 }).collect()));
             // an aborted one is skipped whole
             let c = r.try_reserve(2).unwrap();
             r.mark_reserved(c + 1, 1, 0);

@@ -17,6 +17,7 @@
 //!   or the cursor. Rules of the form "no ring record older than X can still turn up" (a cold
 //!   broker's lane-1 outbox rows, going hot again, retiring a removed broker) use it.
 
+use crate::pure::ring::Span;
 use std::collections::VecDeque;
 
 /// A logged record (or a hole's placeholder).
@@ -82,7 +83,7 @@ impl ScanLog {
     /// The reservation at `start` was published as `records` (position, slots; in order, covering
     /// it exactly) or, with no records, cancelled. The records are logged unfinished in the
     /// placeholder's place.
-    pub fn fill_hole(&mut self, start: u64, records: &[(u64, u64)]) {
+    pub fn fill_hole(&mut self, start: u64, records: &[Span]) {
         let Some(h) = self.holes.iter().position(|h| h.start == start) else {
             return;
         };
@@ -92,9 +93,9 @@ impl ScanLog {
             self.entries[at].done = true;
             return;
         }
-        debug_assert_eq!(records.iter().map(|r| r.1).sum::<u64>(), hole.run, "records cover the reservation");
+        debug_assert_eq!(records.iter().map(|r| r.nslots).sum::<u64>(), hole.run, "records cover the reservation");
         self.entries.remove(at);
-        for (j, &(pos, nslots)) in records.iter().enumerate() {
+        for (j, &Span { pos, nslots }) in records.iter().enumerate() {
             self.entries.insert(at + j, Entry { pos, nslots, done: false });
         }
     }
@@ -133,11 +134,11 @@ impl ScanLog {
     }
 
     /// Logged records not finished yet (holes excluded), oldest first.
-    pub fn unfinished(&self) -> Vec<(u64, u64)> {
+    pub fn unfinished(&self) -> Vec<Span> {
         self.entries
             .iter()
             .filter(|e| !e.done && !self.holes.iter().any(|h| h.start == e.pos))
-            .map(|e| (e.pos, e.nslots))
+            .map(|e| Span { pos: e.pos, nslots: e.nslots })
             .collect()
     }
 }
@@ -145,6 +146,10 @@ impl ScanLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spans(v: &[(u64, u64)]) -> Vec<Span> {
+        v.iter().map(|&(pos, nslots)| Span { pos, nslots }).collect()
+    }
 
     #[test]
     fn releases_only_up_to_the_first_unfinished_record() {
@@ -172,11 +177,11 @@ mod tests {
         log.mark_done(0);
         log.mark_done(4);
         assert_eq!(log.release(), Some(1), "stops at the hole");
-        assert_eq!(log.unfinished(), Vec::<(u64, u64)>::new(), "a placeholder is not a record");
+        assert_eq!(log.unfinished(), Vec::<Span>::new(), "a placeholder is not a record");
         // the transaction commits: its two records take the placeholder's place, unfinished
-        log.fill_hole(1, &[(1, 2), (3, 1)]);
+        log.fill_hole(1, &spans(&[(1, 2), (3, 1)]));
         assert_eq!(log.low(), 5);
-        assert_eq!(log.unfinished(), vec![(1, 2), (3, 1)]);
+        assert_eq!(log.unfinished(), spans(&[(1, 2), (3, 1)]));
         log.mark_done(3);
         assert_eq!(log.release(), None, "1 is not delivered yet");
         log.mark_done(1);
@@ -200,9 +205,9 @@ mod tests {
         log.push(1, false); // 12
         log.push_hole(1); //   13
         assert_eq!(log.holes().collect::<Vec<_>>(), vec![Hole { start: 10, run: 2 }, Hole { start: 13, run: 1 }]);
-        log.fill_hole(13, &[(13, 1)]);
+        log.fill_hole(13, &spans(&[(13, 1)]));
         assert_eq!(log.low(), 10);
-        log.fill_hole(10, &[(10, 1), (11, 1)]);
+        log.fill_hole(10, &spans(&[(10, 1), (11, 1)]));
         assert_eq!(log.low(), 14);
         for p in [10, 11, 12, 13] {
             log.mark_done(p);
@@ -219,6 +224,6 @@ mod tests {
         log.push(1, false);
         assert_eq!(log.abandon_holes(), 1);
         assert!(!log.has_holes());
-        assert_eq!(log.unfinished(), vec![(0, 1), (3, 1)]);
+        assert_eq!(log.unfinished(), spans(&[(0, 1), (3, 1)]));
     }
 }

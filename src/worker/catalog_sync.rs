@@ -37,9 +37,9 @@ impl Worker {
             }
             match self.by_slot[slot] {
                 Some(i) if self.links[i].removed_at.is_none() && self.links[i].cfg.name == n.cfg.name => {
-                    if self.links[i].cfg != n.cfg && self.links[i].switch_to.as_ref().is_none_or(|s| s.0 != n.cfg) {
+                    if self.links[i].cfg != n.cfg && self.links[i].switch_to.as_ref().is_none_or(|s| s.to != n.cfg) {
                         guard::log(Level::LOG, format!("pg_mqtt_pub: broker \"{}\" changed, reconnecting", n.cfg.name));
-                        self.links[i].switch_to = Some((n.cfg, Instant::now() + DRAIN_GRACE));
+                        self.links[i].switch_later(n.cfg);
                     }
                 }
                 Some(_) => {} // the slot is still being released; picked up on a later pass
@@ -72,7 +72,7 @@ impl Worker {
         }
         k.state = ConnState::Idle;
         k.status.set_connected(false);
-        let mut recs: Vec<u64> = k.backlog.drain(..).map(|b| b.0).collect();
+        let mut recs: Vec<u64> = k.backlog.drain(..).map(|b| b.pos).collect();
         k.backlog_slots = 0;
         recs.extend(k.window.take().into_iter().filter_map(|f| if let Inflight::Ring(p) = f { Some(p) } else { None }));
         k.fetched.clear();

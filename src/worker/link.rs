@@ -27,6 +27,12 @@ pub(super) enum Inflight {
     Outbox { id: i64, tid: outbox::Tid },
 }
 
+/// A settings change waiting for the in-flight window to drain (at most until `deadline`).
+pub(super) struct Switch {
+    pub(super) to: BrokerConfig,
+    pub(super) deadline: Instant,
+}
+
 /// One broker connection and its delivery state. Brokers are independent: each has its own
 /// socket in the wait set, its own hot/cold mode, backoff, in-flight window, backlog and outbox
 /// pass, so a dead or slow broker never holds up another.
@@ -49,20 +55,20 @@ pub(super) struct Link {
     pub(super) refused_here: bool,
     /// Ring records of this (hot) broker the scan went past while its window was full: sent
     /// before anything newer for it. Bounded: past a quarter of the ring the broker goes cold.
-    pub(super) backlog: VecDeque<(u64, u64)>,
+    pub(super) backlog: VecDeque<Span>,
     pub(super) backlog_slots: u64,
     /// Outbox rows fetched and not yet handed to libmosquitto.
     pub(super) fetched: VecDeque<outbox::Row>,
     /// Acknowledged outbox rows to delete.
-    pub(super) to_delete: Vec<(outbox::Tid, i64)>,
+    pub(super) to_delete: Vec<outbox::Delivered>,
     /// The outbox may have rows for us (set by wake-ups and timers, cleared by an empty fetch).
     pub(super) outbox_check: bool,
     /// Where the current pass over the outbox is: the last (lane, id) fetched. `None` starts
     /// from the head (after a reconnect, going cold, or reaching the end of a pass).
-    pub(super) drain_after: Option<(i16, i64)>,
+    pub(super) drain_after: Option<outbox::PassPos>,
     pub(super) next_outbox_poll: Instant,
     /// A settings change waiting for the in-flight window to drain.
-    pub(super) switch_to: Option<(BrokerConfig, Instant)>,
+    pub(super) switch_to: Option<Switch>,
     pub(super) refusal: Option<String>,
     /// Removed from the catalog: the slot is released once the scan has passed this ring head
     /// (every record published to it has been seen and dead-lettered).
@@ -100,6 +106,11 @@ impl Link {
 
     pub(super) fn cold(&self) -> bool {
         self.status.is_cold()
+    }
+
+    /// Reconnect with `cfg` once the messages in flight are acknowledged (`maybe_switch`).
+    pub(super) fn switch_later(&mut self, cfg: BrokerConfig) {
+        self.switch_to = Some(Switch { to: cfg, deadline: Instant::now() + DRAIN_GRACE });
     }
 
     pub(super) fn window_open(&self) -> bool {
@@ -212,7 +223,7 @@ impl Link {
                 match what {
                     Inflight::Ring(pos) => Outcome::RingDone(pos),
                     Inflight::Outbox { id, tid } => {
-                        self.to_delete.push((tid, id));
+                        self.to_delete.push(outbox::Delivered { tid, id });
                         Outcome::Nothing
                     }
                 }
@@ -257,12 +268,12 @@ impl Worker {
         k.drain_after = None;
         k.outbox_check = true;
         if !k.backlog.is_empty() {
-            let recs: Vec<(u64, u64)> = k.backlog.drain(..).collect();
+            let recs: Vec<Span> = k.backlog.drain(..).collect();
             k.backlog_slots = 0;
-            if !self.rescue(&recs) {
+            if !self.rescue(recs.iter().map(|r| r.pos)) {
                 // no outbox to put them in (extension dropped): keep them for later
                 let k = &mut self.links[l];
-                k.backlog_slots = recs.iter().map(|r| r.1).sum();
+                k.backlog_slots = recs.iter().map(|r| r.nslots).sum();
                 k.backlog.extend(recs);
             }
         }
@@ -342,13 +353,11 @@ impl Worker {
                 self.message_failed(l, what, "the broker closed the connection when this message was sent".into())
             }
             Lost::Resend(inflight) => {
-                let mut ring: Vec<(u64, u64)> = inflight
-                    .iter()
-                    .filter_map(|f| if let Inflight::Ring(p) = f { Some((*p, 0)) } else { None })
-                    .collect();
+                let mut ring: Vec<u64> =
+                    inflight.iter().filter_map(|f| if let Inflight::Ring(p) = f { Some(*p) } else { None }).collect();
                 ring.sort_unstable();
                 if !ring.is_empty() {
-                    self.rescue(&ring);
+                    self.rescue(ring);
                 }
             }
         }
@@ -417,7 +426,7 @@ impl Worker {
                     target.name, target.host, target.port
                 ),
             );
-            k.switch_to = Some((target, Instant::now() + DRAIN_GRACE));
+            k.switch_later(target);
         }
     }
 
@@ -425,11 +434,11 @@ impl Worker {
     /// period ends: then they are taken back into the outbox and sent again).
     pub(super) fn maybe_switch(&mut self, l: usize) {
         let k = &self.links[l];
-        let Some((_, deadline)) = &k.switch_to else { return };
-        if k.state == ConnState::Connected && !k.window.is_empty() && Instant::now() < *deadline {
+        let Some(switch) = &k.switch_to else { return };
+        if k.state == ConnState::Connected && !k.window.is_empty() && Instant::now() < switch.deadline {
             return;
         }
-        let (new, _) = self.links[l].switch_to.take().expect("checked above");
+        let new = self.links[l].switch_to.take().expect("checked above").to;
         self.go_cold(l);
         self.drop_client(l, false);
         let k = &mut self.links[l];

@@ -29,7 +29,7 @@ use crate::mqtt::client::{Client, ClientOptions, Event, Handoff};
 use crate::pg::guard::{self, guard, Level, PgError};
 use crate::pg::gucs::{self, BrokerConfig};
 use crate::pure::backoff::reconnect_delay_ms;
-use crate::pure::ring::{Peek, Ring, RunState};
+use crate::pure::ring::{Peek, Ring, RunState, Span};
 use crate::pure::scanlog::{Hole, ScanLog};
 use crate::pure::window::{Lost, Window};
 use crate::shmem;
@@ -148,7 +148,7 @@ struct Worker {
     blocked_at: Option<(u64, Instant)>,
     waiter: Option<Waiter>,
     rebuild_waiter: bool,
-    ready: Vec<(usize, bool, bool)>,
+    ready: Vec<waiter::ReadySock>,
     ext_present: bool,
     next_ext_check: Instant,
     next_prune: Instant,

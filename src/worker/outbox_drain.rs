@@ -24,7 +24,7 @@ impl Worker {
                 let low = self.scan_low();
                 let k = &mut self.links[l];
                 let recovered_only = k.cold() && low < k.status.flip_head.load(Ordering::Acquire);
-                let mut exclude: Vec<i64> = k.to_delete.iter().map(|d| d.1).collect();
+                let mut exclude: Vec<i64> = k.to_delete.iter().map(|d| d.id).collect();
                 exclude.extend(k.window.values().filter_map(|f| match f {
                     Inflight::Outbox { id, .. } => Some(*id),
                     Inflight::Ring(_) => None,
@@ -43,7 +43,7 @@ impl Worker {
                     k.outbox_check = after.is_some();
                     k.drain_after = None;
                 } else {
-                    k.drain_after = rows.last().map(|r| (r.lane, r.id));
+                    k.drain_after = rows.last().map(|r| outbox::PassPos { lane: r.lane, id: r.id });
                 }
                 if rows.is_empty() {
                     return false;

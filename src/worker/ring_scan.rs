@@ -6,8 +6,8 @@ use super::*;
 /// What a pass over the ring leaves for SQL afterwards (records stay in the ring until then).
 #[derive(Default)]
 pub(super) struct Found {
-    /// Records of cold brokers, to save to the outbox (position, slots).
-    rescue: Vec<(u64, u64)>,
+    /// Positions of cold brokers' records, to save to the outbox.
+    rescue: Vec<u64>,
     /// Records the client library refused: (link, position, why).
     failed: Vec<(usize, u64, String)>,
     /// Records of removed brokers: (link, position).
@@ -54,7 +54,7 @@ impl Worker {
     fn send_backlogs(&mut self, scratch: &mut Vec<u8>, found: &mut Found) {
         for l in 0..self.links.len() {
             while !self.links[l].backlog.is_empty() && self.links[l].window_open() && !self.links[l].cold() {
-                let (pos, n) = self.links[l].backlog[0];
+                let Span { pos, nslots } = self.links[l].backlog[0];
                 match self.send_ring_record(l, pos, scratch, &mut found.failed) {
                     None => break,
                     Some(true) => self.mark_ring_done(pos),
@@ -62,7 +62,7 @@ impl Worker {
                 }
                 let k = &mut self.links[l];
                 k.backlog.pop_front();
-                k.backlog_slots -= n;
+                k.backlog_slots -= nslots;
             }
         }
     }
@@ -119,7 +119,7 @@ impl Worker {
             if !self.ext_present {
                 return Take::Stop; // nowhere to put it yet
             }
-            found.rescue.push((pos, n));
+            found.rescue.push(pos);
             Take::Logged(false)
         } else if k.takes_ring_record() {
             match self.send_ring_record(l, pos, scratch, &mut found.failed) {
@@ -137,7 +137,7 @@ impl Worker {
     /// queue fills a quarter of the ring goes cold (its queue moves to the outbox).
     fn queue_for_busy_broker(&mut self, l: usize, pos: u64, n: u64) -> Take {
         let k = &mut self.links[l];
-        k.backlog.push_back((pos, n));
+        k.backlog.push_back(Span { pos, nslots: n });
         k.backlog_slots += n;
         if k.backlog_slots <= self.ring.capacity() / 4 {
             return Take::Logged(false);
@@ -156,7 +156,7 @@ impl Worker {
     /// dead-letter records of removed brokers and orphans, count refused ones.
     fn settle(&mut self, found: Found) {
         if !found.rescue.is_empty() {
-            self.rescue(&found.rescue);
+            self.rescue(found.rescue);
         }
         for (l, pos) in found.removed {
             self.dead_letter_ring(l, pos, "the broker was removed");
@@ -235,7 +235,7 @@ impl Worker {
 
     /// Stepped-over reservations that were published or cancelled since: the placeholder makes
     /// way for the records (not done yet), in order. Returns the records.
-    pub(super) fn take_filled_holes(&mut self) -> Vec<(u64, u64)> {
+    pub(super) fn take_filled_holes(&mut self) -> Vec<Span> {
         let mut found = Vec::new();
         let holes: Vec<Hole> = self.scan.holes().collect();
         for Hole { start, run } in holes {
@@ -262,18 +262,18 @@ impl Worker {
             return; // later: nowhere to rescue to, or the links are about to change
         }
         let mut scratch = Vec::new();
-        for (pos, n) in self.take_filled_holes() {
+        for Span { pos, nslots } in self.take_filled_holes() {
             // SAFETY: published, scanned and not released.
             let Peek::Ready(r) = (unsafe { self.ring.peek_at(pos, &mut scratch) }) else { continue };
             let broker = r.broker;
             match self.by_slot.get(broker as usize).copied().flatten() {
                 None => found.orphans.push((pos, broker)),
                 Some(l) if self.links[l].removed_at.is_some() => found.removed.push((l, pos)),
-                Some(l) if self.links[l].cold() => found.rescue.push((pos, n)),
+                Some(l) if self.links[l].cold() => found.rescue.push(pos),
                 Some(l) => {
                     let k = &mut self.links[l];
-                    k.backlog.push_back((pos, n));
-                    k.backlog_slots += n;
+                    k.backlog.push_back(Span { pos, nslots });
+                    k.backlog_slots += nslots;
                 }
             }
         }
@@ -281,13 +281,14 @@ impl Worker {
 
     /// Move ring records of a cold broker into the outbox (lane 0, ahead of everything written
     /// by publishers since), then let the ring forget them. False if there is no outbox.
-    pub(super) fn rescue(&mut self, records: &[(u64, u64)]) -> bool {
+    pub(super) fn rescue(&mut self, records: impl IntoIterator<Item = u64>) -> bool {
+        let records: Vec<u64> = records.into_iter().collect();
         let ring = self.ring;
         let mut scratch = Vec::new();
         let names: Vec<Option<String>> =
             self.by_slot.iter().map(|i| i.map(|i| self.links[i].cfg.name.clone())).collect();
         let done = self.with_outbox(|| {
-            for &(pos, _) in records {
+            for &pos in &records {
                 // SAFETY: these records are scanned but not released: still intact in the ring.
                 if let Peek::Ready(r) = unsafe { ring.peek_at(pos, &mut scratch) } {
                     let Some(Some(name)) = names.get(r.broker as usize) else { continue };
@@ -299,7 +300,7 @@ impl Worker {
         if done.is_none() {
             return false; // no outbox to put them in: they stay in the ring
         }
-        for &(pos, _) in records {
+        for pos in records {
             self.mark_ring_done(pos);
         }
         for k in &mut self.links {

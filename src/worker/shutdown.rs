@@ -49,7 +49,7 @@ impl Worker {
             k.window.clear();
             k.backlog.clear();
         }
-        self.rescue(&left);
+        self.rescue(left.iter().map(|r| r.pos));
         self.release_ring();
         guard::log(
             Level::LOG,

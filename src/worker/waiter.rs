@@ -6,10 +6,26 @@ use super::*;
 /// The WaitEventSet: latch + postmaster death + one socket per connected broker.
 pub(super) struct Waiter {
     set: *mut pg::WaitEventSet,
-    /// (link index, fd, position in the set, write interest)
-    socks: Vec<(usize, c_int, c_int, bool)>,
+    socks: Vec<Sock>,
     /// Room for every event of the set (kept, so a wait allocates nothing).
     events: Vec<pg::WaitEvent>,
+}
+
+/// A broker's socket in the set.
+struct Sock {
+    link: usize,
+    fd: c_int,
+    /// Its event's position in the set.
+    pos: c_int,
+    want_write: bool,
+}
+
+/// A socket the wait found ready.
+#[derive(Clone, Copy)]
+pub(super) struct ReadySock {
+    pub link: usize,
+    pub readable: bool,
+    pub writable: bool,
 }
 
 impl Waiter {
@@ -29,7 +45,7 @@ impl Waiter {
                         std::ptr::null_mut(),
                         std::ptr::null_mut(),
                     );
-                    (l, fd, pos, false)
+                    Sock { link: l, fd, pos, want_write: false }
                 })
                 .collect();
             // SAFETY: WaitEvent is plain data.
@@ -39,22 +55,22 @@ impl Waiter {
     }
 
     pub(super) fn same_sockets(&self, fds: &[(usize, c_int)]) -> bool {
-        self.socks.len() == fds.len() && self.socks.iter().zip(fds).all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+        self.socks.len() == fds.len() && self.socks.iter().zip(fds).all(|(a, b)| a.link == b.0 && a.fd == b.1)
     }
 
     pub(super) fn want_write(&mut self, link: usize, w: bool) {
-        for s in self.socks.iter_mut().filter(|s| s.0 == link) {
-            if s.3 != w {
+        for s in self.socks.iter_mut().filter(|s| s.link == link) {
+            if s.want_write != w {
                 let ev = pg::WL_SOCKET_READABLE | if w { pg::WL_SOCKET_WRITEABLE } else { 0 };
-                // SAFETY: s.2 is a socket event of this set.
-                unsafe { pg::ModifyWaitEvent(self.set, s.2, ev, std::ptr::null_mut()) };
-                s.3 = w;
+                // SAFETY: s.pos is a socket event of this set.
+                unsafe { pg::ModifyWaitEvent(self.set, s.pos, ev, std::ptr::null_mut()) };
+                s.want_write = w;
             }
         }
     }
 
-    /// Wait; returns whether the latch was set, and (link, readable, writable) per ready socket.
-    pub(super) fn wait(&mut self, timeout_ms: i64, ready: &mut Vec<(usize, bool, bool)>) -> bool {
+    /// Wait; returns whether the latch was set, and the sockets found ready.
+    pub(super) fn wait(&mut self, timeout_ms: i64, ready: &mut Vec<ReadySock>) -> bool {
         ready.clear();
         let cap = self.events.len() as c_int;
         // SAFETY: valid set; `events` has room for every event of the set.
@@ -63,10 +79,11 @@ impl Waiter {
         let mut latch = false;
         for e in &self.events[..n.max(0) as usize] {
             latch |= e.events & pg::WL_LATCH_SET != 0;
-            if let Some(s) = self.socks.iter().find(|s| s.2 == e.pos) {
-                let (r, w) = (e.events & pg::WL_SOCKET_READABLE != 0, e.events & pg::WL_SOCKET_WRITEABLE != 0);
-                if r || w {
-                    ready.push((s.0, r, w));
+            if let Some(s) = self.socks.iter().find(|s| s.pos == e.pos) {
+                let readable = e.events & pg::WL_SOCKET_READABLE != 0;
+                let writable = e.events & pg::WL_SOCKET_WRITEABLE != 0;
+                if readable || writable {
+                    ready.push(ReadySock { link: s.link, readable, writable });
                 }
             }
         }
@@ -149,9 +166,9 @@ impl Worker {
             }
         }
         guard::check_for_interrupts();
-        for &(l, r, w) in &ready {
-            if let Some(k) = self.links.get_mut(l) {
-                k.service_socket(r, w);
+        for s in &ready {
+            if let Some(k) = self.links.get_mut(s.link) {
+                k.service_socket(s.readable, s.writable);
             }
         }
         self.ready = ready;

@@ -18,6 +18,8 @@ echo "== PostgreSQL $MAJOR ($PG_CONFIG)"
 
 echo "== unit tests"
 cargo test --release --lib "${FEATURES[@]}"
+echo "== module layers (no upward import, no cycle)"
+python3 scripts/layers.py
 echo "== format and clippy"
 cargo fmt --all -- --check
 cargo clippy --release --all-targets "${FEATURES[@]}" -- -D warnings

@@ -7,6 +7,7 @@ row means and the targets.
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -34,13 +35,16 @@ DRAIN_COUNT = 10_000 if SMOKE else 100_000
 RESULTS = os.environ.get("BENCH_RESULTS", os.path.join(OUT, "results.json"))
 PAYLOAD = 64
 # BENCH_SECTIONS=trigger,concurrency,... runs a subset (default: all)
-SECTIONS = set(os.environ.get("BENCH_SECTIONS", "trigger,concurrency,e2e,latency,drain,memory").split(","))
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "trigger,rowcost,concurrency,e2e,cpu,latency,drain,memory").split(","))
+ROWCOST_ROUNDS = 2 if SMOKE else 5
+ROWCOST_BATCHES = 3 if SMOKE else 20  # 1,000-row INSERT ... SELECT statements per variant and round
+CPU_COUNT = int(os.environ.get("BENCH_CPU_COUNT", "10000" if SMOKE else "200000"))
 results = {"machine": {}, "rows": {}}
 
 
 def row(name, value, unit, note=""):
     results["rows"][name] = {"value": value, "unit": unit, "note": note}
-    shown = f"{value:>12,.2f}" if unit == "x" else f"{value:>12,.1f}"
+    shown = f"{value:>12,.2f}" if unit in ("x", "us", "us/msg") else f"{value:>12,.1f}"
     print(f"  {name:<46} {shown} {unit:<10} {note}", flush=True)
 
 
@@ -104,6 +108,100 @@ def trigger_cost(c, broker):
     row("ratio g/e (target >= 0.90)", rates["g_event_trigger_hot"] / rates["e_mqtt_publish_hot"], "x")
     row("ratio f/d (target >= 0.90)", rates["f_mqtt_publish_cold"] / rates["d_outbox_insert"], "x")
     row("ratio c/b, d/b (reference)", rates["c_pg_notify"] / b, "x", f"d/b = {rates['d_outbox_insert'] / b:.2f}")
+
+
+# Cost per row of a trigger (issue #16): the same 1,000-row INSERT ... SELECT with each of these
+# AFTER INSERT row triggers, minus the same INSERT without a trigger.
+ROWCOST = {
+    "no trigger": None,
+    "row_to_json": "PERFORM row_to_json(NEW)::text;",
+    "pg_notify": "PERFORM pg_notify('bench', row_to_json(NEW)::text);",
+    "outbox INSERT": "INSERT INTO rc_outbox (payload) VALUES (row_to_json(NEW)::text);",
+    "mqtt_publish (PL/pgSQL)": "PERFORM mqtt_publish('bench/rowcost', row_to_json(NEW)::text);",
+    "helper trigger": "helper",
+}
+
+
+def row_cost(c):
+    print(f"\n1b. cost per row of a trigger: microseconds per row above the same INSERT without one "
+          f"({ROWCOST_ROUNDS} interleaved rounds x {ROWCOST_BATCHES} statements of 1,000 rows; medians; "
+          "broker up, no subscriber)")
+    per_row = {k: [] for k in ROWCOST}
+    with c.connect(DB) as conn:
+        conn.execute("CREATE TABLE rc_rows (id int, name text, value numeric, at timestamptz)")
+        conn.execute("CREATE TABLE rc_outbox (id bigserial PRIMARY KEY, payload text, created_at timestamptz DEFAULT now())")
+        conn.execute("CREATE FUNCTION rc_noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
+        for _ in range(ROWCOST_ROUNDS):
+            for name, body in ROWCOST.items():
+                if body == "helper":
+                    conn.execute("SELECT mqtt_trigger_event_setup('rc_rows', 'bench/rowcost', '{INSERT}', qos := 0)")
+                elif body:
+                    conn.execute(f"CREATE OR REPLACE FUNCTION rc_fn() RETURNS trigger LANGUAGE plpgsql AS "
+                                 f"$$ BEGIN {body} RETURN NEW; END $$")
+                    conn.execute("CREATE TRIGGER rc_trg AFTER INSERT ON rc_rows FOR EACH ROW EXECUTE FUNCTION rc_fn()")
+                times = []
+                for _ in range(ROWCOST_BATCHES):
+                    t0 = time.perf_counter()
+                    conn.execute("INSERT INTO rc_rows SELECT i, 'name-' || i, i * 1.5, now() FROM generate_series(1, 1000) i")
+                    times.append(time.perf_counter() - t0)
+                per_row[name].append(statistics.median(times) * 1e6 / 1000)
+                conn.execute("DROP TRIGGER IF EXISTS rc_trg ON rc_rows")
+                conn.execute("SELECT mqtt_trigger_remove('rc_rows')")
+                conn.execute("TRUNCATE rc_rows, rc_outbox")
+                # the worker's delivery must not overlap the next variant's measurement
+                wait_until(lambda: c.sql("SELECT ring_used_bytes FROM mqtt_status()", dbname=DB)[0][0] == 0, 60, "ring drained")
+        conn.execute("DROP TABLE rc_rows, rc_outbox")
+    base = statistics.median(per_row["no trigger"])
+    row("time per row without a trigger", base, "us", "the baseline")
+    cost = {k: statistics.median(v) - base for k, v in per_row.items() if k != "no trigger"}
+    for k, v in cost.items():
+        row(f"cost per row: {k}", v, "us")
+    row("cost mqtt_publish / pg_notify (target <= 1.0)", cost["mqtt_publish (PL/pgSQL)"] / cost["pg_notify"], "x")
+    row("cost helper trigger / pg_notify (target <= 0.6)", cost["helper trigger"] / cost["pg_notify"], "x")
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process, in seconds (/proc/<pid>/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_per_message(c, broker):
+    n = CPU_COUNT
+    print(f"\n3b. CPU per delivered message: utime + stime over {n:,} messages of {PAYLOAD} bytes, "
+          "microseconds per message")
+    worker = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'")[0][0]
+    mosq = broker.proc.pid
+    for qos in (0, 1):
+        # the bare libmosquitto publisher (a child process: its CPU from getrusage once reaped)
+        sub = count_subscriber(f"bench/cpuraw{qos}", qos, n)
+        m0, p0 = cpu_ticks(mosq), children_cpu()
+        subprocess.run([RAW_PUB, "127.0.0.1", str(BROKER_PORT), f"bench/cpuraw{qos}", str(qos), str(n), str(PAYLOAD), "100"],
+                       check=True, capture_output=True)
+        raw = (children_cpu() - p0) / n * 1e6
+        sub.wait(300)
+        raw_mosq = (cpu_ticks(mosq) - m0) / n * 1e6
+        # from SQL: the publishing backend, the worker, mosquitto
+        sub = count_subscriber(f"bench/cpusql{qos}", qos, n)
+        with c.connect(DB) as conn:
+            conn.execute("SET pg_mqtt_pub.publish_timeout_ms = 60000")
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            b0, w0, m0 = cpu_ticks(backend), cpu_ticks(worker), cpu_ticks(mosq)
+            for _ in range(max(1, n // 10000)):
+                conn.execute(f"SELECT mqtt_publish('bench/cpusql{qos}', repeat('p', {PAYLOAD}), {qos}) "
+                             f"FROM generate_series(1, {min(n, 10000)})")
+            sub.wait(600)
+            wait_until(lambda: c.sql("SELECT ring_used_bytes, inflight FROM mqtt_status()", dbname=DB)[0] == (0, 0), 60, "drained")
+            be, wk, mq = ((cpu_ticks(p) - t) / n * 1e6 for p, t in ((backend, b0), (worker, w0), (mosq, m0)))
+        row(f"QoS {qos}: CPU bare publisher", raw, "us/msg", f"mosquitto {raw_mosq:.2f}")
+        row(f"QoS {qos}: CPU worker", wk, "us/msg", f"backend {be:.2f}, mosquitto {mq:.2f}")
+        row(f"QoS {qos}: CPU worker / bare publisher (target <= 1.0)", wk / raw if raw else float("nan"), "x")
 
 
 def concurrency(c):
@@ -260,6 +358,8 @@ def main():
         wait_until(lambda: mode(c) == "hot", 20, "hot")
         if "trigger" in SECTIONS:
             trigger_cost(c, broker)
+        if "rowcost" in SECTIONS:
+            row_cost(c)
         if "concurrency" in SECTIONS:
             concurrency(c)
         if "e2e" in SECTIONS:
@@ -270,6 +370,8 @@ def main():
                 for _ in range(E2E_COUNT // 10000):
                     conn.execute(f"SELECT mqtt_publish('bench/more', repeat('p', {PAYLOAD}), 1) FROM generate_series(1, 10000)")
             wait_until(lambda: c.sql("SELECT ring_used_bytes, inflight FROM mqtt_status()", dbname=DB)[0] == (0, 0), 120, "drained")
+        if "cpu" in SECTIONS:
+            cpu_per_message(c, broker)
         if "latency" in SECTIONS:
             latency(c)
         if "drain" in SECTIONS and "e2e" in SECTIONS:

@@ -14,6 +14,9 @@ EXPECTED_ROWS = [
     "ratio with/without (target >= 0.90)", "ratio helper trigger / without (target >= 0.90)",
     "latency p50 (target <= 1 ms)", "drain rate", "shared memory at default settings (<= 64 MB)",
     "worker private memory after 200k messages",
+    "cost per row: pg_notify", "cost per row: mqtt_publish (PL/pgSQL)", "cost per row: helper trigger",
+    "cost mqtt_publish / pg_notify (target <= 1.0)", "cost helper trigger / pg_notify (target <= 0.6)",
+    "QoS 0: CPU worker / bare publisher (target <= 1.0)", "QoS 1: CPU worker / bare publisher (target <= 1.0)",
 ]
 
 

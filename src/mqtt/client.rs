@@ -131,12 +131,21 @@ fn no_unwind(f: impl FnOnce()) {
 }
 
 unsafe extern "C" fn on_connect(
-    _: *mut m::mosquitto,
+    mosq: *mut m::mosquitto,
     obj: *mut c_void,
     rc: c_int,
     _flags: c_int,
     _p: *const m::mosquitto_property,
 ) {
+    if rc == 0 {
+        // Connected: stop listening to libmosquitto's log. With a log callback set it formats a
+        // debug line (malloc + vsnprintf) for every packet it sends or receives, which `on_log`
+        // then throws away — about a quarter of the worker's CPU at QoS 0 (bench/README.md,
+        // "CPU per delivered message"). The errors it is kept for (TLS details) come while
+        // connecting; a client lives for one connection, so the next one logs again.
+        // SAFETY: a valid client; the log mutex is not held during this callback.
+        unsafe { m::mosquitto_log_callback_set(mosq, None) };
+    }
     // SAFETY: see `state`.
     no_unwind(|| unsafe { state(obj) }.events.push(Event::Connected(rc)));
 }

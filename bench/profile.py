@@ -1,13 +1,15 @@
 """Where the time goes: `perf record -g` of the publishing backend, the worker and mosquitto
 during one phase of the benchmark, summarised per process (bench/out/profile-<phase>.txt).
 
-    bench/profile.sh [phase ...]     # phases: publish, helper, notify, none, deliver0, deliver1
+    bench/profile.sh [phase ...]     # phases: publish, helper, notify, none, deliver0, deliver1,
+                                     #         pgbench-none, pgbench-helper
 
 publish/helper/notify/none: 1,000-row INSERT ... SELECT statements into a table with the PL/pgSQL
 mqtt_publish trigger, the helper's compiled trigger, a pg_notify trigger, or none (what
 bench.py's "cost per row" measures). deliver0/deliver1: SELECT mqtt_publish(...) FROM
 generate_series in transactions of 10,000 at QoS 0/1 with a subscriber (what its "CPU per
-delivered message" measures).
+delivered message" measures). pgbench-*: 8 pgbench clients inserting one row per transaction,
+without a trigger or with the helper's, recorded system-wide (every process on the machine).
 """
 import os
 import subprocess
@@ -17,7 +19,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-from harness import SUB_PASSWORD, SUB_USER, Broker, Cluster, ports, wait_until  # noqa: E402
+from harness import PGBIN, SUB_PASSWORD, SUB_USER, Broker, Cluster, ports, wait_until  # noqa: E402
 
 OUT = os.path.join(HERE, "out")
 BROKER_PORT, PG_PORT = ports(2)
@@ -37,18 +39,38 @@ TRIGGERS = {
 
 def record(pids, name, work):
     data = os.path.join(OUT, f"profile-{name}.data")
-    p = subprocess.Popen(["perf", "record", "-g", "-F", "2000", "-o", data, "-p", ",".join(map(str, pids))],
+    target = ["-a"] if pids is None else ["-p", ",".join(map(str, pids))]
+    p = subprocess.Popen(["perf", "record", "-g", "-F", "2000", "-o", data, *target],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     work()
     p.send_signal(2)
     p.wait()
     with open(os.path.join(OUT, f"profile-{name}.txt"), "w") as f:
-        for sort in ("comm", "comm,dso,sym"):
+        for sort in ("comm", "pid", "comm,dso,sym"):
             f.write(subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort, "--stdio",
                                     "-g", "none", "--percent-limit", "0.7"],
                                    capture_output=True, text=True).stdout)
     print(f"written: {OUT}/profile-{name}.txt")
+
+
+def pgbench(c, phase):
+    with c.connect(DB) as conn:
+        conn.execute("DROP TABLE IF EXISTS tx")
+        conn.execute("CREATE TABLE tx (id bigserial, v float8, at timestamptz DEFAULT now())")
+        if phase == "pgbench-helper":
+            conn.execute("SELECT mqtt_trigger_event_setup('tx', 'prof/tx', '{INSERT}', qos := 0)")
+    script = os.path.join(OUT, "profile-insert.sql")
+    with open(script, "w") as f:
+        f.write("INSERT INTO tx (v) VALUES (random());\n")
+    os.chmod(script, 0o644)
+
+    def work():
+        r = subprocess.run([f"{PGBIN}/pgbench", "-n", "-h", "127.0.0.1",
+                            "-p", str(PG_PORT), "-U", "postgres", "-c", "8", "-j", "2", "-T", str(int(SECONDS)),
+                            "-f", script, DB], capture_output=True, text=True)
+        print(next((l for l in r.stdout.splitlines() if l.startswith("tps")), r.stdout[-500:] + r.stderr[-500:]))
+    record(None, phase, work)
 
 
 def main(phases):
@@ -63,6 +85,9 @@ def main(phases):
         wait_until(lambda: c.sql("SELECT connected FROM mqtt_status()", dbname=DB)[0][0], 20, "connected")
         worker = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'")[0][0]
         for phase in phases:
+            if phase.startswith("pgbench-"):
+                pgbench(c, phase)
+                continue
             with c.connect(DB) as conn:
                 backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
                 if phase in TRIGGERS:

@@ -78,6 +78,28 @@ def test_rolled_back_statement_publishes_nothing(db, sub):
     assert [[d["new"]["id"] for d in m["data"]] for m in rs] == [[1]]
 
 
+def test_event_names_the_table_as_it_is_called_at_each_row(db, sub):
+    """The row trigger caches the table's name per command: a rename or a move to another
+    schema inside the same transaction shows in the next statement's events."""
+    setup_table(db, "nm_orders")
+    db.execute("DROP SCHEMA IF EXISTS nm_other CASCADE")
+    db.execute("CREATE SCHEMA nm_other")
+    db.execute("SELECT mqtt_trigger_event_setup('nm_orders', 'e2e/nm', '{INSERT}')")
+    with db.transaction():
+        db.execute("INSERT INTO nm_orders VALUES (1, 'a', 1), (2, 'a', 2)")
+        db.execute("ALTER TABLE nm_orders RENAME TO \"Nm Orders\"")
+        db.execute("INSERT INTO \"Nm Orders\" VALUES (3, 'b', 3)")
+        db.execute("ALTER TABLE \"Nm Orders\" SET SCHEMA nm_other")
+        db.execute("INSERT INTO nm_other.\"Nm Orders\" VALUES (4, 'c', 4)")
+    db.execute("ALTER SCHEMA nm_other RENAME TO nm_renamed")
+    db.execute("INSERT INTO nm_renamed.\"Nm Orders\" VALUES (5, 'd', 5)")
+    events = payloads(sub.wait_for("e2e/nm/", 5))
+    assert [(e["new"]["id"], e["table"]) for e in events] == [
+        (1, "public.nm_orders"), (2, "public.nm_orders"), (3, 'public."Nm Orders"'),
+        (4, 'nm_other."Nm Orders"'), (5, 'nm_renamed."Nm Orders"')]
+    db.execute("DROP SCHEMA nm_renamed CASCADE")
+
+
 def resultset_rows(msgs):
     """The rows of a split statement, checking the part numbering."""
     ms = payloads(msgs)

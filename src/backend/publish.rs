@@ -50,12 +50,16 @@ pub fn require_publishable() {
             .hint(format!("Connect to \"{db}\", or set pg_mqtt_pub.database = '{here}' in postgresql.conf and restart."))
             .raise();
     }
+    // Once a backend has seen recovery end it can never see it again (PostgreSQL caches the
+    // same fact), so the call is skipped after that.
+    static PRIMARY: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));
     // SAFETY: plain call.
-    if unsafe { pg::RecoveryInProgress() } {
+    if !PRIMARY.get() && unsafe { pg::RecoveryInProgress() } {
         PgError::new(Code::ERRCODE_READ_ONLY_SQL_TRANSACTION, "cannot publish MQTT messages during recovery")
             .hint("Publish from the primary server.")
             .raise();
     }
+    PRIMARY.set(true);
 }
 
 /// Slot of a broker by name, or ERROR.

@@ -95,6 +95,37 @@ pub unsafe fn qualified_name(rel: pg::Relation) -> Vec<u8> {
     }
 }
 
+/// The last table [`qualified_name`] was asked for, and the command it was asked in.
+struct CachedName {
+    relid: pg::Oid,
+    xact_start: pg::TimestampTz,
+    cid: pg::CommandId,
+    name: Vec<u8>,
+}
+
+static TABLE_NAME: BackendLocal<RefCell<CachedName>> =
+    BackendLocal::new(RefCell::new(CachedName { relid: pg::InvalidOid, xact_start: 0, cid: 0, name: Vec::new() }));
+
+/// [`qualified_name`], looked up once per table and command: a row trigger fires for every row
+/// of a statement, and the lookup (a syscache search for the schema, two quotings) was a visible
+/// part of its cost. A rename is DDL, which starts a new command (or transaction) before the
+/// next row can fire, so the cached name cannot be stale.
+///
+/// # Safety
+/// `rel` is an open relation.
+unsafe fn qualified_name_cached<R>(rel: pg::Relation, f: impl FnOnce(&[u8]) -> R) -> R {
+    // SAFETY: the caller's promise; plain reads of transaction state.
+    unsafe {
+        let (relid, xact_start, cid) =
+            ((*rel).rd_id, pg::GetCurrentTransactionStartTimestamp(), pg::GetCurrentCommandId(false));
+        let mut c = TABLE_NAME.borrow_mut();
+        if c.relid != relid || c.xact_start != xact_start || c.cid != cid {
+            *c = CachedName { relid, xact_start, cid, name: qualified_name(rel) };
+        }
+        f(&c.name)
+    }
+}
+
 /// How PostgreSQL called a trigger function: checked access to its trigger data.
 pub struct TriggerCall {
     td: *mut pg::TriggerData,
@@ -196,12 +227,13 @@ fn event_trigger(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
         let new = new.map(|t| row_json(t, desc));
         let mut payload = Vec::new();
         if include_meta {
-            let table = qualified_name(td.tg_relation);
             // SAFETY: DML has assigned the transaction id already.
             let txid = pg::GetTopFullTransactionId().value;
-            with_timestamp(|ts| {
-                let meta = Meta { operation: op, table: &table, timestamp: ts, txid };
-                envelope::event_payload(&mut payload, Some(&meta), old, new)
+            qualified_name_cached(td.tg_relation, |table| {
+                with_timestamp(|ts| {
+                    let meta = Meta { operation: op, table, timestamp: ts, txid };
+                    envelope::event_payload(&mut payload, Some(&meta), old, new)
+                })
             });
         } else {
             envelope::event_payload(&mut payload, None, old, new);

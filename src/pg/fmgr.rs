@@ -5,8 +5,10 @@
 //! in the function's memory context: valid for the duration of the call, no longer.
 
 use crate::pg::guard::{Code, PgError};
+use crate::pure::backend_local::BackendLocal;
 use pgrx_pg_sys as pg;
 use std::borrow::Cow;
+use std::cell::Cell;
 
 /// Declare `pg_finfo_<name>` so PostgreSQL calls `<name>` with the version-1 convention.
 #[macro_export]
@@ -83,7 +85,13 @@ pub unsafe fn varlena_bytes<'a>(d: pg::Datum) -> &'a [u8] {
     // SAFETY: detoasting returns a packed-or-plain in-memory varlena, which we decode with the
     // VARSIZE_ANY_EXHDR / VARDATA_ANY rules (little-endian layout).
     unsafe {
-        let p = pg::pg_detoast_datum_packed(d.cast_mut_ptr()) as *const u8;
+        let mut p = d.cast_mut_ptr::<u8>() as *const u8;
+        // What pg_detoast_datum_packed tests, without the call for the usual in-line value:
+        // only an external (1-byte header 0x01) or compressed (4-byte header, low bits 10)
+        // datum needs detoasting.
+        if *p == 0x01 || *p & 0x03 == 0x02 {
+            p = pg::pg_detoast_datum_packed(d.cast_mut_ptr()) as *const u8;
+        }
         if *p & 0x01 == 0x01 {
             let len = ((*p >> 1) & 0x7F) as usize;
             std::slice::from_raw_parts(p.add(1), len - 1)
@@ -97,12 +105,24 @@ pub unsafe fn varlena_bytes<'a>(d: pg::Datum) -> &'a [u8] {
 #[cfg(target_endian = "big")]
 compile_error!("varlena decoding in fmgr.rs assumes a little-endian platform");
 
+/// Is the database encoding UTF-8? Asked once per process: a backend's database, and so its
+/// encoding, never changes (every caller runs after the connection to its database).
+fn database_is_utf8() -> bool {
+    static UTF8: BackendLocal<Cell<Option<bool>>> = BackendLocal::new(Cell::new(None));
+    UTF8.get().unwrap_or_else(|| {
+        // SAFETY: plain call.
+        let v = unsafe { pg::GetDatabaseEncoding() } == pg::pg_enc::PG_UTF8 as i32;
+        UTF8.set(Some(v));
+        v
+    })
+}
+
 /// Convert text in the database encoding to UTF-8 (what MQTT requires for topics, and what
 /// subscribers expect for text payloads). ASCII and UTF-8 databases cost nothing.
 pub fn to_utf8(bytes: &[u8]) -> Cow<'_, [u8]> {
     // SAFETY: plain calls; pg_server_to_any raises ERROR on unconvertible input.
     unsafe {
-        if bytes.is_ascii() || pg::GetDatabaseEncoding() == pg::pg_enc::PG_UTF8 as i32 {
+        if database_is_utf8() || bytes.is_ascii() {
             return Cow::Borrowed(bytes);
         }
         let out = pg::pg_server_to_any(bytes.as_ptr() as *const _, bytes.len() as i32, pg::pg_enc::PG_UTF8 as i32);
@@ -114,7 +134,7 @@ pub fn to_utf8(bytes: &[u8]) -> Cow<'_, [u8]> {
 pub fn from_utf8(bytes: &[u8]) -> Cow<'_, [u8]> {
     // SAFETY: plain calls; pg_any_to_server raises ERROR on unconvertible input.
     unsafe {
-        if bytes.is_ascii() || pg::GetDatabaseEncoding() == pg::pg_enc::PG_UTF8 as i32 {
+        if database_is_utf8() || bytes.is_ascii() {
             return Cow::Borrowed(bytes);
         }
         let out = pg::pg_any_to_server(bytes.as_ptr() as *const _, bytes.len() as i32, pg::pg_enc::PG_UTF8 as i32);

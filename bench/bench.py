@@ -44,7 +44,7 @@ results = {"machine": {}, "rows": {}}
 
 def row(name, value, unit, note=""):
     results["rows"][name] = {"value": value, "unit": unit, "note": note}
-    shown = f"{value:>12,.2f}" if unit in ("x", "us", "us/msg") else f"{value:>12,.1f}"
+    shown = f"{value:>12,.2f}" if unit in ("x", "us", "us/msg", "ms") else f"{value:>12,.1f}"
     print(f"  {name:<46} {shown} {unit:<10} {note}", flush=True)
 
 

@@ -92,7 +92,8 @@ const DELETE_BATCH: usize = 256;
 /// announces that it sleeps. While it lingers, committing backends do not signal it: under a
 /// steady stream of small commits this turns one kill() + wake-up per commit into one nap per
 /// several commits (measured: the signal was the largest single cost of publishing in pgbench),
-/// for at most LINGER_NAP of added latency.
+/// for at most LINGER_NAP of added latency. The worker's timer slack is 1 µs (`process.rs`), so
+/// a nap lasts what it says rather than up to the default 50 µs more.
 const LINGER: Duration = Duration::from_millis(2);
 
 const LINGER_NAP: Duration = Duration::from_micros(200);
@@ -106,6 +107,7 @@ const CATALOG_RECHECK: Duration = Duration::from_secs(10);
 pub unsafe extern "C-unwind" fn pg_mqtt_pub_worker_main(_arg: pg::Datum) {
     guard(|| {
         install_signals();
+        precise_naps();
         let db = CString::new(gucs::DATABASE.string()).unwrap_or_default();
         // SAFETY: standard connection; FATAL if the database vanished meanwhile (the launcher
         // then waits for it again).

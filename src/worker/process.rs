@@ -11,6 +11,13 @@ extern "C-unwind" {
     fn sigterm_handler(arg: c_int);
 }
 
+/// Timer slack 1 µs instead of Linux's default 50 µs: the linger naps (`LINGER_NAP`) are short,
+/// and every microsecond a nap oversleeps is a microsecond of COMMIT-to-broker latency.
+pub(super) fn precise_naps() {
+    // SAFETY: plain prctl on this thread; failure only leaves the default slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+}
+
 pub(super) fn install_signals() {
     // SAFETY: standard background-worker setup, before signals are unblocked.
     unsafe {

@@ -18,13 +18,15 @@
 //! put a SeqCst fence between their write and their read, so one of them always sees the other.
 //! After it found work the worker naps briefly *without* setting the flag for a couple of
 //! milliseconds (worker/mod.rs, `LINGER`), so a steady stream of commits is picked up by polling
-//! instead of one signal per commit.
+//! instead of one signal per commit. A nap is a futex wait on `worker_napping`: a producer that
+//! publishes during one ends it with one `futex_wake` (the first producer to see the flag clears
+//! it; nobody else makes a call) — no signal, no latch, and no waiting out the rest of the nap.
 
 use crate::pg::guard::{Code, PgError};
 use crate::pg::gucs;
 use crate::pure::ring::{self, Ring};
 use pgrx_pg_sys as pg;
-use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 mod slot;
 pub use slot::{broker, BrokerShared, Mode};
@@ -55,6 +57,8 @@ pub struct Shared {
     pub worker_latch: AtomicPtr<pg::Latch>,
     pub worker_pid: AtomicI32,
     pub worker_sleeping: AtomicBool,
+    /// 1 while the worker naps (a futex word: see the module doc).
+    pub worker_napping: AtomicU32,
     /// Set by a transaction that wrote outbox rows, when it ends: tells the worker that a latch
     /// wake-up means "look at the outbox" (most wake-ups are hot commits, which need no query).
     pub outbox_dirty: AtomicBool,
@@ -195,7 +199,56 @@ pub fn wake_worker() {
             // whose owner has exited is harmless.
             unsafe { pg::SetLatch(latch) };
         }
+    } else if s.worker_napping.load(Ordering::SeqCst) == 1 && s.worker_napping.swap(0, Ordering::SeqCst) == 1 {
+        futex_wake(&s.worker_napping);
     }
+}
+
+/// Worker: nap up to `d`, or until a producer publishes (`wake_worker`). The caller has set
+/// `worker_napping` to 1 and re-checked the ring after a SeqCst fence.
+pub fn nap(d: std::time::Duration) {
+    let Some(s) = shared() else { return std::thread::sleep(d) };
+    #[cfg(target_os = "linux")]
+    {
+        let ts = libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long };
+        // SAFETY: a futex wait on a 32-bit word in shared memory (not FUTEX_PRIVATE: producers
+        // are other processes); it returns at once if the word is no longer 1, on a wake, on a
+        // signal or after `d`. Any outcome just ends the nap.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                s.worker_napping.as_ptr(),
+                libc::FUTEX_WAIT,
+                1u32,
+                &ts as *const libc::timespec,
+                std::ptr::null::<u32>(),
+                0u32,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = s;
+        std::thread::sleep(d);
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: wakes at most one waiter on a word in shared memory; harmless if nobody waits.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            1u32,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+    #[cfg(not(target_os = "linux"))]
+    let _ = word;
 }
 
 /// Wake the worker whether or not it sleeps (rare events: catalog changes).

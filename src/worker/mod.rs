@@ -158,6 +158,8 @@ struct Worker {
     next_catalog_check: Instant,
     /// When the ring scan last handed something over (see LINGER).
     last_work: Instant,
+    /// How many records the scan hands over per unit of time (which nap to take).
+    pace: crate::pure::pace::Pace,
 }
 
 impl Worker {
@@ -192,6 +194,7 @@ impl Worker {
             generation: u64::MAX,
             next_catalog_check: Instant::now(),
             last_work: Instant::now(),
+            pace: crate::pure::pace::Pace::new(Instant::now()),
         };
         w.index_links();
         w

@@ -43,6 +43,7 @@ impl Worker {
         self.scratch = scratch;
         if self.scan.cursor() != scan_start {
             self.last_work = Instant::now();
+            self.pace.record(self.scan.cursor() - scan_start, self.last_work);
         }
         self.settle(found);
         for k in &self.links {

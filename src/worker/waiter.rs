@@ -145,8 +145,20 @@ impl Worker {
         let mut ready = std::mem::take(&mut self.ready);
         let mut latch = w.wait(timeout.max(0), &mut ready);
         if linger && !latch && ready.is_empty() && !self.ring_ready() {
-            // Unannounced nap: producers see worker_sleeping = false and do not signal.
-            std::thread::sleep(LINGER_NAP);
+            // Unannounced nap: producers see worker_sleeping = false and do not set the latch.
+            // At a low commit rate one that publishes meanwhile ends the nap through the futex
+            // (shmem/mod.rs); when busy, the nap runs its course and collects several commits,
+            // and committers make no call at all (pure/pace.rs).
+            if self.pace.busy(Instant::now()) {
+                std::thread::sleep(LINGER_NAP);
+            } else {
+                shared.worker_napping.store(1, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                if !self.ring_ready() {
+                    shmem::nap(LINGER_NAP);
+                }
+                shared.worker_napping.store(0, Ordering::SeqCst);
+            }
             let w = self.waiter.as_mut().expect("waiter built above");
             latch = w.wait(0, &mut ready);
         }

@@ -35,3 +35,19 @@ if ! python3 -c "import paho.mqtt, psycopg, pytest" 2>/dev/null; then
   echo "== installing Python test dependencies"
   python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
+
+# Other MQTT brokers for the interoperability tests (tests/test_interop.py), from PyPI, in a
+# virtualenv of their own: their dependencies must not meet the test runner's.
+# Only when the tests to run include them (all tests when TESTS is empty).
+VENV=${PG_MQTT_PUB_INTEROP_VENV:-${PG_MQTT_PUB_CACHE:-/var/cache/pg_mqtt_pub}/interop-venv}
+if [[ -z "${TESTS:-}" || "$TESTS" == *test_interop.py* || "$TESTS" == tests ]] &&
+   ! cmp -s tests/interop-requirements.txt "$VENV/requirements.txt"; then
+  echo "== installing the interoperability brokers in $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" 2>/dev/null || {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  }
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/interop-requirements.txt
+  cp tests/interop-requirements.txt "$VENV/requirements.txt"
+fi

@@ -26,7 +26,7 @@
 //!
 //! | folder | layer | modules |
 //! |---|---|---|
-//! | `pure/` | logic without PostgreSQL, unit-tested by `cargo test` | `ring` (the ring's memory protocol), `scanlog` (the worker's scanned records, release point, stepped-over reservations), `window` (a connection's in-flight window: probe mode, ack timeout), `pending` (a transaction's messages and savepoint marks), `topic` (topic and QoS rules), `envelope` (the change-event JSON), `backoff`, `identity` (the default client id), `backend_local` (`BackendLocal<T>`) |
+//! | `pure/` | logic without PostgreSQL, unit-tested by `cargo test` | `ring` (the ring's memory protocol), `scanlog` (the worker's scanned records, release point, stepped-over reservations), `window` (a connection's in-flight window: probe mode, ack timeout), `pending` (a transaction's messages and savepoint marks), `topic` (topic and QoS rules), `envelope` (the change-event JSON), `backoff`, `identity` (the default client id), `limits` (a broker's CONNACK limits, how a refusal is treated), `backend_local` (`BackendLocal<T>`) |
 //! | `mqtt/` | the MQTT client | `client` (one libmosquitto client; callbacks only record) |
 //! | `pg/` | PostgreSQL glue | `guard` (the FFI error boundary), `compat` (15–18 differences), `fmgr` (SQL-callable plumbing, encodings), `spi` (the one place that runs SQL: pinned path, owner rights restricted), `gucs` (every setting) |
 //! | `shmem/` | shared memory | `mod` (segment, LWLocks, wake-up protocol), `slot` (a broker's mode and counters) |

@@ -179,6 +179,43 @@ class Broker:
         self.kill(signal.SIGTERM)
 
 
+# Brokers from PyPI for the interoperability tests, in the virtualenv scripts/deps.sh makes
+# (tests/interop-requirements.txt): a missing one fails the test that needs it.
+INTEROP_VENV = os.environ.get("PG_MQTT_PUB_INTEROP_VENV", "/var/cache/pg_mqtt_pub/interop-venv")
+
+
+class ForeignBroker:
+    """Another MQTT broker implementation on a loopback port: `amqtt` (MQTT 3.1.1 only) or
+    `mqttools` (MQTT 5, grants Maximum QoS 0). Anonymous clients are let in."""
+
+    def __init__(self, kind, port):
+        self.kind, self.port, self.proc = kind, port, None
+        self.dir = scratch(f"{kind}-{port}")
+        self.log = os.path.join(self.dir, f"{kind}.log")
+
+    def start(self):
+        exe = os.path.join(INTEROP_VENV, "bin", self.kind)
+        if not os.access(exe, os.X_OK):
+            raise RuntimeError(f"{exe} is missing: scripts/deps.sh installs the interoperability brokers")
+        if self.kind == "amqtt":
+            conf = os.path.join(self.dir, "amqtt.yaml")
+            with open(conf, "w") as f:
+                f.write(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{self.port}\n"
+                        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n")
+            args = [exe, "-c", conf]
+        else:
+            args = [exe, "broker", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        STARTED.append(self)
+        wait_port(self.port, 30)
+        return self
+
+    def stop_if_running(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 class Cluster:
     """A scratch PostgreSQL cluster with pg_mqtt_pub preloaded (unless preload=False)."""
 
@@ -277,24 +314,30 @@ class Subscriber:
 
     count = 0
 
-    def __init__(self, port, topic="#", tls=None):
+    def __init__(self, port, topic="#", tls=None, protocol=5, login=True):
         Subscriber.count += 1
         self.port = port
         self.messages = []
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
+        v5 = protocol == 5
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}-{Subscriber.count}",
-                                  protocol=mqtt.MQTTv5)
+                                  protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_disconnect = lambda *a: self.subscribed.clear()
-        self.client.username_pw_set(SUB_USER, SUB_PASSWORD)
+        if login:
+            self.client.username_pw_set(SUB_USER, SUB_PASSWORD)
         if tls:
             self.client.tls_set(ca_certs=tls["ca"], certfile=tls.get("cert"), keyfile=tls.get("key"))
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, options=SubscribeOptions(qos=2, retainAsPublished=True))
-        props = Properties(PacketTypes.CONNECT)
-        props.ReceiveMaximum = 65535
+        if v5:
+            self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, options=SubscribeOptions(qos=2, retainAsPublished=True))
+            props = Properties(PacketTypes.CONNECT)
+            props.ReceiveMaximum = 65535
+        else:
+            self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=2)
+            props = None
         self.client.connect("localhost" if tls else "127.0.0.1", port, keepalive=30, properties=props)
         self.client.loop_start()
         if not self.subscribed.wait(10):

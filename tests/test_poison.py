@@ -120,9 +120,10 @@ def test_oversized_message_is_dead_lettered_without_reconnect_loop(env):
         wait_until(lambda: conn.execute("SELECT count(*) FROM mqtt_pub.dead_letters WHERE topic = 'poison/big/x'").fetchone()[0],
                    20, "oversized message dead-lettered")
         err = conn.execute("SELECT attempts, last_error FROM mqtt_pub.dead_letters WHERE topic = 'poison/big/x'").fetchone()
-        # mosquitto 2.0.11 (bookworm) answers PUBACK 0x95; 2.0.21 (trixie) closes the connection
-        # instead. Either way it is the same message's fault, counted as one attempt each time.
-        assert err in [(MAX_ATTEMPTS, "broker refused: packet too large (0x95)"),
+        # mosquitto 2.0.11 (bookworm) answers PUBACK 0x95, which says the message can never be
+        # accepted: dead-lettered at once. 2.0.21 (trixie) closes the connection instead: the
+        # same message's fault each time, counted as one attempt each time.
+        assert err in [(1, "broker refused: packet too large (0x95)"),
                        (MAX_ATTEMPTS, "the broker closed the connection when this message was sent")]
     assert s.matching("poison/big/") == []
     # Reconnects as the broker saw them: no loop. mosquitto 2.0.11 refuses with 0x95 and keeps
@@ -132,7 +133,7 @@ def test_oversized_message_is_dead_lettered_without_reconnect_loop(env):
         f.seek(broker_log_start)
         reconnects = sum(1 for line in f if "New client connected" in line and "as pg_mqtt_pub" in line)
     assert reconnects <= 2 * MAX_ATTEMPTS, f"{reconnects} reconnects: at most two per attempt, no loop"
-    assert "dead_letters after 5 attempts" in c.log_text()[log_start:]
+    assert f"dead_letters after {err[0]} attempt" in c.log_text()[log_start:]
 
 
 def test_pruning_removes_only_expired_dead_letters(env):

@@ -12,6 +12,7 @@ use crate::pg::guard::{guard, Code, PgError};
 use crate::pg::gucs;
 use crate::pure::backend_local::BackendLocal;
 use crate::pure::envelope;
+use crate::pure::limits;
 use crate::pure::ring::MessageRef;
 use crate::pure::topic;
 use crate::shmem;
@@ -107,7 +108,28 @@ pub fn publish_to(t: &Target<'_>, payload: &[u8], retain: bool) {
             .hint("Publish a smaller payload, or raise pg_mqtt_pub.max_message_size.")
             .raise();
     }
+    require_within_broker_limits(t, payload, retain);
     crate::backend::txn::publish(MessageRef { broker: t.broker, qos: t.qos, retain, topic: &t.topic, payload });
+}
+
+/// A message beyond what the broker's last CONNACK allowed (Maximum QoS, Retain Available,
+/// Maximum Packet Size) could never be delivered: refuse it here, in the caller's statement,
+/// rather than as a dead letter later. Before the first CONNACK nothing is known; the worker then
+/// dead-letters such a message at once (pure/limits.rs).
+fn require_within_broker_limits(t: &Target<'_>, payload: &[u8], retain: bool) {
+    let slot = shmem::broker(t.broker as usize);
+    let Some((limits, v5)) = slot.limits() else { return };
+    let size = limits::publish_packet_size(t.topic.len(), payload.len(), t.qos, v5, 0);
+    if let Err(beyond) = limits.admit(t.qos, retain, size) {
+        let code = match beyond {
+            limits::Beyond::PacketSize { .. } => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            _ => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+        };
+        PgError::new(code, beyond.message(&slot.text().0))
+            .detail("The broker announced this limit when pg_mqtt_pub's worker last connected to it.")
+            .hint(beyond.hint())
+            .raise();
+    }
 }
 
 /// Validate and publish one message. `payload` is already in its final (UTF-8 or binary) form.

@@ -208,14 +208,16 @@ const BOTH_LANES: &str = "lane OPERATOR(pg_catalog.=) ANY ('{0,1}'::pg_catalog.i
 
 /// Worker: delivery of row `id` failed. Count the attempt and schedule the next one at
 /// `base_ms · 2^(attempts-1)` from now; after `max_attempts`, move the row (same transaction) to
-/// `mqtt_pub.dead_letters`. `None` if the row no longer exists.
+/// `mqtt_pub.dead_letters`. `max_attempts` 0: not counted as an attempt (the broker was busy),
+/// only rescheduled. `None` if the row no longer exists.
 pub fn record_failure(broker: &str, id: i64, why: &str, base_ms: i64, max_attempts: i32) -> Option<Failure> {
+    let charge = (max_attempts > 0) as i32;
     worker_spi(|| {
         // SAFETY: inside SPI; parameters match the placeholders.
         unsafe {
             execute(
                 &format!(
-                    "UPDATE mqtt_pub.outbox SET attempts = attempts OPERATOR(pg_catalog.+) 1, last_error = $2, \
+                    "UPDATE mqtt_pub.outbox SET attempts = attempts OPERATOR(pg_catalog.+) $5, last_error = $2, \
                      first_failed_at = COALESCE(first_failed_at, pg_catalog.now()), last_attempt_at = pg_catalog.now(), \
                      next_retry_at = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => \
                        $3::pg_catalog.float8 OPERATOR(pg_catalog.*) (2::pg_catalog.float8 OPERATOR(pg_catalog.^) \
@@ -228,13 +230,14 @@ pub fn record_failure(broker: &str, id: i64, why: &str, base_ms: i64, max_attemp
                     (pg::TEXTOID, bytes_datum(why.as_bytes())),
                     (pg::INT8OID, pg::Datum::from(base_ms)),
                     (pg::TEXTOID, bytes_datum(broker.as_bytes())),
+                    (pg::INT4OID, pg::Datum::from(charge)),
                 ],
                 false,
                 0,
             );
             let attempts = first_value(1)?.value() as i32;
             let topic = String::from_utf8_lossy(&to_utf8(varlena_bytes(first_value(2)?))).into_owned();
-            let dead_lettered = attempts >= max_attempts;
+            let dead_lettered = charge > 0 && attempts >= max_attempts;
             if dead_lettered {
                 move_to_dead_letters(broker, Some(id), None);
             }

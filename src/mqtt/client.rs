@@ -19,6 +19,7 @@
 //!
 //! Nothing here touches PostgreSQL symbols.
 
+use crate::pure::limits::{publish_packet_size, Beyond, Limits, Verdict};
 use libmosquitto_sys as m;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
@@ -37,22 +38,32 @@ pub enum Event {
 struct CallbackState {
     events: Vec<Event>,
     last_log_error: Option<String>,
+    /// What the last accepting CONNACK allowed.
+    limits: Limits,
 }
 
 pub struct Client {
     mosq: *mut m::mosquitto,
     state: Box<CallbackState>,
     protocol: i32,
+    /// The broker's name in pg_mqtt_pub (for messages).
+    broker: String,
 }
 
 /// `ClientOptions::protocol` for MQTT 5 (libmosquitto's MQTT_PROTOCOL_V5).
-const MQTT_V5: i32 = 5;
+pub const MQTT_V5: i32 = 5;
+
+/// How libmosquitto ends a connection that got no answer (no CONNACK, no PINGRESP) within one
+/// keepalive interval (MOSQ_ERR_KEEPALIVE).
+pub const ERR_KEEPALIVE: i32 = m::mosq_err_t::MOSQ_ERR_KEEPALIVE as i32;
 
 /// The largest packet the worker accepts from a broker (announced in CONNECT, MQTT 5).
 pub const MAX_INCOMING_PACKET: u32 = 256 * 1024;
 
 /// Everything needed to create a client.
 pub struct ClientOptions<'a> {
+    /// The broker's name in pg_mqtt_pub (for messages).
+    pub broker: &'a str,
     pub client_id: &'a str,
     pub protocol: i32,
     pub max_inflight: u32,
@@ -86,10 +97,18 @@ fn check(rc: c_int, what: &str) -> Result<(), String> {
     }
 }
 
-/// libmosquitto's text for an error code.
+/// libmosquitto's text for an error code (2.0.11 has none for some codes it returns itself).
 pub fn strerror(rc: c_int) -> String {
+    if rc == ERR_KEEPALIVE {
+        return "no answer from the broker within the keepalive interval".into();
+    }
     // SAFETY: mosquitto_strerror returns a static string for any input.
-    unsafe { CStr::from_ptr(m::mosquitto_strerror(rc)) }.to_string_lossy().into_owned()
+    let s = unsafe { CStr::from_ptr(m::mosquitto_strerror(rc)) }.to_string_lossy().into_owned();
+    if s.starts_with("Unknown error") {
+        format!("libmosquitto error {rc}")
+    } else {
+        s
+    }
 }
 
 /// Human text for an MQTT 5 reason code (CONNACK, PUBACK, DISCONNECT).
@@ -105,14 +124,14 @@ pub fn connack_string(code: c_int) -> String {
 }
 
 /// Result of handing one message to libmosquitto.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handoff {
     /// Accepted; for QoS 1/2 libmosquitto owns it until its acknowledgement (`mid`), and resends
     /// it after a reconnect. QoS 0 is written (or queued for writing) on the socket.
     Accepted { mid: i32 },
-    /// Refused before it was queued (invalid, too large, QoS not supported ...): it will never be
-    /// sent as it is.
-    Refused { rc: i32 },
+    /// Refused before it was queued (beyond the broker's limits, invalid ...): what becomes of it
+    /// and why, in words.
+    Refused { verdict: Verdict, why: String },
     /// Not connected (QoS 0 only: libmosquitto does not queue those); try again later.
     NotConnected,
 }
@@ -130,14 +149,55 @@ fn no_unwind(f: impl FnOnce()) {
     }
 }
 
+/// The limits a CONNACK's properties announce (absent ones keep the MQTT defaults).
+///
+/// # Safety
+/// `p` is a property list libmosquitto passed to a callback (or NULL).
+unsafe fn read_limits(p: *const m::mosquitto_property) -> Limits {
+    let mut l = Limits::default();
+    let id = |p: m::mqtt5_property| p as c_int;
+    let (mut b, mut s, mut i) = (0u8, 0u16, 0u32);
+    // SAFETY: the caller's promise; each read only looks at the list.
+    unsafe {
+        if !m::mosquitto_property_read_byte(p, id(m::mqtt5_property::MQTT_PROP_MAXIMUM_QOS), &mut b, false).is_null() {
+            l.max_qos = b;
+        }
+        if !m::mosquitto_property_read_byte(p, id(m::mqtt5_property::MQTT_PROP_RETAIN_AVAILABLE), &mut b, false)
+            .is_null()
+        {
+            l.retain_available = b != 0;
+        }
+        if !m::mosquitto_property_read_int32(p, id(m::mqtt5_property::MQTT_PROP_MAXIMUM_PACKET_SIZE), &mut i, false)
+            .is_null()
+        {
+            l.max_packet_size = i;
+        }
+        if !m::mosquitto_property_read_int16(p, id(m::mqtt5_property::MQTT_PROP_RECEIVE_MAXIMUM), &mut s, false)
+            .is_null()
+        {
+            l.receive_maximum = s;
+        }
+        if !m::mosquitto_property_read_int16(p, id(m::mqtt5_property::MQTT_PROP_TOPIC_ALIAS_MAXIMUM), &mut s, false)
+            .is_null()
+        {
+            l.topic_alias_maximum = s;
+        }
+    }
+    l
+}
+
 unsafe extern "C" fn on_connect(
     mosq: *mut m::mosquitto,
     obj: *mut c_void,
     rc: c_int,
     _flags: c_int,
-    _p: *const m::mosquitto_property,
+    p: *const m::mosquitto_property,
 ) {
     if rc == 0 {
+        // SAFETY: p is the CONNACK's property list, valid during the callback.
+        let limits = unsafe { read_limits(p) };
+        // SAFETY: see `state`.
+        no_unwind(|| unsafe { state(obj) }.limits = limits);
         // Connected: stop listening to libmosquitto's log. With a log callback set it formats a
         // debug line (malloc + vsnprintf) for every packet it sends or receives, which `on_log`
         // then throws away — about a quarter of the worker's CPU at QoS 0 (bench/README.md,
@@ -190,7 +250,7 @@ impl Client {
             if mosq.is_null() {
                 return Err("could not create an MQTT client (out of memory or invalid client id)".into());
             }
-            let c = Client { mosq, state: st, protocol: o.protocol };
+            let c = Client { mosq, state: st, protocol: o.protocol, broker: o.broker.to_string() };
             check(
                 m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_PROTOCOL_VERSION, o.protocol),
                 "protocol version",
@@ -281,6 +341,21 @@ impl Client {
         unsafe { m::mosquitto_socket(self.mosq) }
     }
 
+    /// The TCP connection is established (the broker's address answered; `getpeername` fails
+    /// while the kernel is still connecting, and without a socket).
+    pub fn tcp_connected(&self) -> bool {
+        let fd = self.socket();
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: a sockaddr_storage is large enough for any address; fd is our socket.
+        unsafe {
+            let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            libc::getpeername(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len) == 0
+        }
+    }
+
     pub fn want_write(&self) -> bool {
         // SAFETY: valid client.
         unsafe { m::mosquitto_want_write(self.mosq) }
@@ -306,6 +381,12 @@ impl Client {
     /// Hand one message to libmosquitto. `topic_nul` must end with a NUL byte.
     pub fn publish(&mut self, topic_nul: &[u8], payload: &[u8], qos: u8, retain: bool) -> Handoff {
         debug_assert_eq!(topic_nul.last(), Some(&0));
+        // The broker's limits are checked here rather than left to libmosquitto, which (2.0.11)
+        // does not check Retain Available and would send the message anyway.
+        let size = publish_packet_size(topic_nul.len() - 1, payload.len(), qos, self.protocol == MQTT_V5, 0);
+        if let Err(b) = self.state.limits.admit(qos, retain, size) {
+            return Handoff::Refused { verdict: Verdict::DeadLetter, why: b.message(&self.broker) };
+        }
         let mut mid: c_int = 0;
         // SAFETY: topic is NUL-terminated; libmosquitto copies topic and payload before returning.
         let rc = unsafe {
@@ -325,6 +406,7 @@ impl Client {
             MOSQ_ERR_INVAL,
             MOSQ_ERR_NOT_SUPPORTED,
             MOSQ_ERR_QOS_NOT_SUPPORTED,
+            MOSQ_ERR_RETAIN_NOT_SUPPORTED,
             MOSQ_ERR_MALFORMED_UTF8,
             MOSQ_ERR_PAYLOAD_SIZE,
             MOSQ_ERR_OVERSIZE_PACKET,
@@ -333,7 +415,8 @@ impl Client {
         if rc == MOSQ_ERR_SUCCESS as c_int {
             Handoff::Accepted { mid }
         } else if refused.iter().any(|e| *e as c_int == rc) {
-            Handoff::Refused { rc }
+            let (verdict, why) = self.refusal(rc, (&topic_nul[..topic_nul.len() - 1], payload, qos));
+            Handoff::Refused { verdict, why }
         } else if qos == 0 {
             // QoS 0 is never queued by libmosquitto when the write fails.
             Handoff::NotConnected
@@ -361,6 +444,38 @@ impl Client {
     pub fn take_events(&mut self, into: &mut Vec<Event>) {
         into.clear();
         std::mem::swap(into, &mut self.state.events);
+    }
+
+    /// What the broker's CONNACK allowed (the MQTT defaults before it, and for MQTT 3.1.1).
+    pub fn limits(&self) -> Limits {
+        self.state.limits
+    }
+
+    /// A message libmosquitto would not queue (`Handoff::Refused { rc }`): what becomes of it, and
+    /// why in words. Beyond the broker's announced limits, or malformed: it can never be sent as it
+    /// is (dead-lettered at once). Anything else (out of memory) counts as a failed attempt.
+    fn refusal(&self, rc: i32, m: (&[u8], &[u8], u8)) -> (Verdict, String) {
+        use m::mosq_err_t::*;
+        let (topic, payload, qos) = m;
+        let l = self.state.limits;
+        let beyond = match rc {
+            r if r == MOSQ_ERR_QOS_NOT_SUPPORTED as c_int => Some(Beyond::Qos { asked: qos, max: l.max_qos }),
+            r if r == MOSQ_ERR_RETAIN_NOT_SUPPORTED as c_int => Some(Beyond::Retain),
+            r if r == MOSQ_ERR_OVERSIZE_PACKET as c_int => Some(Beyond::PacketSize {
+                size: publish_packet_size(topic.len(), payload.len(), qos, self.protocol == MQTT_V5, 0),
+                max: l.max_packet_size,
+            }),
+            _ => None,
+        };
+        let permanent =
+            [MOSQ_ERR_PAYLOAD_SIZE, MOSQ_ERR_MALFORMED_UTF8, MOSQ_ERR_INVAL].iter().any(|e| *e as c_int == rc);
+        match beyond {
+            Some(b) => (Verdict::DeadLetter, b.message(&self.broker)),
+            None => (
+                if permanent { Verdict::DeadLetter } else { Verdict::Charge },
+                format!("refused by the MQTT client library: {}", strerror(rc)),
+            ),
+        }
     }
 
     /// Describe a CONNACK refusal code for this client's protocol.

@@ -4,6 +4,7 @@ pub mod backend_local;
 pub mod backoff;
 pub mod envelope;
 pub mod identity;
+pub mod limits;
 pub mod pace;
 pub mod pending;
 pub mod ring;

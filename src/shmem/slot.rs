@@ -8,6 +8,7 @@
 //! broker cold (shmem/mod.rs: the outbox goes first after a restart).
 
 use super::{with_lock, RING_LOCK, STATUS_LOCK};
+use crate::pure::limits::Limits;
 use pgrx_pg_sys as pg;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -53,6 +54,14 @@ pub struct BrokerShared {
     /// TimestampTz, 0 = never.
     pub last_connected_at: AtomicI64,
     pub last_error_at: AtomicI64,
+    /// What the broker's last CONNACK allowed (`known` false: nothing learnt yet, or the broker
+    /// changed since): publishers refuse a message beyond them in their own statement.
+    limits_known: AtomicBool,
+    max_qos: AtomicU32,
+    retain_available: AtomicBool,
+    max_packet_size: AtomicU32,
+    /// The connection speaks MQTT 5 (a PUBLISH carries a properties length).
+    v5: AtomicBool,
     text: UnsafeCell<BrokerText>,
 }
 
@@ -135,8 +144,37 @@ impl BrokerShared {
             t.store(0, Ordering::Relaxed);
         }
         self.inflight.store(0, Ordering::Relaxed);
+        self.set_limits(None);
         self.connected.store(false, Ordering::Release);
         self.in_use.store(false, Ordering::Release);
+    }
+
+    /// Worker: the limits of the broker's CONNACK (`None`: forget them, the broker changed).
+    pub fn set_limits(&self, l: Option<(Limits, bool)>) {
+        self.limits_known.store(false, Ordering::Release);
+        if let Some((l, v5)) = l {
+            self.max_qos.store(l.max_qos as u32, Ordering::Relaxed);
+            self.retain_available.store(l.retain_available, Ordering::Relaxed);
+            self.max_packet_size.store(l.max_packet_size, Ordering::Relaxed);
+            self.v5.store(v5, Ordering::Relaxed);
+            self.limits_known.store(true, Ordering::Release);
+        }
+    }
+
+    /// Backend: the broker's limits as last learnt, and whether it speaks MQTT 5; `None` before
+    /// the first CONNACK. (Read without a lock: a reader racing a reconnect sees old or new values
+    /// of single fields, and the worker checks every message again anyway.)
+    pub fn limits(&self) -> Option<(Limits, bool)> {
+        if !self.limits_known.load(Ordering::Acquire) {
+            return None;
+        }
+        let l = Limits {
+            max_qos: self.max_qos.load(Ordering::Relaxed) as u8,
+            retain_available: self.retain_available.load(Ordering::Relaxed),
+            max_packet_size: self.max_packet_size.load(Ordering::Relaxed),
+            ..Limits::default()
+        };
+        Some((l, self.v5.load(Ordering::Relaxed)))
     }
 
     pub fn set_connected(&self, up: bool) {

@@ -78,10 +78,8 @@ impl Worker {
             ConnState::Retry { at } if now >= at => self.connect(l),
             ConnState::Connecting { since } => {
                 let k = &self.links[l];
-                let limit = Duration::from_secs(k.cfg.keepalive.max(10) as u64);
-                if now.duration_since(since) > limit {
-                    let why =
-                        format!("connecting to {}:{} timed out after {} s", k.cfg.host, k.cfg.port, limit.as_secs());
+                if now.duration_since(since) > k.connect_timeout() {
+                    let why = k.no_connack(None);
                     self.fail(l, why);
                 }
             }
@@ -105,6 +103,7 @@ impl Worker {
                     Err(e) => return self.fail(l, e),
                 };
                 let opts = ClientOptions {
+                    broker: &k.cfg.name,
                     client_id: &id,
                     protocol: k.cfg.protocol,
                     max_inflight: k.cfg.max_inflight,
@@ -129,7 +128,11 @@ impl Worker {
             }
         };
         match result {
-            Ok(()) => self.links[l].state = ConnState::Connecting { since: Instant::now() },
+            Ok(()) => {
+                let k = &mut self.links[l];
+                k.state = ConnState::Connecting { since: Instant::now() };
+                k.tcp_up = false;
+            }
             Err(e) => {
                 let k = &self.links[l];
                 let why = format!("cannot connect to {}:{}: {e}", k.cfg.host, k.cfg.port);

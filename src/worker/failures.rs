@@ -1,16 +1,23 @@
 //! Failures: a message the broker (or the client library) refused is counted in the outbox with
-//! exponential backoff, or moved to the dead letters after `poison_max_attempts`.
+//! exponential backoff, or moved to the dead letters after `poison_max_attempts` — or at once when
+//! it can never be accepted, or retried without counting when the broker is only busy
+//! (`pure/limits.rs`, [`Verdict`]).
 
 use super::*;
 
 impl Worker {
-    /// One message failed (the broker refused it, or the client library did): count the attempt
-    /// in the outbox with exponential backoff, or dead-letter it after `poison_max_attempts`.
-    /// Other messages keep flowing: a failed row simply is not due until its `next_retry_at`.
-    pub(super) fn message_failed(&mut self, l: usize, what: Inflight, why: String) {
+    /// One message failed (the broker refused it, or the client library did). `Charge`: count
+    /// the attempt in the outbox with exponential backoff, or dead-letter it after
+    /// `poison_max_attempts`; `DeadLetter`: at once; `Retry`: back to the outbox, due after the
+    /// backoff, its attempts unchanged. Other messages keep flowing: a failed row simply is not
+    /// due until its `next_retry_at`.
+    pub(super) fn message_failed(&mut self, l: usize, what: Inflight, verdict: Verdict, why: String) {
         let base = gucs::RETRY_BASE_MS.get() as i64;
-        let max = gucs::POISON_MAX_ATTEMPTS.get();
-        self.record_failure(l, what, why, base, max);
+        match verdict {
+            Verdict::Charge => self.record_failure(l, what, why, base, gucs::POISON_MAX_ATTEMPTS.get()),
+            Verdict::DeadLetter => self.record_failure(l, what, why, 0, 1),
+            Verdict::Retry => self.record_failure(l, what, why, base, 0),
+        }
     }
 
     /// A ring record that can never be delivered (its broker was removed): dead-letter it.
@@ -18,9 +25,13 @@ impl Worker {
         self.record_failure(l, Inflight::Ring(pos), why.to_string(), 0, 1);
     }
 
+    /// `max` attempts, then the dead letters; `max` 0: not an attempt (nothing counted, never
+    /// dead-lettered here).
     pub(super) fn record_failure(&mut self, l: usize, what: Inflight, why: String, base: i64, max: i32) {
         let status = self.links[l].status;
-        status.messages_failed.fetch_add(1, Ordering::Relaxed);
+        if max > 0 {
+            status.messages_failed.fetch_add(1, Ordering::Relaxed);
+        }
         status.set_error(&why);
         let name = self.links[l].cfg.name.clone();
         let result = match what {
@@ -54,14 +65,17 @@ impl Worker {
                 guard::log(
                     Level::WARNING,
                     format!(
-                        "pg_mqtt_pub: message to \"{}\" on broker \"{name}\" moved to mqtt_pub.dead_letters after {} attempts: {why}",
-                        f.topic, f.attempts
+                        "pg_mqtt_pub: message to \"{}\" on broker \"{name}\" moved to mqtt_pub.dead_letters after {} attempt{}: {why}",
+                        f.topic,
+                        f.attempts,
+                        if f.attempts == 1 { "" } else { "s" }
                     ),
                 );
             }
             Some(f) => {
                 // wake up when it is due again
-                let delay = Duration::from_millis((base as u64).saturating_mul(1 << (f.attempts - 1).clamp(0, 20)));
+                let delay =
+                    Duration::from_millis((base as u64).saturating_mul(1 << (f.attempts - 1).clamp(0, 20)).max(1));
                 let k = &mut self.links[l];
                 k.next_outbox_poll = k.next_outbox_poll.min(Instant::now() + delay);
             }

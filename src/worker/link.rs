@@ -4,6 +4,7 @@
 
 use super::connect::Connecting;
 use super::*;
+use crate::mqtt::client::{ERR_KEEPALIVE, MQTT_V5};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum ConnState {
@@ -70,6 +71,11 @@ pub(super) struct Link {
     /// A settings change waiting for the in-flight window to drain.
     pub(super) switch_to: Option<Switch>,
     pub(super) refusal: Option<String>,
+    /// What the broker's CONNACK allowed on the current connection.
+    pub(super) limits: Limits,
+    /// The current connection attempt got as far as a TCP connection (seen while servicing its
+    /// socket: libmosquitto closes the socket before it reports a failed connect).
+    pub(super) tcp_up: bool,
     /// Removed from the catalog: the slot is released once the scan has passed this ring head
     /// (every record published to it has been seen and dead-lettered).
     pub(super) removed_at: Option<u64>,
@@ -100,6 +106,8 @@ impl Link {
             next_outbox_poll: Instant::now(),
             switch_to: None,
             refusal: None,
+            limits: Limits::default(),
+            tcp_up: false,
             removed_at: None,
         }
     }
@@ -117,7 +125,7 @@ impl Link {
         self.state == ConnState::Connected
             && self.switch_to.is_none()
             && self.removed_at.is_none()
-            && self.window.has_room(self.cfg.max_inflight as usize)
+            && self.window.has_room(self.cfg.max_inflight.min(self.limits.receive_maximum as u32) as usize)
     }
 
     /// Can a new ring record for this broker be handed over right now?
@@ -155,6 +163,9 @@ impl Link {
         if c.socket() < 0 {
             return;
         }
+        if !self.tcp_up && matches!(self.state, ConnState::Connecting { .. }) {
+            self.tcp_up = c.tcp_connected();
+        }
         if readable {
             c.loop_read();
         }
@@ -172,8 +183,8 @@ pub(super) enum Outcome {
     Nothing,
     /// A ring record was delivered: it may be released.
     RingDone(u64),
-    /// The broker refused this message: charge an attempt (poison handling).
-    Failed(Inflight, String),
+    /// The broker refused this message: poison handling, as the verdict says.
+    Failed(Inflight, Verdict, String),
     /// The connection ended, and why; `taken_over`: another client took the session (0x8E).
     Lost {
         why: String,
@@ -193,6 +204,8 @@ impl Link {
                 self.refusal = None;
                 self.outbox_check = true;
                 self.window.connected(Instant::now());
+                self.limits = self.client.as_ref().map(|c| c.limits()).unwrap_or_default();
+                self.status.set_limits(Some((self.limits, self.cfg.protocol == MQTT_V5)));
                 self.status.set_connected(true);
                 guard::log(
                     Level::LOG,
@@ -204,10 +217,16 @@ impl Link {
                 Outcome::Nothing
             }
             Event::Connected(code) => {
-                self.refusal = Some(self.client.as_ref().map(|c| c.describe_connack(code)).unwrap_or_default());
+                let text = self.client.as_ref().map(|c| c.describe_connack(code)).unwrap_or_default();
+                let unsupported = if self.cfg.protocol == MQTT_V5 { 0x84 } else { 1 };
+                self.refusal = Some(if code == unsupported { self.protocol_hint(text) } else { text });
                 Outcome::Nothing
             }
-            Event::Disconnected(rc) if matches!(self.state, ConnState::Connected | ConnState::Connecting { .. }) => {
+            Event::Disconnected(rc) if matches!(self.state, ConnState::Connecting { .. }) => {
+                let why = self.refusal.take().unwrap_or_else(|| self.no_connack(Some(rc)));
+                Outcome::Lost { why, taken_over: false }
+            }
+            Event::Disconnected(rc) if self.state == ConnState::Connected => {
                 let why = self.refusal.take().unwrap_or_else(|| self.disconnect_reason(rc));
                 Outcome::Lost { why, taken_over: rc == REASON_SESSION_TAKEN_OVER }
             }
@@ -217,7 +236,8 @@ impl Link {
                 if reason >= 0x80 {
                     self.refused_here = true;
                     let text = crate::mqtt::client::reason_string(reason).to_lowercase();
-                    return Outcome::Failed(what, format!("broker refused: {text} (0x{reason:02x})"));
+                    let why = format!("broker refused: {text} (0x{reason:02x})");
+                    return Outcome::Failed(what, crate::pure::limits::verdict(reason), why);
                 }
                 self.status.messages_sent.fetch_add(1, Ordering::Relaxed);
                 match what {
@@ -229,6 +249,46 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// The connection ended before a CONNACK came (`rc`: how libmosquitto saw it end; `None`:
+    /// our own connect timeout). Say which, so that a broker that never answers is not a mystery.
+    pub(super) fn no_connack(&self, rc: Option<i32>) -> String {
+        let at = format!("{}:{}", self.cfg.host, self.cfg.port);
+        let Some(c) = self.client.as_ref() else { return format!("connecting to {at} failed") };
+        if !self.tcp_up && !c.tcp_connected() {
+            let base = match rc {
+                Some(rc) if rc != ERR_KEEPALIVE => {
+                    format!("cannot connect to {at}: {}", crate::mqtt::client::strerror(rc))
+                }
+                _ => format!("no TCP connection to {at} within {} s", self.connect_timeout().as_secs()),
+            };
+            return c.with_log(base);
+        }
+        let base = match rc {
+            Some(rc) if rc != ERR_KEEPALIVE => format!(
+                "the broker at {at} closed the connection before its CONNACK ({})",
+                crate::mqtt::client::strerror(rc)
+            ),
+            _ => format!("no CONNACK from the broker at {at} within {} s", self.connect_timeout().as_secs()),
+        };
+        self.protocol_hint(c.with_log(base))
+    }
+
+    /// A broker that speaks only MQTT 3.1.1 ignores, closes or refuses an MQTT 5 CONNECT: say
+    /// what to try.
+    fn protocol_hint(&self, why: String) -> String {
+        if self.cfg.protocol == MQTT_V5 {
+            format!("{why}; if the broker speaks only MQTT 3.1.1, set protocol_version = '3.1.1'")
+        } else {
+            why
+        }
+    }
+
+    /// How long a connection may take to be accepted (TCP, TLS and CONNACK).
+    pub(super) fn connect_timeout(&self) -> Duration {
+        // libmosquitto gives up after one keepalive interval without a CONNACK; ours is a backstop.
+        Duration::from_secs(self.cfg.keepalive.max(10) as u64)
     }
 
     fn disconnect_reason(&self, rc: i32) -> String {
@@ -350,7 +410,8 @@ impl Worker {
         match k.window.lost(count_suspect) {
             Lost::Nothing => return,
             Lost::Suspect(what) => {
-                self.message_failed(l, what, "the broker closed the connection when this message was sent".into())
+                let why = "the broker closed the connection when this message was sent".into();
+                self.message_failed(l, what, Verdict::Charge, why)
             }
             Lost::Resend(inflight) => {
                 let mut ring: Vec<u64> =
@@ -376,7 +437,7 @@ impl Worker {
             match self.links[l].on_event(ev) {
                 Outcome::Nothing => {}
                 Outcome::RingDone(pos) => self.mark_ring_done(pos),
-                Outcome::Failed(what, why) => self.message_failed(l, what, why),
+                Outcome::Failed(what, verdict, why) => self.message_failed(l, what, verdict, why),
                 Outcome::Lost { why, taken_over: true } => self.taken_over(l, why),
                 Outcome::Lost { why, taken_over: false } => self.fail(l, why),
             }
@@ -444,6 +505,7 @@ impl Worker {
         let k = &mut self.links[l];
         k.cfg = new;
         k.status.set_connected(false);
+        k.status.set_limits(None); // perhaps another broker now: learn its limits anew
         k.status.set_identity(&k.cfg.name, &k.cfg.host, k.cfg.port);
         k.state = ConnState::Idle;
         k.failures = 0;

@@ -29,6 +29,7 @@ use crate::mqtt::client::{Client, ClientOptions, Event, Handoff};
 use crate::pg::guard::{self, guard, Level, PgError};
 use crate::pg::gucs::{self, BrokerConfig};
 use crate::pure::backoff::reconnect_delay_ms;
+use crate::pure::limits::{Limits, Verdict};
 use crate::pure::ring::{Peek, Ring, RunState, Span};
 use crate::pure::scanlog::{Hole, ScanLog};
 use crate::pure::window::{Lost, Window};

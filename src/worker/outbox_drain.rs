@@ -55,11 +55,9 @@ impl Worker {
             let Some(c) = k.client.as_mut() else { return false };
             match c.publish(&row.topic_nul, &row.payload, row.qos, row.retain) {
                 Handoff::Accepted { mid } => k.note_sent(mid, Inflight::Outbox { id: row.id, tid: row.tid }),
-                Handoff::Refused { rc } => self.message_failed(
-                    l,
-                    Inflight::Outbox { id: row.id, tid: row.tid },
-                    format!("refused by the MQTT client library: {}", crate::mqtt::client::strerror(rc)),
-                ),
+                Handoff::Refused { verdict, why } => {
+                    self.message_failed(l, Inflight::Outbox { id: row.id, tid: row.tid }, verdict, why)
+                }
                 Handoff::NotConnected => {
                     k.fetched.push_front(row);
                     return false;

@@ -9,7 +9,7 @@ pub(super) struct Found {
     /// Positions of cold brokers' records, to save to the outbox.
     rescue: Vec<u64>,
     /// Records the client library refused: (link, position, why).
-    failed: Vec<(usize, u64, String)>,
+    failed: Vec<(usize, u64, Verdict, String)>,
     /// Records of removed brokers: (link, position).
     removed: Vec<(usize, u64)>,
     /// Records whose broker slot nobody owns: (position, slot).
@@ -175,8 +175,8 @@ impl Worker {
             });
             self.mark_ring_done(pos);
         }
-        for (l, pos, why) in found.failed {
-            self.message_failed(l, Inflight::Ring(pos), why);
+        for (l, pos, verdict, why) in found.failed {
+            self.message_failed(l, Inflight::Ring(pos), verdict, why);
         }
     }
 
@@ -188,7 +188,7 @@ impl Worker {
         l: usize,
         pos: u64,
         scratch: &mut Vec<u8>,
-        failed: &mut Vec<(usize, u64, String)>,
+        failed: &mut Vec<(usize, u64, Verdict, String)>,
     ) -> Option<bool> {
         let ring = self.ring;
         // SAFETY: only consumer; pos is a scanned, unreleased record.
@@ -203,11 +203,7 @@ impl Worker {
                 k.status.messages_sent.fetch_add(1, Ordering::Relaxed);
                 return Some(true);
             }
-            Handoff::Refused { rc } => failed.push((
-                l,
-                pos,
-                format!("refused by the MQTT client library: {}", crate::mqtt::client::strerror(rc)),
-            )),
+            Handoff::Refused { verdict, why } => failed.push((l, pos, verdict, why)),
         }
         Some(false)
     }

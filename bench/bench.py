@@ -118,6 +118,9 @@ ROWCOST = {
     "pg_notify": "PERFORM pg_notify('bench', row_to_json(NEW)::text);",
     "outbox INSERT": "INSERT INTO rc_outbox (payload) VALUES (row_to_json(NEW)::text);",
     "mqtt_publish (PL/pgSQL)": "PERFORM mqtt_publish('bench/rowcost', row_to_json(NEW)::text);",
+    "mqtt_publish with properties (PL/pgSQL)": "PERFORM mqtt_publish('bench/rowcost', row_to_json(NEW)::text, "
+                                               "content_type := 'application/json', message_expiry := '1 hour', "
+                                               "user_properties := ARRAY[['table', 'rc_rows'], ['op', 'insert']]);",
     "helper trigger": "helper",
 }
 
@@ -158,6 +161,9 @@ def row_cost(c):
         row(f"cost per row: {k}", v, "us")
     row("cost mqtt_publish / pg_notify (target <= 1.0)", cost["mqtt_publish (PL/pgSQL)"] / cost["pg_notify"], "x")
     row("cost helper trigger / pg_notify (target <= 0.6)", cost["helper trigger"] / cost["pg_notify"], "x")
+    row("cost with properties / without (mqtt_publish)",
+        cost["mqtt_publish with properties (PL/pgSQL)"] / cost["mqtt_publish (PL/pgSQL)"], "x",
+        "content_type, message_expiry, 2 user properties")
 
 
 def cpu_ticks(pid):
@@ -187,21 +193,35 @@ def cpu_per_message(c, broker):
         raw = (children_cpu() - p0) / n * 1e6
         sub.wait(300)
         raw_mosq = (cpu_ticks(mosq) - m0) / n * 1e6
-        # from SQL: the publishing backend, the worker, mosquitto
-        sub = count_subscriber(f"bench/cpusql{qos}", qos, n)
-        with c.connect(DB) as conn:
-            conn.execute("SET pg_mqtt_pub.publish_timeout_ms = 60000")
-            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-            b0, w0, m0 = cpu_ticks(backend), cpu_ticks(worker), cpu_ticks(mosq)
-            for _ in range(max(1, n // 10000)):
-                conn.execute(f"SELECT mqtt_publish('bench/cpusql{qos}', repeat('p', {PAYLOAD}), {qos}) "
-                             f"FROM generate_series(1, {min(n, 10000)})")
-            sub.wait(600)
-            wait_until(lambda: c.sql("SELECT ring_used_bytes, inflight FROM mqtt_status()", dbname=DB)[0] == (0, 0), 60, "drained")
-            be, wk, mq = ((cpu_ticks(p) - t) / n * 1e6 for p, t in ((backend, b0), (worker, w0), (mosq, m0)))
+        be, wk, mq = sql_cpu(c, worker, mosq, f"bench/cpusql{qos}", qos, n)
         row(f"QoS {qos}: CPU bare publisher", raw, "us/msg", f"mosquitto {raw_mosq:.2f}")
         row(f"QoS {qos}: CPU worker", wk, "us/msg", f"backend {be:.2f}, mosquitto {mq:.2f}")
         row(f"QoS {qos}: CPU worker / bare publisher (target <= 1.0)", wk / raw if raw else float("nan"), "x")
+        if qos == 0:
+            # what the message id (a user property on every message) and explicit properties cost
+            _, noid, _ = sql_cpu(c, worker, mosq, "bench/cpunoid", 0, n, setting="SET pg_mqtt_pub.message_id = off")
+            _, props, _ = sql_cpu(c, worker, mosq, "bench/cpuprops", 0, n,
+                                  args=", content_type := 'text/plain', user_properties := ARRAY[['a', 'b'], ['c', 'd']]")
+            row("QoS 0: CPU worker without message id", noid, "us/msg", f"the id costs {wk - noid:.2f} us/msg")
+            row("QoS 0: CPU worker with properties", props, "us/msg", "content_type and 2 user properties, plus the id")
+
+
+def sql_cpu(c, worker, mosq, topic, qos, n, setting=None, args=""):
+    """CPU per message of the publishing backend, the worker and mosquitto for n messages
+    published from SQL to `topic` and received by a subscriber."""
+    sub = count_subscriber(topic, qos, n)
+    with c.connect(DB) as conn:
+        conn.execute("SET pg_mqtt_pub.publish_timeout_ms = 60000")
+        if setting:
+            conn.execute(setting)
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        b0, w0, m0 = cpu_ticks(backend), cpu_ticks(worker), cpu_ticks(mosq)
+        for _ in range(max(1, n // 10000)):
+            conn.execute(f"SELECT mqtt_publish('{topic}', repeat('p', {PAYLOAD}), {qos}{args}) "
+                         f"FROM generate_series(1, {min(n, 10000)})")
+        sub.wait(600)
+        wait_until(lambda: c.sql("SELECT ring_used_bytes, inflight FROM mqtt_status()", dbname=DB)[0] == (0, 0), 60, "drained")
+        return tuple((cpu_ticks(p) - t) / n * 1e6 for p, t in ((backend, b0), (worker, w0), (mosq, m0)))
 
 
 def concurrency(c):

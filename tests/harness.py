@@ -302,6 +302,21 @@ class Msg:
     qos: int
     retain: bool
     at: float
+    props: dict = None  # MQTT 5 properties as received (see props_of)
+
+
+def props_of(m):
+    """The MQTT 5 properties of a received message, by pg_mqtt_pub's names."""
+    p = getattr(m, "properties", None)
+    if p is None:
+        return {}
+    out = {}
+    for ours, paho in [("content_type", "ContentType"), ("payload_format", "PayloadFormatIndicator"),
+                       ("message_expiry", "MessageExpiryInterval"), ("response_topic", "ResponseTopic"),
+                       ("correlation_data", "CorrelationData"), ("user_properties", "UserProperty")]:
+        if hasattr(p, paho):
+            out[ours] = getattr(p, paho)
+    return out
 
 
 class Subscriber:
@@ -345,7 +360,7 @@ class Subscriber:
 
     def _on_message(self, client, userdata, m):
         with self.lock:
-            self.messages.append(Msg(m.topic, bytes(m.payload), m.qos, bool(m.retain), time.time()))
+            self.messages.append(Msg(m.topic, bytes(m.payload), m.qos, bool(m.retain), time.time(), props_of(m)))
 
     def snapshot(self):
         with self.lock:

@@ -17,6 +17,8 @@ EXPECTED_ROWS = [
     "cost per row: pg_notify", "cost per row: mqtt_publish (PL/pgSQL)", "cost per row: helper trigger",
     "cost mqtt_publish / pg_notify (target <= 1.0)", "cost helper trigger / pg_notify (target <= 0.6)",
     "QoS 0: CPU worker / bare publisher (target <= 1.0)", "QoS 1: CPU worker / bare publisher (target <= 1.0)",
+    "cost with properties / without (mqtt_publish)", "QoS 0: CPU worker without message id",
+    "QoS 0: CPU worker with properties",
 ]
 
 

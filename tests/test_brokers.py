@@ -285,7 +285,7 @@ def test_secrets_and_privileges(env):
             rows = su.execute("SELECT * FROM mqtt_status()").fetchall()
             assert PUB_PASSWORD not in repr(rows)
             su.execute("RESET ROLE")
-            su.execute("GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) TO mqtt_app")
+            su.execute("GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text, text, interval, text, bytea, text[], integer) TO mqtt_app")
             su.execute("SET ROLE mqtt_app")
             su.execute("SELECT mqtt_publish('b/auth/granted', 'yes', 1, broker := 'auth')")
             su.execute("RESET ROLE")
@@ -294,7 +294,7 @@ def test_secrets_and_privileges(env):
         assert c.sql("SELECT has_password FROM mqtt_pub.broker_list WHERE name = 'auth'") == [(True,)]
         assert PUB_PASSWORD not in c.log_text(), "the password never reaches the server log"
     finally:
-        c.sql("REVOKE ALL ON FUNCTION mqtt_publish(text, text, integer, boolean, text) FROM mqtt_app")
+        c.sql("REVOKE ALL ON FUNCTION mqtt_publish(text, text, integer, boolean, text, text, interval, text, bytea, text[], integer) FROM mqtt_app")
         c.sql("REVOKE pg_monitor FROM mqtt_app")
         c.sql("DROP ROLE mqtt_app")
 

@@ -66,7 +66,11 @@ def test_mqttools_maximum_qos_0_refuses_at_once_and_at_call_time():
         s = Subscriber(mqtt_port, "interop/#", login=False)
         # First pointed at a port where nothing listens: the messages wait in the outbox, published
         # before anyone knew the broker's limits.
-        c = Cluster("mqttools", pg_port, worker_settings(DB, nowhere, pg_mqtt_pub__poison_max_attempts=5)).start()
+        # mqttools 0.50 reads a user property as one string instead of a name/value pair and then
+        # calls the PUBLISH malformed: the message id (a user property) must be off for it
+        # (README "Broker limits"; the worker's last_error says so when it happens).
+        c = Cluster("mqttools", pg_port, worker_settings(DB, nowhere, pg_mqtt_pub__poison_max_attempts=5,
+                                                         pg_mqtt_pub__message_id="off")).start()
         c.sql(f"CREATE DATABASE {DB}")
         c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
         publish(c, [("interop/early", f"e{i}", 1, False) for i in range(3)] + [("interop/early", "e-qos0", 0, False)])

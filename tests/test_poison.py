@@ -48,7 +48,8 @@ def test_denied_message_backs_off_and_is_dead_lettered_without_blocking(env):
     c, b, s, _ = env
     with c.connect(DB) as conn:
         conn.execute("SELECT mqtt_publish(CASE WHEN i = 500 THEN 'poison/denied/x' ELSE 'poison/ok/' || i END, "
-                     "'m' || i, 1) FROM generate_series(1, 1001) i")
+                     "'m' || i, 1, content_type := 'text/x-poison', user_properties := ARRAY[['i', i::text]]) "
+                     "FROM generate_series(1, 1001) i")
         t0 = time.time()
         samples = {}
         allowed_done_at = None
@@ -100,10 +101,15 @@ def test_replay_after_acl_is_fixed(env):
             conn.execute("SELECT mqtt_pub.replay_dead_letters('nope')")
         with pytest.raises(psycopg.errors.InvalidParameterValue):
             conn.execute("SELECT mqtt_pub.replay_dead_letters('default', -1)")
+        # the dead letter shows its properties and id, and replay keeps them
+        (mid, props), = conn.execute("SELECT message_id, mqtt_pub.mqtt_properties(properties) FROM mqtt_pub.dead_letters").fetchall()
+        assert props == {"payload_format": 1, "content_type": "text/x-poison", "user_properties": [["i", "500"]]}
         assert conn.execute("SELECT mqtt_pub.replay_dead_letters('default', 50)").fetchone()[0] == 1
         assert conn.execute("SELECT count(*) FROM mqtt_pub.dead_letters").fetchone()[0] == 0
     got = s.wait_for("poison/denied/", 1, timeout=15)
     assert [m.payload for m in got] == [b"m500"]
+    assert got[0].props["content_type"] == "text/x-poison"
+    assert got[0].props["user_properties"] == [("i", "500"), ("pg-mqtt-pub-id", mid)]
 
 
 def test_oversized_message_is_dead_lettered_without_reconnect_loop(env):

@@ -111,6 +111,12 @@ def test_alter_extension_update_matches_a_fresh_install_and_keeps_every_row(old)
             q.execute("UPDATE t SET v = 'c'")
             q.execute("INSERT INTO mqtt_pub.dead_letters (broker, topic, payload, qos, retain, attempts, last_error) "
                       "VALUES ('default', 'up/dead', 'x', 1, false, 5, 'kept across the update')")
+            # a DBA's grants on the publishing functions survive an update that changes their
+            # argument lists (1.3) and on mqtt_status (its result changed)
+            q.execute("CREATE ROLE up_app LOGIN")
+            q.execute("GRANT USAGE ON SCHEMA mqtt_pub TO up_app")
+            q.execute("GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text), "
+                      "mqtt_publish_json(text, jsonb, integer, boolean, text), mqtt_status() TO up_app")
         before = rows(c, "up")
         assert len(before) == 50 + 2 + 1
 
@@ -118,20 +124,26 @@ def test_alter_extension_update_matches_a_fresh_install_and_keeps_every_row(old)
         c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="fresh")
         assert c.sql("SELECT extversion FROM pg_extension WHERE extname = 'pg_mqtt_pub'", dbname="up") == [(current_version(),)]
 
+        with c.connect("up", user="up_app") as app:
+            app.execute("SELECT mqtt_publish('up/after', 'after the update', 1)")
+            app.execute("SELECT mqtt_publish_json('up/after-json', '{}'::jsonb, 1)")
+            app.execute("SELECT count(*) FROM mqtt_status()")
+        c.sql("REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA public, mqtt_pub FROM up_app", dbname="up")
+        c.sql("REVOKE USAGE ON SCHEMA mqtt_pub FROM up_app", dbname="up")
+
         updated, fresh = catalog(c, "up"), catalog(c, "fresh")
         diff = {k: (updated.get(k), fresh.get(k)) for k in set(updated) | set(fresh) if updated.get(k) != fresh.get(k)}
         assert diff == {}, "updated (left) and fresh (right) installs differ"
 
         # no row lost, and the triggers and functions work after the update
-        assert rows(c, "up") == before
+        assert rows(c, "up")[:len(before)] == before  # then the two up_app published
         assert c.sql("SELECT topic, last_error FROM mqtt_pub.dead_letters", dbname="up") == [("up/dead", "kept across the update")]
         assert c.sql("SELECT name FROM mqtt_pub.broker_list", dbname="up") == [("nb",)]
         c.sql("INSERT INTO t VALUES (3, 'after')", dbname="up")
-        c.sql("SELECT mqtt_publish('up/after', 'after the update', 1)", dbname="up")
 
         b.start()
         s = Subscriber(PORT, "up/#")
-        expect = [t for (_, t, _, _, _, _) in before] + ["up/ev/insert", "up/after"]
+        expect = [t for (_, t, _, _, _, _) in before] + ["up/after", "up/after-json", "up/ev/insert"]
         got = s.wait_for("up/", len(expect), timeout=60)
         # per broker, in outbox order (the named broker drains independently of the default one)
         for broker_topics in ([t for t in expect if not t.startswith("up/m/") or int(t.split("/")[-1]) % 5],

@@ -81,7 +81,7 @@ SELECT mqtt_pub.mqtt_status();
 SELECT mqtt_pub.mqtt_broker_add('api-x', '127.0.0.1');
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION mqtt_pub.mqtt_publish(text, text, integer, boolean, text) TO mqtt_api_app;
+GRANT EXECUTE ON FUNCTION mqtt_pub.mqtt_publish(text, text, integer, boolean, text, text, interval, text, bytea, text[], integer) TO mqtt_api_app;
 SET ROLE mqtt_api_app;
 SELECT mqtt_pub.mqtt_publish('api/granted', 'yes');
 SELECT mqtt_publish('api/x', 'x');
@@ -89,8 +89,51 @@ SELECT mqtt_publish('api/x', 'x');
 RESET ROLE;
 SELECT topic FROM mqtt_pub.outbox ORDER BY id;
 DELETE FROM mqtt_pub.outbox;
-REVOKE ALL ON FUNCTION mqtt_pub.mqtt_publish(text, text, integer, boolean, text) FROM mqtt_api_app;
+REVOKE ALL ON FUNCTION mqtt_pub.mqtt_publish(text, text, integer, boolean, text, text, interval, text, bytea, text[], integer) FROM mqtt_api_app;
 DROP ROLE mqtt_api_app;
+
+-- MQTT 5 properties: stored with the row, shown by mqtt_pub.mqtt_properties(); the message id
+-- is the same for a row as long as it lives (its value differs per server run: not shown)
+SELECT mqtt_publish('api/props', 'p', content_type := 'text/plain', message_expiry := '90 seconds',
+                    response_topic := 'api/reply', correlation_data := '\x0102'::bytea,
+                    user_properties := ARRAY[['k', 'v1'], ['k', 'v2']]);
+SELECT mqtt_publish_binary('api/props-bin', '\x00'::bytea, user_properties := '{}');
+SELECT mqtt_pub.mqtt_publish_batch('api/props-batch', ARRAY['a'], message_expiry := '1 day');
+SELECT topic, mqtt_pub.mqtt_properties(properties), message_id ~ '^[0-9a-f]+-[0-9a-f]{8}-[0-9a-f]+-[0-9]+$' AS id_ok,
+       round(extract(epoch FROM expires_at - created_at)) AS expires_after_s
+FROM mqtt_pub.outbox ORDER BY id;
+DELETE FROM mqtt_pub.outbox;
+SET pg_mqtt_pub.message_id = off;
+SELECT mqtt_publish('api/no-id', 'x');
+SELECT topic, message_id FROM mqtt_pub.outbox;
+DELETE FROM mqtt_pub.outbox;
+RESET pg_mqtt_pub.message_id;
+-- every bad property is an error in the caller's statement
+SELECT mqtt_publish('api/bad', 'x', payload_format := 2);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish_binary('api/bad', '\xff'::bytea, payload_format := 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('api/bad', 'x', message_expiry := '0 s');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('api/bad', 'x', message_expiry := '-5 min');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('api/bad', 'x', message_expiry := '200 years');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('api/bad', 'x', response_topic := 'reply/+');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('api/bad', 'x', response_topic := '');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('api/bad', 'x', user_properties := ARRAY['k', 'v']);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('api/bad', 'x', user_properties := ARRAY[['k', 'v', 'w']]);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('api/bad', 'x', user_properties := ARRAY[['k', NULL]]);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('api/bad', 'x', content_type := repeat('x', 65536));
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_pub.mqtt_properties('\x7f'::bytea);
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM mqtt_pub.outbox;
 
 DROP TABLE api_t;
 DROP EXTENSION pg_mqtt_pub;

@@ -133,7 +133,7 @@ SELECT broker_name, outbox_pending FROM mqtt_status();
 SELECT count(*) FROM mqtt_pub.outbox;
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) TO mqtt_regress_app;
+GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text, text, interval, text, bytea, text[], integer) TO mqtt_regress_app;
 GRANT pg_monitor TO mqtt_regress_app;
 SET ROLE mqtt_regress_app;
 SELECT mqtt_publish('regress/priv', 'granted');
@@ -141,7 +141,7 @@ SELECT broker_name, outbox_pending FROM mqtt_status();
 RESET ROLE;
 REVOKE pg_monitor FROM mqtt_regress_app;
 SELECT topic, encode(payload, 'escape') AS payload FROM mqtt_pub.outbox WHERE topic = 'regress/priv';
-REVOKE EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text) FROM mqtt_regress_app;
+REVOKE EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text, text, interval, text, bytea, text[], integer) FROM mqtt_regress_app;
 DROP ROLE mqtt_regress_app;
 
 -- bounded memory: a big transaction spills its messages to the outbox as it goes...

@@ -7,6 +7,7 @@
 //! Cost on the hot path (a row trigger calling `mqtt_publish`): argument decoding, topic check
 //! (one pass over the topic), and one copy into the transaction's pending arena (`txn.rs`).
 
+use crate::backend::properties;
 use crate::pg::fmgr::{to_utf8, varlena_bytes, Args};
 use crate::pg::guard::{guard, Code, PgError};
 use crate::pg::gucs;
@@ -98,28 +99,39 @@ pub fn check_target<'a>(topic_bytes: &'a [u8], qos: i32, broker: &[u8]) -> Targe
     Target { topic, qos, broker: broker_index(broker) }
 }
 
-/// Publish to a checked target. `payload` is already in its final (UTF-8 or binary) form.
-pub fn publish_to(t: &Target<'_>, payload: &[u8], retain: bool) {
-    let size = t.topic.len() + payload.len();
+/// Publish to a checked target. `payload` is already in its final (UTF-8 or binary) form;
+/// `props` are encoded MQTT 5 properties (props.rs), `explicit` if the caller gave any.
+pub fn publish_to(t: &Target<'_>, props: &[u8], explicit: bool, payload: &[u8], retain: bool) {
+    let size = t.topic.len() + props.len() + payload.len();
     let max = gucs::MAX_MESSAGE_SIZE.get() as usize;
     if size > max {
         PgError::new(Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED, "MQTT message is too large")
-            .detail(format!("Topic and payload take {size} bytes; pg_mqtt_pub.max_message_size is {max} bytes."))
+            .detail(format!(
+                "Topic, properties and payload take {size} bytes; pg_mqtt_pub.max_message_size is {max} bytes."
+            ))
             .hint("Publish a smaller payload, or raise pg_mqtt_pub.max_message_size.")
             .raise();
     }
-    require_within_broker_limits(t, payload, retain);
-    crate::backend::txn::publish(MessageRef { broker: t.broker, qos: t.qos, retain, topic: &t.topic, payload });
+    require_within_broker_limits(t, props, explicit, payload, retain);
+    crate::backend::txn::publish(MessageRef::new(t.broker, t.qos, retain, &t.topic, props, payload));
 }
 
 /// A message beyond what the broker's last CONNACK allowed (Maximum QoS, Retain Available,
 /// Maximum Packet Size) could never be delivered: refuse it here, in the caller's statement,
 /// rather than as a dead letter later. Before the first CONNACK nothing is known; the worker then
 /// dead-letters such a message at once (pure/limits.rs).
-fn require_within_broker_limits(t: &Target<'_>, payload: &[u8], retain: bool) {
+fn require_within_broker_limits(t: &Target<'_>, props: &[u8], explicit: bool, payload: &[u8], retain: bool) {
     let slot = shmem::broker(t.broker as usize);
     let Some((limits, v5)) = slot.limits() else { return };
-    let size = limits::publish_packet_size(t.topic.len(), payload.len(), t.qos, v5, 0);
+    if explicit && !v5 {
+        PgError::new(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("broker \"{}\" is connected with MQTT 3.1.1, which has no message properties", slot.text().0),
+        )
+        .hint("Publish without properties, or set protocol_version = '5' for this broker.")
+        .raise();
+    }
+    let size = limits::publish_packet_size(t.topic.len(), payload.len(), t.qos, v5, if v5 { props.len() } else { 0 });
     if let Err(beyond) = limits.admit(t.qos, retain, size) {
         let code = match beyond {
             limits::Beyond::PacketSize { .. } => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
@@ -130,11 +142,6 @@ fn require_within_broker_limits(t: &Target<'_>, payload: &[u8], retain: bool) {
             .hint(beyond.hint())
             .raise();
     }
-}
-
-/// Validate and publish one message. `payload` is already in its final (UTF-8 or binary) form.
-pub fn publish_one(topic_bytes: &[u8], payload: &[u8], qos: i32, retain: bool, broker: &[u8]) {
-    publish_to(&check_target(topic_bytes, qos, broker), payload, retain);
 }
 
 /// How the second argument becomes the payload.
@@ -161,7 +168,10 @@ fn publish_call(fcinfo: pg::FunctionCallInfo, kind: PayloadArg) -> pg::Datum {
     let qos = a.i32(2, "qos");
     let retain = a.bool(3, "retain");
     let broker = a.text(4, "broker");
-    publish_one(topic, &payload, qos, retain, broker);
+    let t = check_target(topic, qos, broker);
+    let mut props = Vec::new();
+    let explicit = properties::property_args(&a, 5, !matches!(kind, PayloadArg::Binary), &payload, &mut props);
+    publish_to(&t, &props, explicit, &payload, retain);
     pg::Datum::from(true)
 }
 
@@ -197,6 +207,8 @@ fn publish_batch_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     // The prefix is checked once (same errors as a topic); each "<prefix>/<i>" again below,
     // which only adds the length limit.
     let t = check_target(prefix, qos, broker);
+    let mut props = Vec::new();
+    let explicit = properties::property_args(&a, 5, true, b"", &mut props);
     // SAFETY: the argument is declared text[].
     let (ndim, elems) = unsafe { crate::pg::fmgr::text_elements(arr) };
     if ndim > 1 {
@@ -213,7 +225,7 @@ fn publish_batch_call(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
         require_valid_topic(&topic);
         let payload = to_utf8(e);
         let target = Target { topic: std::borrow::Cow::Borrowed(&topic), qos: t.qos, broker: t.broker };
-        publish_to(&target, &payload, retain);
+        publish_to(&target, &props, explicit, &payload, retain);
         published += 1;
     }
     pg::Datum::from(published)

@@ -24,6 +24,7 @@ use crate::pg::fmgr::{to_utf8, varlena_bytes};
 use crate::pg::guard::{guard, Code, PgError};
 use crate::pg::spi::{self, pinned, quote_ident, with_spi, Rights};
 use crate::pure::envelope::{self, Meta};
+use crate::pure::props;
 use pgrx_pg_sys as pg;
 use std::ffi::CStr;
 
@@ -213,22 +214,24 @@ fn resultset_trigger(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
         let target = publish::check_target(&topic, qos, &args[2]);
 
         let mut head = Vec::with_capacity(160);
+        let table = qualified_name((*td).tg_relation);
+        let txid = pg::GetTopFullTransactionId().value;
         if include_meta {
-            let table = qualified_name((*td).tg_relation);
-            let txid = pg::GetTopFullTransactionId().value;
             with_timestamp(|ts| {
                 envelope::meta_fields(&mut head, &Meta { operation: op, table: &table, timestamp: ts, txid })
             });
         }
+        let mut props = Vec::with_capacity(96);
+        props::change_event(&mut props, &to_utf8(&table), op, txid);
         let head = to_utf8(&head).into_owned();
         let rows = entries(td, op);
         let max = crate::pg::gucs::MAX_MESSAGE_SIZE.get() as usize;
-        let budget = max.saturating_sub(target.topic.len() + head.len() + TAIL_RESERVE);
+        let budget = max.saturating_sub(target.topic.len() + props.len() + head.len() + TAIL_RESERVE);
         let parts = envelope::split_rows(&rows, max_rows, budget);
         let mut payload = Vec::new();
         for (i, part) in parts.iter().enumerate() {
             envelope::resultset_payload(&mut payload, &head, i + 1, parts.len(), &rows[part.clone()]);
-            publish::publish_to(&target, &payload, false);
+            publish::publish_to(&target, &props, false, &payload, false);
         }
     }
     pg::Datum::from(0usize)

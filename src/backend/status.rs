@@ -57,6 +57,11 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                 ];
                 let mut values: Vec<pg::Datum> = cols.iter().map(|c| c.0).collect();
                 let mut nulls: Vec<bool> = cols.iter().map(|c| c.1).collect();
+                // SQL 1.3 added messages_expired; a database still on 1.2 asks for 15 columns.
+                if (*(*rsinfo).setDesc).natts > 15 {
+                    values.push(pg::Datum::from(b.messages_expired.load(Ordering::Relaxed) as i64));
+                    nulls.push(false);
+                }
                 pg::tuplestore_putvalues(
                     (*rsinfo).setResult,
                     (*rsinfo).setDesc,

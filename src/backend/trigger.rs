@@ -18,6 +18,7 @@ use crate::pg::fmgr::{to_utf8, varlena_bytes};
 use crate::pg::guard::{guard, Code, PgError};
 use crate::pure::backend_local::BackendLocal;
 use crate::pure::envelope::{self, Meta};
+use crate::pure::props;
 use pgrx_pg_sys as pg;
 use std::cell::RefCell;
 use std::ffi::CStr;
@@ -226,19 +227,21 @@ fn event_trigger(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
         let old = old.map(|t| row_json(t, desc));
         let new = new.map(|t| row_json(t, desc));
         let mut payload = Vec::new();
-        if include_meta {
-            // SAFETY: DML has assigned the transaction id already.
-            let txid = pg::GetTopFullTransactionId().value;
-            qualified_name_cached(td.tg_relation, |table| {
+        let mut props = Vec::with_capacity(96);
+        // SAFETY: DML has assigned the transaction id already.
+        let txid = pg::GetTopFullTransactionId().value;
+        qualified_name_cached(td.tg_relation, |table| {
+            props::change_event(&mut props, &to_utf8(table), op, txid);
+            if include_meta {
                 with_timestamp(|ts| {
                     let meta = Meta { operation: op, table, timestamp: ts, txid };
                     envelope::event_payload(&mut payload, Some(&meta), old, new)
                 })
-            });
-        } else {
-            envelope::event_payload(&mut payload, None, old, new);
-        }
-        publish::publish_to(&target, &to_utf8(&payload), false);
+            } else {
+                envelope::event_payload(&mut payload, None, old, new);
+            }
+        });
+        publish::publish_to(&target, &props, false, &to_utf8(&payload), false);
     }
     pg::Datum::from(0usize)
 }

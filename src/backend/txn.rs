@@ -72,6 +72,34 @@ struct Pending {
     hot_at_commit: u32,
     /// Next arena size at which a spill is considered.
     spill_check_at: usize,
+    /// Message `i` of this transaction gets id sequence `first_id + i` (0: no ids) and commit
+    /// time `at`: set where the messages leave for the ring or the outbox ([`Stamp`]).
+    stamp: Stamp,
+}
+
+/// Ids and commit time for a batch of messages.
+#[derive(Default, Clone, Copy)]
+struct Stamp {
+    first_id: u64,
+    at: i64,
+}
+
+impl Stamp {
+    /// Take `n` message ids (none with `pg_mqtt_pub.message_id = off`) and the time: one atomic
+    /// add per transaction.
+    fn take(n: usize) -> Stamp {
+        let first_id = if gucs::MESSAGE_ID.get() {
+            shmem::require_shared().message_ids.fetch_add(n as u64, Ordering::Relaxed) + 1
+        } else {
+            0
+        };
+        // SAFETY: plain call.
+        Stamp { first_id, at: unsafe { pg::GetCurrentTimestamp() } }
+    }
+
+    fn apply<'a>(&self, i: usize, m: MessageRef<'a>) -> MessageRef<'a> {
+        m.stamped(if self.first_id == 0 { 0 } else { self.first_id + i as u64 }, self.at)
+    }
 }
 
 impl Pending {
@@ -89,6 +117,7 @@ impl Pending {
             self.reserved = None;
             self.hot_at_commit = 0;
             self.spill_check_at = 0;
+            self.stamp = Stamp::default();
         }
     }
 
@@ -103,7 +132,9 @@ impl Pending {
         let mut rows = self
             .msgs
             .iter()
-            .filter(|m| only.is_none_or(|b| m.broker == b))
+            .enumerate()
+            .filter(|(_, m)| only.is_none_or(|b| m.broker == b))
+            .map(|(i, m)| self.stamp.apply(i, m))
             .map(|m| NewRow::of(names[m.broker as usize].as_deref().unwrap_or("default"), &m, LANE_PUBLISHED));
         outbox::insert(&mut rows);
     }
@@ -186,6 +217,7 @@ pub fn publish(msg: MessageRef<'_>) {
     let p = pending();
     let b = msg.broker;
     if !gucs::TRANSACTIONAL.get() {
+        let msg = Stamp::take(1).apply(0, msg);
         if !gucs::DURABLE.get() && try_publish_now(&msg) {
             return;
         }
@@ -210,7 +242,7 @@ pub fn publish(msg: MessageRef<'_>) {
 /// anything is lost.
 fn require_room(p: &Pending, msg: &MessageRef<'_>) {
     let held = p.msgs.held();
-    let more = msg.topic.len() + msg.payload.len() + Messages::OVERHEAD;
+    let more = msg.topic.len() + msg.props.len() + msg.payload.len() + Messages::OVERHEAD;
     let cap = gucs::MAX_PENDING_MEMORY.get() as usize;
     if held + more > cap {
         PgError::new(
@@ -243,6 +275,8 @@ fn spill_if_safe(p: &mut Pending, current: pg::SubTransactionId) {
             register_cold_locked(p, *b, true);
         }
     });
+    // written before COMMIT, so their ids and time are taken now
+    p.stamp = Stamp::take(p.msgs.len());
     p.write_to_outbox(None);
     p.clear_messages();
     p.spill_check_at = 0;
@@ -305,6 +339,7 @@ fn pre_commit() {
     let timeout = Duration::from_millis(gucs::PUBLISH_TIMEOUT_MS.get() as u64);
     let start = Instant::now();
     let brokers = p.msgs.brokers();
+    p.stamp = Stamp::take(p.msgs.len());
     let mut spill = false;
     enum Step {
         Done,
@@ -369,10 +404,11 @@ fn commit() {
     if let Some((start, _)) = p.reserved {
         let ring = shmem::ring();
         let mut pos = start;
-        for m in p.msgs.iter() {
+        for (i, m) in p.msgs.iter().enumerate() {
             if p.hot_at_commit & (1 << m.broker) == 0 {
                 continue;
             }
+            let m = p.stamp.apply(i, m);
             // SAFETY: the PRE_COMMIT reservation is ours; records are published in order.
             unsafe { ring.publish(pos, &m) };
             pos += m.nslots();
@@ -411,6 +447,9 @@ unsafe extern "C-unwind" fn xact_callback(event: pg::XactEvent::Type, _arg: *mut
             // COMMIT PREPARED. No mode change: the broker's worker finds them when they appear.
             let p = pending();
             if !p.msgs.is_empty() {
+                // ids and the time message expiry counts from: PREPARE (the COMMIT PREPARED that
+                // releases them runs later, in any session, without this backend's help)
+                p.stamp = Stamp::take(p.msgs.len());
                 p.write_to_outbox(None);
                 p.clear_messages();
             }

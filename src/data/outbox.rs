@@ -15,6 +15,7 @@
 use crate::pg::fmgr::{from_utf8, to_utf8, varlena_bytes};
 use crate::pg::spi::{self, bytes_datum, execute, first_value, pinned, with_spi, Rights};
 use crate::pure::backend_local::BackendLocal;
+use crate::pure::props;
 use pgrx_pg_sys as pg;
 use std::cell::Cell;
 
@@ -32,6 +33,11 @@ pub struct Row {
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
+    /// MQTT 5 properties (props.rs), the message id, and when the message expires (timestamp,
+    /// µs): empty/`None` for rows without them, and in a database still on SQL 1.2.
+    pub props: Vec<u8>,
+    pub message_id: Option<String>,
+    pub expires_at: Option<i64>,
 }
 
 /// A row's physical address (`ctid`).
@@ -68,23 +74,59 @@ pub struct NewRow<'a> {
     pub qos: u8,
     pub retain: bool,
     pub lane: i16,
+    pub props: &'a [u8],
+    /// Message id sequence (0: none) and commit time (µs).
+    pub id: u64,
+    pub at: i64,
 }
 
 impl<'a> NewRow<'a> {
     /// A row for message `m` (its topic is UTF-8) to broker `broker`, in `lane`.
     pub fn of(broker: &'a str, m: &crate::pure::ring::MessageRef<'a>, lane: i16) -> Self {
-        NewRow { broker, topic_utf8: m.topic, payload: m.payload, qos: m.qos, retain: m.retain, lane }
+        NewRow {
+            broker,
+            topic_utf8: m.topic,
+            payload: m.payload,
+            qos: m.qos,
+            retain: m.retain,
+            lane,
+            props: m.props,
+            id: m.id,
+            at: m.at,
+        }
+    }
+
+    /// When the message expires (µs), if it has a message expiry: counted from its commit.
+    pub fn expires_at(&self) -> Option<i64> {
+        props::expiry(self.props).map(|s| self.at.saturating_add(s as i64 * 1_000_000))
+    }
+}
+
+/// The outbox has SQL 1.3's columns (`properties`, `message_id`, `expires_at`). A database whose
+/// extension is still older (ADR-007 §4: until `ALTER EXTENSION ... UPDATE`) has not; its rows
+/// then carry none of them. A syscache lookup: cheap enough for every outbox statement.
+pub fn has_properties() -> bool {
+    // SAFETY: catalog lookups inside a transaction (every caller is in one).
+    unsafe {
+        let ns = pg::get_namespace_oid(c"mqtt_pub".as_ptr(), true);
+        if ns == pg::InvalidOid {
+            return false;
+        }
+        let rel = pg::get_relname_relid(c"outbox".as_ptr(), ns);
+        rel != pg::InvalidOid && pg::get_attnum(rel, c"message_id".as_ptr()) != pg::InvalidAttrNumber as i16
     }
 }
 
 static INSERT: BackendLocal<Cell<pg::SPIPlanPtr>> = BackendLocal::new(Cell::new(std::ptr::null_mut()));
+static INSERT_13: BackendLocal<Cell<pg::SPIPlanPtr>> = BackendLocal::new(Cell::new(std::ptr::null_mut()));
 
 /// Prepare (once per backend, inside the pinned scope) the insert. One statement inserts a whole
 /// batch from arrays: one executor run per transaction, not one per message. (`ROWS FROM` is
 /// what an unqualified multi-argument `unnest` in FROM stands for; qualified, it must be spelled.)
-unsafe fn insert_plan() -> pg::SPIPlanPtr {
-    if !INSERT.get().is_null() {
-        return INSERT.get();
+unsafe fn insert_plan(v13: bool) -> pg::SPIPlanPtr {
+    let cache = if v13 { &INSERT_13 } else { &INSERT };
+    if !cache.get().is_null() {
+        return cache.get();
     }
     // SAFETY: inside SPI and the pinned scope; the plan is kept across transactions.
     unsafe {
@@ -95,18 +137,30 @@ unsafe fn insert_plan() -> pg::SPIPlanPtr {
             pg::INT2ARRAYOID,
             pg::BOOLARRAYOID,
             pg::INT2ARRAYOID,
+            pg::BYTEAARRAYOID,
+            pg::TEXTARRAYOID,
+            pg::TIMESTAMPTZARRAYOID,
         ];
-        let plan = pg::SPI_prepare(
+        // Arrays cannot hold NULLs here (construct_array): "none" travels as '', '' and -infinity.
+        let sql = if v13 {
+            c"INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane, properties, message_id, expires_at) \
+              SELECT b, t, p, q, r, l, \
+              CASE WHEN pg_catalog.length(x) OPERATOR(pg_catalog.>) 0 THEN x END, \
+              CASE WHEN pg_catalog.length(m) OPERATOR(pg_catalog.>) 0 THEN m END, \
+              CASE WHEN pg_catalog.isfinite(e) THEN e END \
+              FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), \
+              pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), \
+              pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) \
+              WITH ORDINALITY AS u(b, t, p, q, r, l, x, m, e, n) ORDER BY n"
+        } else {
             c"INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane) \
               SELECT b, t, p, q, r, l FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), \
               pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) \
               WITH ORDINALITY AS u(b, t, p, q, r, l, n) ORDER BY n"
-                .as_ptr(),
-            6,
-            types.as_mut_ptr(),
-        );
+        };
+        let plan = pg::SPI_prepare(sql.as_ptr(), if v13 { 9 } else { 6 }, types.as_mut_ptr());
         pg::SPI_keepplan(plan);
-        INSERT.set(plan);
+        cache.set(plan);
         plan
     }
 }
@@ -144,16 +198,23 @@ pub fn insert(rows: &mut dyn Iterator<Item = NewRow<'_>>) {
 fn insert_chunk(rows: &mut std::iter::Peekable<&mut dyn Iterator<Item = NewRow<'_>>>) {
     let (mut brokers, mut topics, mut payloads, mut qos, mut retain, mut lanes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut props, mut ids, mut expiries) = (Vec::new(), Vec::new(), Vec::new());
+    let v13 = has_properties();
     let mut bytes = 0;
     while brokers.len() < CHUNK_ROWS && bytes < CHUNK_BYTES {
         let Some(r) = rows.next() else { break };
-        bytes += r.topic_utf8.len() + r.payload.len();
+        bytes += r.topic_utf8.len() + r.payload.len() + r.props.len();
         brokers.push(bytes_datum(r.broker.as_bytes()));
         topics.push(bytes_datum(&from_utf8(r.topic_utf8)));
         payloads.push(bytes_datum(r.payload));
         qos.push(pg::Datum::from(r.qos as i16));
         retain.push(pg::Datum::from(r.retain));
         lanes.push(pg::Datum::from(r.lane));
+        if v13 {
+            props.push(bytes_datum(r.props));
+            ids.push(bytes_datum(crate::pg::instance::message_id(r.id).unwrap_or_default().as_bytes()));
+            expiries.push(pg::Datum::from(r.expires_at().unwrap_or(i64::MIN)));
+        }
     }
     if brokers.is_empty() {
         return;
@@ -164,7 +225,7 @@ fn insert_chunk(rows: &mut std::iter::Peekable<&mut dyn Iterator<Item = NewRow<'
     let array = |v: &mut Vec<pg::Datum>, t: pg::Oid, len: i32, byval: bool, align: u8| unsafe {
         pg::Datum::from(pg::construct_array(v.as_mut_ptr(), n, t, len, byval, align as std::ffi::c_char))
     };
-    let mut values = [
+    let mut values = vec![
         array(&mut brokers, pg::TEXTOID, -1, false, b'i'),
         array(&mut topics, pg::TEXTOID, -1, false, b'i'),
         array(&mut payloads, pg::BYTEAOID, -1, false, b'i'),
@@ -172,10 +233,15 @@ fn insert_chunk(rows: &mut std::iter::Peekable<&mut dyn Iterator<Item = NewRow<'
         array(&mut retain, pg::BOOLOID, 1, true, b'c'),
         array(&mut lanes, pg::INT2OID, 2, true, b's'),
     ];
+    if v13 {
+        values.push(array(&mut props, pg::BYTEAOID, -1, false, b'i'));
+        values.push(array(&mut ids, pg::TEXTOID, -1, false, b'i'));
+        values.push(array(&mut expiries, pg::TIMESTAMPTZOID, 8, true, b'd'));
+    }
     with_spi(|| {
         pinned(Rights::Owner, || {
-            // SAFETY: inside SPI and the pinned scope; six array parameters as prepared.
-            unsafe { pg::SPI_execute_plan(insert_plan(), values.as_mut_ptr(), std::ptr::null(), false, 0) }
+            // SAFETY: inside SPI and the pinned scope; the array parameters as prepared.
+            unsafe { pg::SPI_execute_plan(insert_plan(v13), values.as_mut_ptr(), std::ptr::null(), false, 0) }
         })
     });
 }
@@ -258,17 +324,27 @@ pub unsafe fn move_to_dead_letters(broker: &str, id: Option<i64>, reason: Option
     // SAFETY: inside SPI (the caller's promise); parameters match the placeholders. The id and
     // reason are constants to the planner (SPI passes them as such), so a NULL id plans as a
     // scan of the broker's rows and a given one as a primary-key lookup.
+    // SQL 1.3's columns travel along where they exist (both tables gain them together).
+    let (o, c, g) = if has_properties() {
+        (
+            ", o.properties, o.message_id, o.expires_at",
+            ", properties, message_id, expires_at",
+            ", g.properties, g.message_id, g.expires_at",
+        )
+    } else {
+        ("", "", "")
+    };
     unsafe {
         spi::execute_nulls(
             &format!(
                 "WITH gone AS (DELETE FROM mqtt_pub.outbox o WHERE o.broker OPERATOR(pg_catalog.=) $1 \
                    AND o.{BOTH_LANES} AND ($2 IS NULL OR o.id OPERATOR(pg_catalog.=) $2) \
                    RETURNING o.id, o.broker, o.topic, o.payload, o.qos, o.retain, o.attempts, o.first_failed_at, \
-                             o.last_error) \
+                             o.last_error{o}) \
                  INSERT INTO mqtt_pub.dead_letters \
-                   (original_id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error) \
+                   (original_id, broker, topic, payload, qos, retain, attempts, first_failed_at, last_error{c}) \
                  SELECT g.id, g.broker, g.topic, g.payload, g.qos, g.retain, g.attempts, g.first_failed_at, \
-                        COALESCE($3, g.last_error) \
+                        COALESCE($3, g.last_error){g} \
                  FROM gone g ORDER BY g.id"
             ),
             &[
@@ -308,16 +384,26 @@ pub fn insert_failed(row: NewRow<'_>, why: &str, base_ms: i64, max_attempts: i32
         // SAFETY: inside SPI.
         unsafe {
             let topic = from_utf8(row.topic_utf8);
-            execute(
-                "INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            let id = crate::pg::instance::message_id(row.id);
+            let d = |b: &[u8]| Some(bytes_datum(b));
+            spi::execute_nulls(
+                if has_properties() {
+                    "INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane, properties, message_id, \
+                     expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id"
+                } else {
+                    "INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane) \
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"
+                },
                 &[
-                    (pg::TEXTOID, bytes_datum(row.broker.as_bytes())),
-                    (pg::TEXTOID, bytes_datum(&topic)),
-                    (pg::BYTEAOID, bytes_datum(row.payload)),
-                    (pg::INT2OID, pg::Datum::from(row.qos as i16)),
-                    (pg::BOOLOID, pg::Datum::from(row.retain)),
-                    (pg::INT2OID, pg::Datum::from(row.lane)),
+                    (pg::TEXTOID, d(row.broker.as_bytes())),
+                    (pg::TEXTOID, d(&topic)),
+                    (pg::BYTEAOID, d(row.payload)),
+                    (pg::INT2OID, Some(pg::Datum::from(row.qos as i16))),
+                    (pg::BOOLOID, Some(pg::Datum::from(row.retain))),
+                    (pg::INT2OID, Some(pg::Datum::from(row.lane))),
+                    (pg::BYTEAOID, (!row.props.is_empty()).then(|| bytes_datum(row.props))),
+                    (pg::TEXTOID, id.as_deref().and_then(|s| d(s.as_bytes()))),
+                    (pg::TIMESTAMPTZOID, row.expires_at().map(pg::Datum::from)),
                 ],
                 false,
                 0,
@@ -366,9 +452,11 @@ pub fn fetch(
     recovered_only: bool,
     after: Option<PassPos>,
 ) -> (Vec<Row>, bool) {
-    let mut sql = String::from(
-        "SELECT id, topic, payload, qos, retain, lane, ctid::pg_catalog.text FROM mqtt_pub.outbox \
+    let v13 = worker_spi(has_properties);
+    let mut sql = format!(
+        "SELECT id, topic, payload, qos, retain, lane, ctid::pg_catalog.text{} FROM mqtt_pub.outbox \
          WHERE broker OPERATOR(pg_catalog.=) $1 AND next_retry_at OPERATOR(pg_catalog.<=) pg_catalog.now()",
+        if v13 { ", properties, message_id, expires_at" } else { "" }
     );
     if let Some(PassPos { lane, id }) = after {
         sql.push_str(&format!(
@@ -409,6 +497,7 @@ pub fn fetch(
                 let mut topic_nul = to_utf8(varlena_bytes(get(2))).into_owned();
                 topic_nul.push(0);
                 let tid = std::str::from_utf8(varlena_bytes(get(7))).ok().and_then(Tid::parse).unwrap_or(Tid(0, 0));
+                let opt = |c: i32| if v13 { spi::value(i, c) } else { None };
                 rows.push(Row {
                     id: get(1).value() as i64,
                     tid,
@@ -417,6 +506,9 @@ pub fn fetch(
                     payload: varlena_bytes(get(3)).to_vec(),
                     qos: get(4).value() as u8,
                     retain: get(5).value() != 0,
+                    props: opt(8).map(|d| varlena_bytes(d).to_vec()).unwrap_or_default(),
+                    message_id: opt(9).map(|d| String::from_utf8_lossy(varlena_bytes(d)).into_owned()),
+                    expires_at: opt(10).map(|d| d.value() as i64),
                 });
             }
             (rows, n == limit)

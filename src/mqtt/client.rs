@@ -20,6 +20,7 @@
 //! Nothing here touches PostgreSQL symbols.
 
 use crate::pure::limits::{publish_packet_size, Beyond, Limits, Verdict};
+use crate::pure::props::{self, Prop};
 use libmosquitto_sys as m;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
@@ -40,6 +41,85 @@ struct CallbackState {
     last_log_error: Option<String>,
     /// What the last accepting CONNACK allowed.
     limits: Limits,
+    /// A message's properties were left out because the connection is MQTT 3.1.1 (warned once
+    /// per client: `take_dropped_props`).
+    props_warned: bool,
+    dropped_props: bool,
+}
+
+/// What a message carries besides topic and payload.
+#[derive(Clone, Copy, Default)]
+pub struct Extra<'a> {
+    /// Encoded MQTT 5 properties (props.rs).
+    pub props: &'a [u8],
+    /// The message id, sent as the user property `pg-mqtt-pub-id`.
+    pub id: Option<&'a str>,
+    /// The expiry left, in seconds (replaces the one in `props`).
+    pub expiry_left: Option<u32>,
+}
+
+/// A mosquitto property list, freed on drop.
+struct PropList(*mut m::mosquitto_property);
+
+impl Drop for PropList {
+    fn drop(&mut self) {
+        // SAFETY: a list built by mosquitto_property_add_*, or NULL.
+        unsafe { m::mosquitto_property_free_all(&mut self.0) };
+    }
+}
+
+fn cstr(b: &[u8]) -> CString {
+    // PostgreSQL text has no NUL byte; anything else is cut at the first one.
+    CString::new(b.split(|c| *c == 0).next().unwrap_or_default()).unwrap_or_default()
+}
+
+/// Build the PUBLISH properties: the stored ones (expiry replaced by what is left) and the id.
+fn property_list(x: &Extra<'_>) -> Result<PropList, c_int> {
+    let mut list = PropList(std::ptr::null_mut());
+    let id = |p: u8| p as c_int;
+    // SAFETY: each call appends a copy of its arguments to our list.
+    let rc = |r: c_int| if r == 0 { Ok(()) } else { Err(r) };
+    for p in props::decode(x.props) {
+        let Ok(p) = p else { return Err(m::mosq_err_t::MOSQ_ERR_INVAL as c_int) };
+        unsafe {
+            match p {
+                Prop::PayloadFormat(b) => {
+                    rc(m::mosquitto_property_add_byte(&mut list.0, id(props::PAYLOAD_FORMAT), b))?
+                }
+                Prop::MessageExpiry(s) => rc(m::mosquitto_property_add_int32(
+                    &mut list.0,
+                    id(props::MESSAGE_EXPIRY),
+                    x.expiry_left.unwrap_or(s),
+                ))?,
+                Prop::ContentType(v) => {
+                    rc(m::mosquitto_property_add_string(&mut list.0, id(props::CONTENT_TYPE), cstr(v).as_ptr()))?
+                }
+                Prop::ResponseTopic(v) => {
+                    rc(m::mosquitto_property_add_string(&mut list.0, id(props::RESPONSE_TOPIC), cstr(v).as_ptr()))?
+                }
+                Prop::CorrelationData(v) => rc(m::mosquitto_property_add_binary(
+                    &mut list.0,
+                    id(props::CORRELATION_DATA),
+                    v.as_ptr() as *const c_void,
+                    v.len() as u16,
+                ))?,
+                Prop::User(k, v) => rc(m::mosquitto_property_add_string_pair(
+                    &mut list.0,
+                    id(props::USER_PROPERTY),
+                    cstr(k).as_ptr(),
+                    cstr(v).as_ptr(),
+                ))?,
+            }
+        }
+    }
+    if let Some(mid) = x.id {
+        let (k, v) = (cstr(props::ID_PROPERTY.as_bytes()), cstr(mid.as_bytes()));
+        // SAFETY: as above.
+        rc(unsafe {
+            m::mosquitto_property_add_string_pair(&mut list.0, id(props::USER_PROPERTY), k.as_ptr(), v.as_ptr())
+        })?;
+    }
+    Ok(list)
 }
 
 pub struct Client {
@@ -379,11 +459,30 @@ impl Client {
     }
 
     /// Hand one message to libmosquitto. `topic_nul` must end with a NUL byte.
-    pub fn publish(&mut self, topic_nul: &[u8], payload: &[u8], qos: u8, retain: bool) -> Handoff {
+    pub fn publish(&mut self, topic_nul: &[u8], payload: &[u8], qos: u8, retain: bool, x: &Extra<'_>) -> Handoff {
         debug_assert_eq!(topic_nul.last(), Some(&0));
+        let v5 = self.protocol == MQTT_V5;
+        // MQTT 3.1.1 has no properties: they are not sent (the caller was refused at call time
+        // when the broker's protocol was known; README "Message properties").
+        let list = if v5 && (!x.props.is_empty() || x.id.is_some()) {
+            match property_list(x) {
+                Ok(l) => Some(l),
+                Err(rc) => {
+                    let (verdict, why) = self.refusal(rc, (&topic_nul[..topic_nul.len() - 1], payload, qos));
+                    return Handoff::Refused { verdict, why };
+                }
+            }
+        } else {
+            if !v5 && props::any_explicit(x.props) && !self.state.props_warned {
+                self.state.props_warned = true;
+                self.state.dropped_props = true;
+            }
+            None
+        };
         // The broker's limits are checked here rather than left to libmosquitto, which (2.0.11)
         // does not check Retain Available and would send the message anyway.
-        let size = publish_packet_size(topic_nul.len() - 1, payload.len(), qos, self.protocol == MQTT_V5, 0);
+        let id_len = x.id.map_or(0, |i| 1 + 2 + props::ID_PROPERTY.len() + 2 + i.len());
+        let size = publish_packet_size(topic_nul.len() - 1, payload.len(), qos, v5, x.props.len() + id_len);
         if let Err(b) = self.state.limits.admit(qos, retain, size) {
             return Handoff::Refused { verdict: Verdict::DeadLetter, why: b.message(&self.broker) };
         }
@@ -398,9 +497,10 @@ impl Client {
                 payload.as_ptr() as *const c_void,
                 qos as c_int,
                 retain,
-                std::ptr::null(),
+                list.as_ref().map_or(std::ptr::null(), |l| l.0 as *const _),
             )
         };
+        drop(list);
         use m::mosq_err_t::*;
         let refused = [
             MOSQ_ERR_INVAL,
@@ -444,6 +544,11 @@ impl Client {
     pub fn take_events(&mut self, into: &mut Vec<Event>) {
         into.clear();
         std::mem::swap(into, &mut self.state.events);
+    }
+
+    /// True once, the first time this client left a message's properties out (MQTT 3.1.1).
+    pub fn take_dropped_props(&mut self) -> bool {
+        std::mem::take(&mut self.state.dropped_props)
     }
 
     /// What the broker's CONNACK allowed (the MQTT defaults before it, and for MQTT 3.1.1).

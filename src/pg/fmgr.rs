@@ -68,6 +68,12 @@ impl Args {
         unsafe { varlena_bytes(self.required(i, name)) }
     }
 
+    /// The argument's bytes if it was passed and is not NULL (any varlena type).
+    pub fn opt_bytes(&self, i: usize) -> Option<&[u8]> {
+        // SAFETY: as `text`.
+        self.get(i).map(|d| unsafe { varlena_bytes(d) })
+    }
+
     pub fn i32(&self, i: usize, name: &str) -> i32 {
         self.required(i, name).value() as i32
     }
@@ -162,6 +168,17 @@ unsafe fn converted<'a>(input: &'a [u8], out: *mut std::ffi::c_char) -> Cow<'a, 
 /// # Safety
 /// `d` is a `text[]` datum.
 pub unsafe fn text_elements<'a>(d: pg::Datum) -> (i32, Vec<Option<&'a [u8]>>) {
+    // SAFETY: the caller's promise.
+    let (dims, elems) = unsafe { text_array(d) };
+    (dims.len() as i32, elems)
+}
+
+/// The dimensions (lengths) and elements (NULL as `None`, in storage order) of a `text[]`
+/// datum, in the current memory context.
+///
+/// # Safety
+/// `d` is a `text[]` datum.
+pub unsafe fn text_array<'a>(d: pg::Datum) -> (Vec<i32>, Vec<Option<&'a [u8]>>) {
     // SAFETY: the caller's promise; deconstruct_array pallocs its outputs in the current context.
     unsafe {
         let arr = pg::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg::ArrayType;
@@ -173,7 +190,12 @@ pub unsafe fn text_elements<'a>(d: pg::Datum) -> (i32, Vec<Option<&'a [u8]>>) {
             (std::slice::from_raw_parts(e, count as usize), std::slice::from_raw_parts(n, count as usize))
         };
         let elems = e.iter().zip(n).map(|(d, null)| (!*null).then(|| varlena_bytes(*d))).collect();
-        ((*arr).ndim, elems)
+        // ARR_DIMS: the dimension lengths follow the fixed header
+        let dims = std::slice::from_raw_parts(
+            (arr as *const u8).add(std::mem::size_of::<pg::ArrayType>()) as *const i32,
+            (*arr).ndim as usize,
+        );
+        (dims.to_vec(), elems)
     }
 }
 

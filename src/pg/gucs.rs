@@ -71,6 +71,8 @@ pub static MAX_MESSAGE_SIZE: Guc<c_int> = Guc::new(1024 * 1024);
 pub static MAX_PENDING_MEMORY: Guc<c_int> = Guc::new(256 * 1024 * 1024);
 pub static TRANSACTIONAL: Guc<bool> = Guc::new(true);
 pub static DURABLE: Guc<bool> = Guc::new(false);
+pub static MESSAGE_ID: Guc<bool> = Guc::new(true);
+pub static DEAD_LETTER_EXPIRED: Guc<bool> = Guc::new(false);
 pub static ACK_TIMEOUT_MS: Guc<c_int> = Guc::new(30_000);
 pub static RETRY_BASE_MS: Guc<c_int> = Guc::new(1000);
 
@@ -365,6 +367,18 @@ pub fn define() {
         c"Send messages through the WAL-logged outbox even when the broker is hot (crash-safe).",
         &DURABLE,
         USERSET,
+    );
+    boolean(
+        c"pg_mqtt_pub.message_id",
+        c"Give every message an id at commit and send it as the MQTT 5 user property pg-mqtt-pub-id.",
+        &MESSAGE_ID,
+        USERSET,
+    );
+    boolean(
+        c"pg_mqtt_pub.dead_letter_expired",
+        c"Move messages whose message_expiry ran out before they could be sent to mqtt_pub.dead_letters (off: drop them).",
+        &DEAD_LETTER_EXPIRED,
+        SIGHUP,
     );
     int(
         c"pg_mqtt_pub.retry_base_ms",

@@ -5,4 +5,5 @@ pub mod compat;
 pub mod fmgr;
 pub mod guard;
 pub mod gucs;
+pub mod instance;
 pub mod spi;

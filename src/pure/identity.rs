@@ -21,10 +21,15 @@ fn fnv1a(parts: &[&[u8]]) -> u32 {
     h
 }
 
+/// The instance part: a hash of host name, data directory and port.
+pub fn instance_hash(host: &[u8], data_dir: &[u8], port: i32) -> u32 {
+    fnv1a(&[host, data_dir, port.to_string().as_bytes()])
+}
+
 /// `pg_mqtt_pub-<system identifier>-<instance>` for the default broker, with `-<name>` for a
 /// named one.
 pub fn default_client_id(system_id: u64, host: &[u8], data_dir: &[u8], port: i32, broker: Option<&str>) -> String {
-    let instance = fnv1a(&[host, data_dir, port.to_string().as_bytes()]);
+    let instance = instance_hash(host, data_dir, port);
     match broker {
         None => format!("pg_mqtt_pub-{system_id}-{instance:08x}"),
         Some(name) => format!("pg_mqtt_pub-{system_id}-{instance:08x}-{name}"),

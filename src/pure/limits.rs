@@ -115,6 +115,9 @@ pub enum Verdict {
     Charge,
     /// The message can never be accepted as it is: dead-lettered at once.
     DeadLetter,
+    /// Its message expiry ran out before it could be sent: not sent, counted, dropped (or
+    /// dead-lettered, as `pg_mqtt_pub.dead_letter_expired` says).
+    Expired,
 }
 
 /// MQTT 5 reason codes of PUBACK/PUBREC (and a DISCONNECT that ends a connection because of one).

@@ -7,6 +7,7 @@ pub mod identity;
 pub mod limits;
 pub mod pace;
 pub mod pending;
+pub mod props;
 pub mod ring;
 pub mod scanlog;
 pub mod topic;

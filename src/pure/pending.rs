@@ -21,6 +21,7 @@ pub const TOP_SUBID: u32 = 1;
 struct Entry {
     off: usize,
     topic_len: u32,
+    props_len: u32,
     payload_len: u32,
     broker: u16,
     qos: u8,
@@ -59,10 +60,12 @@ impl Messages {
         }
         let off = self.arena.len();
         self.arena.extend_from_slice(m.topic);
+        self.arena.extend_from_slice(m.props);
         self.arena.extend_from_slice(m.payload);
         self.msgs.push(Entry {
             off,
             topic_len: m.topic.len() as u32,
+            props_len: m.props.len() as u32,
             payload_len: m.payload.len() as u32,
             broker: m.broker,
             qos: m.qos,
@@ -140,13 +143,15 @@ impl Messages {
     pub fn get(&self, i: usize) -> MessageRef<'_> {
         let m = &self.msgs[i];
         let t = m.off + m.topic_len as usize;
-        MessageRef {
-            broker: m.broker,
-            qos: m.qos,
-            retain: m.retain,
-            topic: &self.arena[m.off..t],
-            payload: &self.arena[t..t + m.payload_len as usize],
-        }
+        let x = t + m.props_len as usize;
+        MessageRef::new(
+            m.broker,
+            m.qos,
+            m.retain,
+            &self.arena[m.off..t],
+            &self.arena[t..x],
+            &self.arena[x..x + m.payload_len as usize],
+        )
     }
 
     pub fn iter(&self) -> impl Iterator<Item = MessageRef<'_>> {
@@ -166,7 +171,7 @@ mod tests {
     use super::*;
 
     fn push(p: &mut Messages, topic: &str, subid: u32) {
-        p.push(&MessageRef { broker: 0, qos: 1, retain: false, topic: topic.as_bytes(), payload: b"x" }, subid);
+        p.push(&MessageRef::new(0, 1, false, topic.as_bytes(), b"", b"x"), subid);
     }
 
     fn topics(p: &Messages) -> Vec<String> {

@@ -6,7 +6,8 @@
 //! ## Layout
 //! The ring is `nslots` slots of [`SLOT`] = 512 bytes (`nslots` = `pg_mqtt_pub.queue_size`, a power
 //! of two, so a slot position maps to memory with a mask). A message is one *record*: a
-//! [`RecordHeader`] followed by the topic, a NUL, and the payload, occupying as many consecutive
+//! [`RecordHeader`] followed by the topic, a NUL, the MQTT 5 properties (props.rs) and the
+//! payload, occupying as many consecutive
 //! slots as it needs (`slots_for`). A small message (the common trigger case) takes one slot, so
 //! `queue_size` is also "how many small messages fit"; a 256 kB payload takes 513 slots. Records
 //! start on a slot boundary, so a header never straddles the end of the ring; a record's body may
@@ -61,19 +62,24 @@ pub struct RecordHeader {
     pub nslots: u32,
     pub topic_len: u32,
     pub payload_len: u32,
+    pub props_len: u32,
     pub broker: u16,
     pub qos: u8,
     pub retain: u8,
     /// Slots of the whole reservation on its first record while RESERVED; 0 on the others.
     /// Atomic because the producer rewrites it (same value) while the consumer may read it.
     pub run: AtomicU32,
+    /// The message id's sequence number (0: none), assigned at commit.
+    pub id: u64,
+    /// When its transaction committed (PostgreSQL timestamp, µs): message expiry counts from it.
+    pub at: i64,
 }
 
 pub const HEADER: usize = std::mem::size_of::<RecordHeader>();
 
-/// Slots a message with this topic and payload needs.
-pub fn slots_for(topic_len: usize, payload_len: usize) -> u64 {
-    let bytes = HEADER + topic_len + 1 + payload_len;
+/// Slots a message with this topic, properties and payload needs.
+pub fn slots_for(topic_len: usize, props_len: usize, payload_len: usize) -> u64 {
+    let bytes = HEADER + topic_len + 1 + props_len + payload_len;
     bytes.div_ceil(SLOT) as u64
 }
 
@@ -93,12 +99,27 @@ pub struct MessageRef<'a> {
     pub qos: u8,
     pub retain: bool,
     pub topic: &'a [u8],
+    /// MQTT 5 properties, encoded (props.rs); empty for none.
+    pub props: &'a [u8],
     pub payload: &'a [u8],
+    /// Message id sequence (0: none) and commit time, set at commit ([`MessageRef::stamped`]).
+    pub id: u64,
+    pub at: i64,
 }
 
-impl MessageRef<'_> {
+impl<'a> MessageRef<'a> {
+    /// A message not committed yet (no id, no commit time).
+    pub fn new(broker: u16, qos: u8, retain: bool, topic: &'a [u8], props: &'a [u8], payload: &'a [u8]) -> Self {
+        MessageRef { broker, qos, retain, topic, props, payload, id: 0, at: 0 }
+    }
+
+    /// The same message with its id and commit time.
+    pub fn stamped(self, id: u64, at: i64) -> Self {
+        MessageRef { id, at, ..self }
+    }
+
     pub fn nslots(&self) -> u64 {
-        slots_for(self.topic.len(), self.payload.len())
+        slots_for(self.topic.len(), self.props.len(), self.payload.len())
     }
 }
 
@@ -141,7 +162,10 @@ pub struct RecordView<'a> {
     pub qos: u8,
     pub retain: bool,
     pub topic_nul: &'a [u8],
+    pub props: &'a [u8],
     pub payload: &'a [u8],
+    pub id: u64,
+    pub at: i64,
 }
 
 impl RecordView<'_> {
@@ -156,7 +180,10 @@ impl RecordView<'_> {
             qos: self.qos,
             retain: self.retain,
             topic: self.topic(),
+            props: self.props,
             payload: self.payload,
+            id: self.id,
+            at: self.at,
         }
     }
 }
@@ -266,12 +293,17 @@ impl Ring {
             (*h).nslots = msg.nslots() as u32;
             (*h).topic_len = msg.topic.len() as u32;
             (*h).payload_len = msg.payload.len() as u32;
+            (*h).props_len = msg.props.len() as u32;
             (*h).broker = msg.broker;
             (*h).qos = msg.qos;
             (*h).retain = msg.retain as u8;
-            self.copy_in(body, msg.topic);
-            self.copy_in(body + msg.topic.len() as u64, &[0]);
-            self.copy_in(body + msg.topic.len() as u64 + 1, msg.payload);
+            (*h).id = msg.id;
+            (*h).at = msg.at;
+            let mut at = body;
+            for piece in [msg.topic, &[0], msg.props, msg.payload] {
+                self.copy_in(at, piece);
+                at += piece.len() as u64;
+            }
             (*h).state.store(STATE_READY, Ordering::Release);
         }
     }
@@ -332,7 +364,8 @@ impl Ring {
             }
             let tl = (*h).topic_len as usize;
             let pl = (*h).payload_len as usize;
-            let len = tl + 1 + pl;
+            let xl = (*h).props_len as usize;
+            let len = tl + 1 + xl + pl;
             let total = (self.capacity() as usize) * SLOT;
             let off = ((pos * SLOT as u64 + HEADER as u64) % total as u64) as usize;
             let bytes: &[u8] = if off + len <= total {
@@ -350,7 +383,10 @@ impl Ring {
                 qos: (*h).qos,
                 retain: (*h).retain != 0,
                 topic_nul: &bytes[..tl + 1],
-                payload: &bytes[tl + 1..],
+                props: &bytes[tl + 1..tl + 1 + xl],
+                payload: &bytes[tl + 1 + xl..],
+                id: (*h).id,
+                at: (*h).at,
             })
         }
     }
@@ -408,7 +444,7 @@ mod tests {
     }
 
     fn msg<'a>(topic: &'a [u8], payload: &'a [u8]) -> MessageRef<'a> {
-        MessageRef { broker: 0, qos: 1, retain: false, topic, payload }
+        MessageRef::new(0, 1, false, topic, b"", payload)
     }
 
     fn take(r: &Ring) -> Option<(Vec<u8>, Vec<u8>)> {
@@ -425,6 +461,29 @@ mod tests {
                     return Some(out);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn properties_id_and_commit_time_travel_across_the_wrap() {
+        let t = ring(4);
+        let r = &t.ring;
+        let mut scratch = Vec::new();
+        let props = vec![7u8; 300];
+        let payload = vec![9u8; 500];
+        unsafe {
+            // fill 3 slots so that the next record wraps around the end
+            let filler = vec![0u8; 2 * SLOT];
+            let f = msg(b"f", &filler);
+            let pos = r.try_reserve(f.nslots()).unwrap();
+            r.publish(pos, &f);
+            r.release_to(pos + f.nslots());
+            let m = MessageRef::new(3, 2, true, b"a/b", &props, &payload).stamped(42, -5);
+            let pos = r.try_reserve(m.nslots()).unwrap();
+            r.publish(pos, &m);
+            let Peek::Ready(v) = r.peek_at(pos, &mut scratch) else { panic!("not ready") };
+            assert_eq!((v.broker, v.qos, v.retain, v.topic(), v.id, v.at), (3, 2, true, &b"a/b"[..], 42, -5));
+            assert_eq!((v.props, v.payload), (&props[..], &payload[..]));
         }
     }
 
@@ -457,11 +516,11 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(HEADER, 24);
-        assert_eq!(slots_for(10, 100), 1);
-        assert_eq!(slots_for(0, SLOT - HEADER - 1), 1);
-        assert_eq!(slots_for(0, SLOT - HEADER), 2);
-        assert_eq!(slots_for(10, 256 * 1024), 513);
+        assert_eq!(HEADER, 48);
+        assert_eq!(slots_for(10, 0, 100), 1);
+        assert_eq!(slots_for(0, 0, SLOT - HEADER - 1), 1);
+        assert_eq!(slots_for(0, 0, SLOT - HEADER), 2);
+        assert_eq!(slots_for(10, 0, 256 * 1024), 513);
         // default settings: 65536 slots = 32 MiB of slots, under the 64 MB budget
         assert!(shmem_size(65536) <= 33 * 1024 * 1024);
         assert!(is_power_of_two(65536) && !is_power_of_two(1000) && !is_power_of_two(0));

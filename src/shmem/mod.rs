@@ -65,6 +65,9 @@ pub struct Shared {
     /// Bumped when a transaction that changed `mqtt_pub.brokers` commits: backends refresh their
     /// name → slot cache (catalog.rs), the worker reloads the catalog.
     pub broker_generation: AtomicU64,
+    /// Message ids handed out since the server started (props.rs: the id is this run's instance
+    /// part and a sequence number; 0 means "no id").
+    pub message_ids: AtomicU64,
     /// `max_brokers` status slots follow this struct in the segment (see `brokers`).
     nbrokers: u32,
 }

@@ -51,6 +51,8 @@ pub struct BrokerShared {
     pub messages_sent: AtomicU64,
     pub messages_failed: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Messages not sent because their message expiry ran out first.
+    pub messages_expired: AtomicU64,
     /// TimestampTz, 0 = never.
     pub last_connected_at: AtomicI64,
     pub last_error_at: AtomicI64,
@@ -137,7 +139,7 @@ impl BrokerShared {
             put(&mut t.host, "");
             put(&mut t.last_error, "");
         });
-        for c in [&self.messages_sent, &self.messages_failed, &self.dead_lettered] {
+        for c in [&self.messages_sent, &self.messages_failed, &self.dead_lettered, &self.messages_expired] {
             c.store(0, Ordering::Relaxed);
         }
         for t in [&self.last_connected_at, &self.last_error_at] {

@@ -17,6 +17,22 @@ impl Worker {
             Verdict::Charge => self.record_failure(l, what, why, base, gucs::POISON_MAX_ATTEMPTS.get()),
             Verdict::DeadLetter => self.record_failure(l, what, why, 0, 1),
             Verdict::Retry => self.record_failure(l, what, why, base, 0),
+            Verdict::Expired => self.message_expired(l, what, why),
+        }
+    }
+
+    /// A message whose expiry ran out before it could be sent is not sent (MQTT 5: a broker
+    /// drops it too). It is counted (`mqtt_status().messages_expired`) and dropped, or with
+    /// `pg_mqtt_pub.dead_letter_expired = on` kept in the dead letters.
+    fn message_expired(&mut self, l: usize, what: Inflight, why: String) {
+        let k = &mut self.links[l];
+        k.status.messages_expired.fetch_add(1, Ordering::Relaxed);
+        if gucs::DEAD_LETTER_EXPIRED.get() {
+            return self.record_failure(l, what, why, 0, 1);
+        }
+        match what {
+            Inflight::Ring(pos) => self.mark_ring_done(pos),
+            Inflight::Outbox { id, tid } => k.to_delete.push(outbox::Delivered { tid, id }),
         }
     }
 

@@ -6,6 +6,9 @@ use super::connect::Connecting;
 use super::*;
 use crate::mqtt::client::{ERR_KEEPALIVE, MQTT_V5};
 
+/// MQTT 5 reason code of a DISCONNECT for a packet the broker could not parse.
+const MALFORMED_PACKET: i32 = 0x81;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum ConnState {
     /// No client (extension absent, or before the first connect).
@@ -141,19 +144,7 @@ impl Link {
         if !self.cfg.client_id.is_empty() {
             return self.cfg.client_id.clone();
         }
-        let mut host = [0u8; 256];
-        // SAFETY: gethostname writes at most host.len() bytes; DataDir is set (and NUL-terminated)
-        // before any worker starts; the others are plain reads.
-        let (sys, host, dir, port) = unsafe {
-            libc::gethostname(host.as_mut_ptr() as *mut std::ffi::c_char, host.len() - 1);
-            let n = host.iter().position(|&b| b == 0).unwrap_or(host.len());
-            (
-                pg::GetSystemIdentifier(),
-                host[..n].to_vec(),
-                std::ffi::CStr::from_ptr(pg::DataDir).to_bytes().to_vec(),
-                pg::PostPortNumber,
-            )
-        };
+        let (sys, host, dir, port) = crate::pg::instance::facts();
         let name = (self.slot != 0).then_some(self.cfg.name.as_str());
         crate::pure::identity::default_client_id(sys, &host, &dir, port, name)
     }
@@ -294,6 +285,14 @@ impl Link {
     fn disconnect_reason(&self, rc: i32) -> String {
         let base = if rc == 0 {
             "disconnected".to_string()
+        } else if rc == MALFORMED_PACKET {
+            // Some brokers mis-read MQTT 5 properties (mqttools 0.50: user properties), and every
+            // message carries one, the message id.
+            format!(
+                "broker closed the connection: {} (0x{rc:02x}); if it cannot read MQTT 5 user properties, \
+                 set pg_mqtt_pub.message_id = off",
+                crate::mqtt::client::reason_string(rc)
+            )
         } else if rc >= 0x80 {
             format!("broker closed the connection: {} (0x{rc:02x})", crate::mqtt::client::reason_string(rc))
         } else {
@@ -430,6 +429,16 @@ impl Worker {
 
     /// Take the events the client recorded and carry out what each asks of the worker.
     pub(super) fn handle_events(&mut self, l: usize) {
+        let Some(c) = self.links[l].client.as_mut() else { return };
+        if c.take_dropped_props() {
+            guard::log(
+                Level::WARNING,
+                format!(
+                    "pg_mqtt_pub: broker \"{}\" is connected with MQTT 3.1.1, which has no message properties: they are left out (the messages are sent)",
+                    self.links[l].cfg.name
+                ),
+            );
+        }
         let Some(c) = self.links[l].client.as_mut() else { return };
         let mut events = std::mem::take(&mut self.events);
         c.take_events(&mut events);

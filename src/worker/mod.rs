@@ -25,11 +25,12 @@
 //! (`drop_client`), so a message that keeps killing the connection can be identified.
 
 use crate::data::outbox;
-use crate::mqtt::client::{Client, ClientOptions, Event, Handoff};
+use crate::mqtt::client::{Client, ClientOptions, Event, Extra, Handoff};
 use crate::pg::guard::{self, guard, Level, PgError};
 use crate::pg::gucs::{self, BrokerConfig};
 use crate::pure::backoff::reconnect_delay_ms;
 use crate::pure::limits::{Limits, Verdict};
+use crate::pure::props;
 use crate::pure::ring::{Peek, Ring, RunState, Span};
 use crate::pure::scanlog::{Hole, ScanLog};
 use crate::pure::window::{Lost, Window};
@@ -319,4 +320,10 @@ impl Worker {
     fn active(&self) -> bool {
         self.ext_present || self.ring.used_slots() > 0 || self.links.iter().any(|k| !k.window.is_empty())
     }
+}
+
+/// The current time as a PostgreSQL timestamp (µs).
+fn now_us() -> i64 {
+    // SAFETY: plain call.
+    unsafe { pg::GetCurrentTimestamp() }
 }

@@ -52,12 +52,24 @@ impl Worker {
             }
             let k = &mut self.links[l];
             let row = k.fetched.pop_front().expect("fetched above");
-            let Some(c) = k.client.as_mut() else { return false };
-            match c.publish(&row.topic_nul, &row.payload, row.qos, row.retain) {
-                Handoff::Accepted { mid } => k.note_sent(mid, Inflight::Outbox { id: row.id, tid: row.tid }),
-                Handoff::Refused { verdict, why } => {
-                    self.message_failed(l, Inflight::Outbox { id: row.id, tid: row.tid }, verdict, why)
+            let what = Inflight::Outbox { id: row.id, tid: row.tid };
+            let expiry_left = match row.expires_at.map(|e| props::seconds_left(e, now_us())) {
+                None => None,
+                Some(Ok(left)) => Some(left),
+                Some(Err(late)) => {
+                    self.message_failed(l, what, Verdict::Expired, props::expired_why(late));
+                    continue;
                 }
+            };
+            let k = &mut self.links[l];
+            let Some(c) = k.client.as_mut() else {
+                k.fetched.push_front(row);
+                return false;
+            };
+            let x = Extra { props: &row.props, id: row.message_id.as_deref(), expiry_left };
+            match c.publish(&row.topic_nul, &row.payload, row.qos, row.retain, &x) {
+                Handoff::Accepted { mid } => k.note_sent(mid, what),
+                Handoff::Refused { verdict, why } => self.message_failed(l, what, verdict, why),
                 Handoff::NotConnected => {
                     k.fetched.push_front(row);
                     return false;

@@ -195,7 +195,18 @@ impl Worker {
         let Peek::Ready(r) = (unsafe { ring.peek_at(pos, scratch) }) else { return Some(true) };
         let k = &mut self.links[l];
         let c = k.client.as_mut()?;
-        let (qos, h) = (r.qos, c.publish(r.topic_nul, r.payload, r.qos, r.retain));
+        let expiry_left =
+            match props::expiry(r.props).map(|s| props::seconds_left(r.at + s as i64 * 1_000_000, now_us())) {
+                None => None,
+                Some(Ok(left)) => Some(left),
+                Some(Err(late)) => {
+                    failed.push((l, pos, Verdict::Expired, props::expired_why(late)));
+                    return Some(false);
+                }
+            };
+        let id = crate::pg::instance::message_id(r.id);
+        let x = Extra { props: r.props, id: id.as_deref(), expiry_left };
+        let (qos, h) = (r.qos, c.publish(r.topic_nul, r.payload, r.qos, r.retain, &x));
         match h {
             Handoff::NotConnected => return None,
             Handoff::Accepted { mid } if qos > 0 => k.note_sent(mid, Inflight::Ring(pos)),

@@ -395,15 +395,20 @@ def worker_settings(db, mqtt_port, **overrides):
 
 
 @contextmanager
-def scene(name, pg_port, mqtt_port, db, topic, gated=False, settings=None, resolv_conf=None):
+def scene(name, pg_port, mqtt_port, db, topic, gated=False, settings=None, resolv_conf=None,
+          broker=None, subscriber=None, worker_port=None):
     """A mosquitto broker, a subscriber to `topic` on it and a cluster whose default broker it
     is, with pg_mqtt_pub installed in database `db`; everything stopped at the end. `gated`: the
-    broker refuses the worker until `broker.open_gate()` (the subscriber gets in)."""
-    b = Broker(name, mqtt_port).start(gated=gated)
+    broker refuses the worker until `broker.open_gate()` (the subscriber gets in). `broker`:
+    another broker, not started yet (a Broker with its own settings, a ForeignBroker);
+    `subscriber`: the Subscriber's keyword arguments; `worker_port`: where the worker is pointed
+    first (default `mqtt_port`; e.g. a port nobody listens on, to fill the outbox)."""
+    b = broker.start() if broker else Broker(name, mqtt_port).start(gated=gated)
     s = c = None
     try:
-        s = Subscriber(mqtt_port, topic)
-        c = Cluster(name, pg_port, worker_settings(db, mqtt_port, **(settings or {}))).start(resolv_conf=resolv_conf)
+        s = Subscriber(mqtt_port, topic, **(subscriber or {}))
+        conf = worker_settings(db, worker_port or mqtt_port, **(settings or {}))
+        c = Cluster(name, pg_port, conf).start(resolv_conf=resolv_conf)
         c.sql(f'CREATE DATABASE "{db}"')
         c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=db)
         yield b, s, c
@@ -413,6 +418,13 @@ def scene(name, pg_port, mqtt_port, db, topic, gated=False, settings=None, resol
         if c:
             c.stop_if_running()
         b.stop_if_running()
+
+
+def publish(cluster, db, rows):
+    """Publish (topic, payload, qos, retain) rows from `db`, one transaction each."""
+    with cluster.connect(db) as conn:
+        for topic, payload, qos, retain in rows:
+            conn.execute("SELECT mqtt_publish(%s, %s, %s, %s)", (topic, payload, qos, retain))
 
 
 def primary_and_copy(name, ports, db, mqtt_port, standby=False):

@@ -8,28 +8,15 @@ version, and test_limits.py checks the same rules against mosquitto everywhere."
 import psycopg
 import pytest
 
-from harness import Cluster, ForeignBroker, Subscriber, port, status, wait_until, worker_settings
+from harness import ForeignBroker, port, publish, scene, status, wait_until
 
 DB = "interop"
 
 
-def publish(c, rows):
-    """Publish (topic, payload, qos, retain) rows, one transaction each."""
-    with c.connect(DB) as conn:
-        for topic, payload, qos, retain in rows:
-            conn.execute("SELECT mqtt_publish(%s, %s, %s, %s)", (topic, payload, qos, retain))
-
-
 def test_amqtt_mqtt5_says_why_then_3_1_1_delivers_exactly_in_order():
-    mqtt_port, pg_port = port(), port()
-    b = ForeignBroker("amqtt", mqtt_port).start()
-    s = c = None
-    try:
-        s = Subscriber(mqtt_port, "interop/#", protocol=4, login=False)
-        c = Cluster("amqtt", pg_port, worker_settings(DB, mqtt_port, pg_mqtt_pub__keepalive=10)).start()
-        c.sql(f"CREATE DATABASE {DB}")
-        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
-
+    mqtt_port = port()
+    with scene("amqtt", port(), mqtt_port, DB, "interop/#", broker=ForeignBroker("amqtt", mqtt_port),
+               subscriber=dict(protocol=4, login=False), settings=dict(pg_mqtt_pub__keepalive=10)) as (_, s, c):
         # The default protocol is MQTT 5, which amqtt does not answer: the status must say why,
         # and point at the setting that fixes it.
         wait_until(lambda: status(c, DB)["last_error"], 40, "a last_error for the MQTT 5 connect")
@@ -42,7 +29,7 @@ def test_amqtt_mqtt5_says_why_then_3_1_1_delivers_exactly_in_order():
         wait_until(lambda: status(c, DB)["connected"], 30, "connected with MQTT 3.1.1")
 
         rows = [(f"interop/q{i % 3}", f"m{i}", i % 3, False) for i in range(30)]
-        publish(c, rows)
+        publish(c, DB, rows)
         got = s.wait_for("interop/", 30)
         # Exactly once each, and in order per QoS: MQTT orders messages of one QoS level; amqtt
         # forwards a QoS 2 message only at its PUBREL, after QoS 0/1 messages sent later, and
@@ -50,30 +37,18 @@ def test_amqtt_mqtt5_says_why_then_3_1_1_delivers_exactly_in_order():
         assert len(got) == len(rows)
         for q in range(3):
             assert [m.payload.decode() for m in got if m.topic == f"interop/q{q}"] == [p for _, p, qos, _ in rows if qos == q]
-    finally:
-        if s:
-            s.close()
-        if c:
-            c.stop_if_running()
-        b.stop_if_running()
 
 
 def test_mqttools_maximum_qos_0_refuses_at_once_and_at_call_time():
-    mqtt_port, pg_port, nowhere = port(), port(), port()
-    b = ForeignBroker("mqttools", mqtt_port).start()
-    s = c = None
-    try:
-        s = Subscriber(mqtt_port, "interop/#", login=False)
-        # First pointed at a port where nothing listens: the messages wait in the outbox, published
-        # before anyone knew the broker's limits.
-        # mqttools 0.50 reads a user property as one string instead of a name/value pair and then
-        # calls the PUBLISH malformed: the message id (a user property) must be off for it
-        # (README "Broker limits"; the worker's last_error says so when it happens).
-        c = Cluster("mqttools", pg_port, worker_settings(DB, nowhere, pg_mqtt_pub__poison_max_attempts=5,
-                                                         pg_mqtt_pub__message_id="off")).start()
-        c.sql(f"CREATE DATABASE {DB}")
-        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
-        publish(c, [("interop/early", f"e{i}", 1, False) for i in range(3)] + [("interop/early", "e-qos0", 0, False)])
+    mqtt_port = port()
+    # First pointed at a port where nothing listens: the messages wait in the outbox, published
+    # before anyone knew the broker's limits. mqttools 0.50 reads a user property as one string
+    # instead of a name/value pair and then calls the PUBLISH malformed: the message id (a user
+    # property) must be off for it (README "Broker limits"; last_error says so when it happens).
+    with scene("mqttools", port(), mqtt_port, DB, "interop/#", broker=ForeignBroker("mqttools", mqtt_port),
+               subscriber=dict(login=False), worker_port=port(),
+               settings=dict(pg_mqtt_pub__poison_max_attempts=5, pg_mqtt_pub__message_id="off")) as (_, s, c):
+        publish(c, DB, [("interop/early", f"e{i}", 1, False) for i in range(3)] + [("interop/early", "e-qos0", 0, False)])
 
         c.reload_with(DB, broker_port=mqtt_port)
         wait_until(lambda: status(c, DB)["connected"], 30, "connected to mqttools")
@@ -93,13 +68,6 @@ def test_mqttools_maximum_qos_0_refuses_at_once_and_at_call_time():
             with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
                 conn.execute("SELECT mqtt_publish('interop/late', 'x', 1)")
             assert "maximum QoS 0" in str(e.value) and e.value.diag.message_hint
-        publish(c, [("interop/late", "ok", 0, False)])
+        publish(c, DB, [("interop/late", "ok", 0, False)])
         assert [m.payload for m in s.wait_for("interop/late", 1)] == [b"ok"]
         assert status(c, DB)["dead_lettered"] == 3
-    finally:
-        if s:
-            s.close()
-        if c:
-            c.stop_if_running()
-        b.stop_if_running()
-

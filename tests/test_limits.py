@@ -6,31 +6,20 @@ import time
 import psycopg
 import pytest
 
-from harness import Broker, Cluster, Subscriber, port, status, wait_until, worker_settings
+from harness import Broker, port, publish, scene, status, wait_until
 
 DB = "limits"
 
 
-def publish(c, rows):
-    """Publish (topic, payload, qos, retain) rows, one transaction each."""
-    with c.connect(DB) as conn:
-        for topic, payload, qos, retain in rows:
-            conn.execute("SELECT mqtt_publish(%s, %s, %s, %s)", (topic, payload, qos, retain))
-
-
 def test_mosquitto_limits_refused_as_documented_and_window_within_receive_maximum():
-    mqtt_port, pg_port, nowhere = port(), port(), port()
+    mqtt_port = port()
     limits = "max_qos 1\nmax_packet_size 2000\nretain_available false\nmax_inflight_messages 5"
-    b = Broker("limits", mqtt_port, limits).start()
-    s = c = None
-    try:
-        s = Subscriber(mqtt_port, "limits/#")
-        c = Cluster("limits", pg_port, worker_settings(DB, nowhere, pg_mqtt_pub__max_inflight=50)).start()
-        c.sql(f"CREATE DATABASE {DB}")
-        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
+    # first pointed at a port where nothing listens: these messages wait in the outbox
+    with scene("limits", port(), mqtt_port, DB, "limits/#", broker=Broker("limits", mqtt_port, limits),
+               worker_port=port(), settings=dict(pg_mqtt_pub__max_inflight=50)) as (b, s, c):
         big = "x" * 3000
-        publish(c, [("limits/early", "qos2", 2, False), ("limits/early", "retained", 0, True),
-                    ("limits/early", big, 1, False), ("limits/early", "ok", 1, False)])
+        publish(c, DB, [("limits/early", "qos2", 2, False), ("limits/early", "retained", 0, True),
+                        ("limits/early", big, 1, False), ("limits/early", "ok", 1, False)])
 
         # Limits learnt from the CONNACK: what was published before is dead-lettered at once.
         c.reload_with(DB, broker_port=mqtt_port)
@@ -53,7 +42,7 @@ def test_mosquitto_limits_refused_as_documented_and_window_within_receive_maximu
         # Receive Maximum 5: with the broker frozen, no more than 5 messages are in flight.
         b.kill(signal.SIGSTOP)
         try:
-            publish(c, [("limits/window", f"w{i}", 1, False) for i in range(20)])
+            publish(c, DB, [("limits/window", f"w{i}", 1, False) for i in range(20)])
             wait_until(lambda: status(c, DB)["inflight"] == 5, 10, "a full window")
             time.sleep(1)
             assert status(c, DB)["inflight"] == 5
@@ -61,9 +50,3 @@ def test_mosquitto_limits_refused_as_documented_and_window_within_receive_maximu
             b.kill(signal.SIGCONT)
         got = s.wait_for("limits/window", 20)
         assert [m.payload.decode() for m in got] == [f"w{i}" for i in range(20)]
-    finally:
-        if s:
-            s.close()
-        if c:
-            c.stop_if_running()
-        b.stop_if_running()

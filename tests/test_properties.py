@@ -6,7 +6,7 @@ import time
 import psycopg
 import pytest
 
-from harness import Broker, Cluster, Subscriber, port, scene, status, wait_until, worker_settings
+from harness import port, scene, status, wait_until
 
 ALL = dict(content_type="application/vnd.test+json", message_expiry="1 hour", response_topic="reply/here",
            correlation_data=b"\x00\x01corr\xff", user_properties=[["k", "v1"], ["k", "v2"], ["other", ""]])
@@ -124,14 +124,9 @@ def test_expiry_counts_from_commit_and_the_id_survives_a_resend():
 
 
 def test_mqtt_3_1_1_refuses_properties_at_call_time_and_drops_them_with_one_warning():
-    mqtt_port, pg_port, nowhere = port(), port(), port()
-    b = Broker("v311", mqtt_port).start()
-    s = c = None
-    try:
-        s = Subscriber(mqtt_port, "v311/#")
-        c = Cluster("v311", pg_port, worker_settings("v311", nowhere, pg_mqtt_pub__protocol_version="'3.1.1'")).start()
-        c.sql("CREATE DATABASE v311")
-        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="v311")
+    mqtt_port = port()
+    with scene("v311", port(), mqtt_port, "v311", "v311/#", worker_port=port(),
+               settings=dict(pg_mqtt_pub__protocol_version="'3.1.1'")) as (_, s, c):
         # before the worker knows the broker's protocol: accepted, sent without the properties
         c.sql("SELECT mqtt_publish('v311/early', 'e', 1, content_type := 'text/plain')", dbname="v311")
         c.sql("SELECT mqtt_publish('v311/early', 'f', 1, content_type := 'text/plain')", dbname="v311")
@@ -147,9 +142,3 @@ def test_mqtt_3_1_1_refuses_properties_at_call_time_and_drops_them_with_one_warn
             assert "MQTT 3.1.1" in str(e.value) and e.value.diag.message_hint
             conn.execute("SELECT mqtt_publish('v311/late', 'ok')")
         assert [m.payload for m in s.wait_for("v311/late", 1)] == [b"ok"]
-    finally:
-        if s:
-            s.close()
-        if c:
-            c.stop_if_running()
-        b.stop_if_running()

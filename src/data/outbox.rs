@@ -36,7 +36,7 @@ pub struct Row {
     /// MQTT 5 properties (props.rs), the message id, and when the message expires (timestamp,
     /// µs): empty/`None` for rows without them, and in a database still on SQL 1.2.
     pub props: Vec<u8>,
-    pub message_id: Option<String>,
+    pub message_id: Option<std::ffi::CString>,
     pub expires_at: Option<i64>,
 }
 
@@ -507,7 +507,7 @@ pub fn fetch(
                     qos: get(4).value() as u8,
                     retain: get(5).value() != 0,
                     props: opt(8).map(|d| varlena_bytes(d).to_vec()).unwrap_or_default(),
-                    message_id: opt(9).map(|d| String::from_utf8_lossy(varlena_bytes(d)).into_owned()),
+                    message_id: opt(9).and_then(|d| std::ffi::CString::new(varlena_bytes(d)).ok()),
                     expires_at: opt(10).map(|d| d.value() as i64),
                 });
             }

@@ -53,10 +53,13 @@ pub struct Extra<'a> {
     /// Encoded MQTT 5 properties (props.rs).
     pub props: &'a [u8],
     /// The message id, sent as the user property `pg-mqtt-pub-id`.
-    pub id: Option<&'a str>,
+    pub id: Option<&'a CStr>,
     /// The expiry left, in seconds (replaces the one in `props`).
     pub expiry_left: Option<u32>,
 }
+
+/// The id's user property name (props::ID_PROPERTY), NUL-terminated once and for all.
+const ID_NAME: &CStr = c"pg-mqtt-pub-id";
 
 /// A mosquitto property list, freed on drop.
 struct PropList(*mut m::mosquitto_property);
@@ -113,10 +116,9 @@ fn property_list(x: &Extra<'_>) -> Result<PropList, c_int> {
         }
     }
     if let Some(mid) = x.id {
-        let (k, v) = (cstr(props::ID_PROPERTY.as_bytes()), cstr(mid.as_bytes()));
         // SAFETY: as above.
         rc(unsafe {
-            m::mosquitto_property_add_string_pair(&mut list.0, id(props::USER_PROPERTY), k.as_ptr(), v.as_ptr())
+            m::mosquitto_property_add_string_pair(&mut list.0, id(props::USER_PROPERTY), ID_NAME.as_ptr(), mid.as_ptr())
         })?;
     }
     Ok(list)
@@ -481,7 +483,7 @@ impl Client {
         };
         // The broker's limits are checked here rather than left to libmosquitto, which (2.0.11)
         // does not check Retain Available and would send the message anyway.
-        let id_len = x.id.map_or(0, |i| 1 + 2 + props::ID_PROPERTY.len() + 2 + i.len());
+        let id_len = x.id.map_or(0, |i| 1 + 2 + props::ID_PROPERTY.len() + 2 + i.to_bytes().len());
         let size = publish_packet_size(topic_nul.len() - 1, payload.len(), qos, v5, x.props.len() + id_len);
         if let Err(b) = self.state.limits.admit(qos, retain, size) {
             return Handoff::Refused { verdict: Verdict::DeadLetter, why: b.message(&self.broker) };

@@ -38,3 +38,15 @@ pub fn message_id_instance() -> &'static str {
 pub fn message_id(seq: u64) -> Option<String> {
     (seq != 0).then(|| props::message_id(message_id_instance(), seq))
 }
+
+/// The message id for `seq` as a C string in `buf` (reused: the worker sends one per message
+/// without allocating); `None` for 0.
+pub fn message_id_in(buf: &mut Vec<u8>, seq: u64) -> Option<&std::ffi::CStr> {
+    if seq == 0 {
+        return None;
+    }
+    use std::io::Write;
+    buf.clear();
+    let _ = write!(buf, "{}-{seq}\0", message_id_instance());
+    std::ffi::CStr::from_bytes_with_nul(buf).ok()
+}

@@ -143,6 +143,8 @@ struct Worker {
     ring: Ring,
     scratch: Vec<u8>,
     events: Vec<Event>,
+    /// The message id being sent (reused: no allocation per message).
+    id_buf: Vec<u8>,
     links: Vec<Link>,
     /// slot → index in `links`
     by_slot: Vec<Option<usize>>,
@@ -183,6 +185,7 @@ impl Worker {
             ring,
             scratch: Vec::new(),
             events: Vec::new(),
+            id_buf: Vec::new(),
             links: vec![default],
             by_slot: Vec::new(),
             scan: ScanLog::new(ring.tail()),

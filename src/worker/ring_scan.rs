@@ -204,8 +204,8 @@ impl Worker {
                     return Some(false);
                 }
             };
-        let id = crate::pg::instance::message_id(r.id);
-        let x = Extra { props: r.props, id: id.as_deref(), expiry_left };
+        let id = crate::pg::instance::message_id_in(&mut self.id_buf, r.id);
+        let x = Extra { props: r.props, id, expiry_left };
         let (qos, h) = (r.qos, c.publish(r.topic_nul, r.payload, r.qos, r.retain, &x));
         match h {
             Handoff::NotConnected => return None,

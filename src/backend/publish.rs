@@ -14,6 +14,7 @@ use crate::pg::gucs;
 use crate::pure::backend_local::BackendLocal;
 use crate::pure::envelope;
 use crate::pure::limits;
+use crate::pure::props;
 use crate::pure::ring::MessageRef;
 use crate::pure::topic;
 use crate::shmem;
@@ -131,7 +132,15 @@ fn require_within_broker_limits(t: &Target<'_>, props: &[u8], explicit: bool, pa
         .hint("Publish without properties, or set protocol_version = '5' for this broker.")
         .raise();
     }
-    let size = limits::publish_packet_size(t.topic.len(), payload.len(), t.qos, v5, if v5 { props.len() } else { 0 });
+    // With MQTT 5 the worker adds the message id: counted here at its longest (the sequence is
+    // taken at commit), so that a message accepted now is not refused by the worker for it.
+    let id = if v5 && gucs::MESSAGE_ID.get() {
+        1 + 2 + props::ID_PROPERTY.len() + 2 + crate::pg::instance::message_id_instance().len() + 1 + 20
+    } else {
+        0
+    };
+    let size =
+        limits::publish_packet_size(t.topic.len(), payload.len(), t.qos, v5, if v5 { props.len() + id } else { 0 });
     if let Err(beyond) = limits.admit(t.qos, retain, size) {
         let code = match beyond {
             limits::Beyond::PacketSize { .. } => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,

@@ -131,6 +131,10 @@ SELECT mqtt_publish('api/bad', 'x', user_properties := ARRAY[['k', NULL]]);
 \echo :LAST_ERROR_SQLSTATE
 SELECT mqtt_publish('api/bad', 'x', content_type := repeat('x', 65536));
 \echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('api/bad', 'x', content_type := E'text/plain\n');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mqtt_publish('api/bad', 'x', user_properties := ARRAY[['k', E'a\tb']]);
+\echo :LAST_ERROR_SQLSTATE
 SELECT mqtt_pub.mqtt_properties('\x7f'::bytea);
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM mqtt_pub.outbox;

@@ -11,6 +11,20 @@ fn bad_property(msg: String, hint: &str) -> ! {
     PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, msg).hint(hint).raise()
 }
 
+/// A property string MQTT accepts: no control character, no Unicode non-character (what
+/// libmosquitto would refuse in the worker, found here in the caller's statement instead).
+fn require_mqtt_string(what: &str, s: &[u8]) {
+    if let Some((ch, at)) = std::str::from_utf8(s).ok().and_then(topic::first_forbidden) {
+        PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("{what} contains a character MQTT forbids"))
+            .detail(format!(
+                "U+{:04X} at byte {at}; MQTT strings must not contain control characters or Unicode non-characters.",
+                ch as u32
+            ))
+            .hint("Remove the character, or send such data in the payload or as correlation_data (bytes).")
+            .raise();
+    }
+}
+
 fn put(out: &mut Vec<u8>, p: props::Prop<'_>) {
     if let Err(props::PropError::TooLong(what)) = props::encode(out, &p) {
         PgError::new(Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("{what} is longer than 65535 bytes"))
@@ -64,7 +78,9 @@ pub fn property_args(a: &Args, first: usize, utf8: bool, payload: &[u8], out: &m
     }
     let mut explicit = a.get(first + 5).is_some();
     if let Some(ct) = a.opt_bytes(first) {
-        put(out, props::Prop::ContentType(&to_utf8(ct)));
+        let ct = to_utf8(ct);
+        require_mqtt_string("content_type", &ct);
+        put(out, props::Prop::ContentType(&ct));
         explicit = true;
     }
     if let Some(d) = a.get(first + 1) {
@@ -104,7 +120,10 @@ pub fn property_args(a: &Args, first: usize, utf8: bool, payload: &[u8], out: &m
                     .hint("Leave the pair out, or pass an empty string.")
                     .raise()
             };
-            put(out, props::Prop::User(&to_utf8(k), &to_utf8(v)));
+            let (k, v) = (to_utf8(k), to_utf8(v));
+            require_mqtt_string("a user property name", &k);
+            require_mqtt_string("a user property value", &v);
+            put(out, props::Prop::User(&k, &v));
         }
         explicit = true;
     }

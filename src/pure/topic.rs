@@ -94,6 +94,12 @@ fn forbidden(c: char) -> bool {
         || (u & 0xFFFE) == 0xFFFE
 }
 
+/// The first character MQTT forbids in its UTF-8 strings (topic names, and the strings of
+/// properties: content type, user properties), and its byte offset.
+pub fn first_forbidden(s: &str) -> Option<(char, usize)> {
+    s.char_indices().find(|(_, c)| forbidden(*c)).map(|(at, c)| (c, at))
+}
+
 /// Check a topic (already converted to UTF-8 bytes) for publishing.
 pub fn validate_topic(topic: &[u8]) -> Result<(), TopicError> {
     if topic.is_empty() {
@@ -157,6 +163,13 @@ mod tests {
         let long = format!("{}+", "y".repeat(1000));
         let e = validate_topic(long.as_bytes()).unwrap_err();
         assert!(e.message(&long).len() < 120);
+    }
+
+    #[test]
+    fn forbidden_characters_are_found_anywhere() {
+        assert_eq!(first_forbidden("text/plain"), None);
+        assert_eq!(first_forbidden("a\tb"), Some(('\t', 1)));
+        assert_eq!(first_forbidden("ok\u{fffe}"), Some(('\u{fffe}', 2)));
     }
 
     #[test]

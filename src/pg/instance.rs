@@ -36,7 +36,8 @@ pub fn message_id_instance() -> &'static str {
 
 /// The message id for sequence number `seq` (0: none).
 pub fn message_id(seq: u64) -> Option<String> {
-    (seq != 0).then(|| props::message_id(message_id_instance(), seq))
+    let mut buf = Vec::new();
+    message_id_in(&mut buf, seq).map(|c| c.to_string_lossy().into_owned())
 }
 
 /// The message id for `seq` as a C string in `buf` (reused: the worker sends one per message
@@ -45,8 +46,8 @@ pub fn message_id_in(buf: &mut Vec<u8>, seq: u64) -> Option<&std::ffi::CStr> {
     if seq == 0 {
         return None;
     }
-    use std::io::Write;
     buf.clear();
-    let _ = write!(buf, "{}-{seq}\0", message_id_instance());
+    props::write_message_id(buf, message_id_instance(), seq);
+    buf.push(0);
     std::ffi::CStr::from_bytes_with_nul(buf).ok()
 }

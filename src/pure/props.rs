@@ -221,10 +221,11 @@ pub fn expired_why(late_us: i64) -> String {
     format!("its message expiry ran out {:.1} s before it could be sent", late_us as f64 / 1e6)
 }
 
-/// The message id: `<instance>-<sequence>`. `instance` is fixed for one run of one cluster
+/// Append the message id, `<instance>-<sequence>`, to `out`. `instance` is fixed for one run of one cluster
 /// ([`id_instance`]); the sequence counts messages in shared memory from 1.
-pub fn message_id(instance: &str, seq: u64) -> String {
-    format!("{instance}-{seq}")
+pub fn write_message_id(out: &mut Vec<u8>, instance: &str, seq: u64) {
+    use std::io::Write;
+    let _ = write!(out, "{instance}-{seq}");
 }
 
 /// The instance part of message ids: the system identifier, a hash of host, data directory and
@@ -316,6 +317,8 @@ mod tests {
 
     #[test]
     fn ids() {
-        assert_eq!(message_id(&id_instance(0xab, 0x1234, 0x10), 7), "ab-00001234-10-7");
+        let mut id = Vec::new();
+        write_message_id(&mut id, &id_instance(0xab, 0x1234, 0x10), 7);
+        assert_eq!(id, b"ab-00001234-10-7");
     }
 }

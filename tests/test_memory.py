@@ -6,13 +6,21 @@ the worker in, all 120 arrive, exactly and in order, while the worker's private 
 grows by less than 64 MB. A fetch copies at most about 16 MB of payloads out of the outbox
 (`outbox_batch_size` rows used to be copied whatever their size: 120 MB here, twice over).
 Its MQTT 5 CONNECT carries a Maximum Packet Size of 256 kB.
+
+A broker that stops reading (SIGSTOP) while 30 MB of QoS 0 messages are committed does not make
+the worker hold them: its private memory grows by less than 16 MB (libmosquitto used to queue
+every QoS 0 packet the socket would not take, without limit; the worker's own QoS 0 writer keeps
+at most 1 MB waiting and leaves the rest in the ring and the outbox, ADR-010). Once the broker
+reads again, the subscriber gets all of them, exactly and in order.
 """
+import signal
 import threading
 import time
 
 from harness import Cluster, port, scene, wait_until
 
 PORT = port()
+PAUSE_PORT = port()
 CONNECT_PORT = port()  # a bare TCP listener that only records the CONNECT packet
 N = 120
 SIZE = 1_000_000
@@ -26,6 +34,30 @@ def rss_anon_kb(pid):
     raise RuntimeError("no RssAnon")
 
 
+class PeakRss:
+    """The peak of a process's RssAnon while the block runs, in kB above the start."""
+
+    def __init__(self, pid):
+        self.pid, self.base = pid, rss_anon_kb(pid)
+        self.peak, self.done = self.base, threading.Event()
+
+    def __enter__(self):
+        def sample():
+            while not self.done.is_set():
+                self.peak = max(self.peak, rss_anon_kb(self.pid))
+                time.sleep(0.01)
+        self.t = threading.Thread(target=sample, daemon=True)
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.t.join()
+
+    def grew_mb(self):
+        return (self.peak - self.base) / 1024
+
+
 def test_draining_large_messages_keeps_the_worker_small():
     with scene("memory", port(), PORT, "mem", "mem/#", gated=True, settings={"pg_mqtt_pub.max_inflight": 10}) as (b, s, c):
         with c.connect("mem") as q:
@@ -33,24 +65,36 @@ def test_draining_large_messages_keeps_the_worker_small():
                 q.execute("SELECT mqtt_publish(%s, repeat(%s, %s), 1)", (f"mem/{i:03d}", chr(65 + i % 26), SIZE))
         assert c.sql("SELECT count(*) FROM mqtt_pub.outbox", dbname="mem")[0][0] == N
         pid = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'")[0][0]
-        base = rss_anon_kb(pid)
-        peak = [base]
-        done = threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], rss_anon_kb(pid))
-                time.sleep(0.01)
-        t = threading.Thread(target=sample, daemon=True)
-        t.start()
-        b.open_gate()
-        got = s.wait_for("mem/", N, timeout=120)
-        done.set()
-        t.join()
+        with PeakRss(pid) as rss:
+            b.open_gate()
+            got = s.wait_for("mem/", N, timeout=120)
         assert [m.topic for m in got] == [f"mem/{i:03d}" for i in range(N)]
         assert all(m.payload == chr(65 + i % 26).encode() * SIZE for i, m in enumerate(got))
-        grew_mb = (peak[0] - base) / 1024
-        assert grew_mb < 64, f"the worker's private memory grew by {grew_mb:.0f} MB while draining"
+        assert rss.grew_mb() < 64, f"the worker's private memory grew by {rss.grew_mb():.0f} MB while draining"
+
+
+def test_a_broker_that_stops_reading_does_not_grow_the_worker():
+    n, size, per_tx = 1500, 20_000, 100
+    with scene("memory-pause", port(), PAUSE_PORT, "memp", "memp/#") as (b, s, c):
+        c.sql("SELECT mqtt_publish('memp/warm-up', 'x', 0)", dbname="memp")
+        s.wait_for("memp/warm-up", 1)
+        pid = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'")[0][0]
+        with PeakRss(pid) as rss:
+            b.kill(signal.SIGSTOP)
+            try:
+                with c.connect("memp") as q:
+                    for start in range(0, n, per_tx):
+                        q.execute(
+                            "SELECT count(mqtt_publish(format('memp/m/%%s', lpad(i::text, 4, '0')), repeat(chr(65 + i %% 26), %s), 0))"
+                            " FROM generate_series(%s::int, %s::int) i",
+                            (size, start, start + per_tx - 1))
+                time.sleep(2)  # the worker has had time to take whatever it would take
+            finally:
+                b.kill(signal.SIGCONT)
+            got = s.wait_for("memp/m/", n, timeout=120)
+        assert [m.topic for m in got] == [f"memp/m/{i:04d}" for i in range(n)]
+        assert all(m.payload == chr(65 + i % 26).encode() * size for i, m in enumerate(got))
+        assert rss.grew_mb() < 16, f"the worker's private memory grew by {rss.grew_mb():.0f} MB while the broker did not read"
 
 
 def test_connect_announces_a_maximum_packet_size():

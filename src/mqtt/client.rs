@@ -15,14 +15,22 @@
 //!   across a reconnect and resend them on its own, out of our sight — including a message that
 //!   makes the broker close the connection every time. The worker resends instead (worker/link.rs),
 //!   so a message is never sent from two places.
+//! * QoS 0 packets of ring records are written by this wrapper itself, several per `send()`, on
+//!   libmosquitto's socket (plain TCP only; ADR-010). The two writers never interleave bytes:
+//!   libmosquitto may touch the socket only while our buffer is empty (reading too, when a QoS 2
+//!   message is in flight: its PUBREC makes libmosquitto write a PUBREL), and our buffer is sent
+//!   only while libmosquitto's queue is empty. A message queued behind the other writer's bytes
+//!   waits (`Handoff::Later`), so messages leave in the order they were handed over.
 //! * `Drop` destroys the client (closing the socket).
 //!
 //! Nothing here touches PostgreSQL symbols.
 
 use crate::pure::limits::{publish_packet_size, Beyond, Limits, Verdict};
+use crate::pure::packet;
 use crate::pure::props::{self, Prop};
 use libmosquitto_sys as m;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -45,6 +53,45 @@ struct CallbackState {
     /// per client: `take_dropped_props`).
     props_warned: bool,
     dropped_props: bool,
+    /// Message ids of QoS 2 messages libmosquitto has not finished (their PUBREC makes it write).
+    qos2: Vec<i32>,
+}
+
+/// Send our buffered QoS 0 packets once this many bytes wait (and at the end of every worker
+/// loop iteration, `Client::flush`).
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Take no more QoS 0 messages while this many bytes wait for the socket: the broker is not
+/// reading fast enough, and the messages are better kept in the ring (or, if it stays so, moved
+/// to the outbox) than in the worker's memory.
+const MAX_WAITING: usize = 1024 * 1024;
+
+/// QoS 0 packets the wrapper writes itself, waiting for the socket.
+#[derive(Default)]
+struct Outgoing {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already sent.
+    sent: usize,
+    /// Since when the socket has taken nothing while bytes wait.
+    stalled_since: Option<Instant>,
+    /// A send failed, or the socket took nothing for too long: the connection is over (reported
+    /// as `Event::Disconnected`); nothing more is queued.
+    dead: bool,
+}
+
+impl Outgoing {
+    fn waiting(&self) -> usize {
+        self.buf.len() - self.sent
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.sent = 0;
+        self.stalled_since = None;
+        if self.buf.capacity() > 4 * MAX_WAITING {
+            self.buf = Vec::new(); // one huge message made it grow: give the memory back
+        }
+    }
 }
 
 /// What a message carries besides topic and payload.
@@ -56,6 +103,10 @@ pub struct Extra<'a> {
     pub id: Option<&'a CStr>,
     /// The expiry left, in seconds (replaces the one in `props`).
     pub expiry_left: Option<u32>,
+    /// The caller counts a QoS 0 message as done once it is queued (ring records): it may be
+    /// written by this wrapper (`Handoff::Queued`). Otherwise (outbox rows, deleted only once
+    /// written) libmosquitto writes it and reports it as `Event::Published`.
+    pub done_when_queued: bool,
 }
 
 /// The id's user property name (props::ID_PROPERTY), NUL-terminated once and for all.
@@ -130,6 +181,12 @@ pub struct Client {
     protocol: i32,
     /// The broker's name in pg_mqtt_pub (for messages).
     broker: String,
+    /// QoS 0 packets may be written by us (plain TCP; with TLS libmosquitto owns the session).
+    own_qos0: bool,
+    out: Outgoing,
+    /// A socket that takes nothing for this long while our packets wait: the connection is
+    /// treated as lost (libmosquitto's keepalive check cannot run meanwhile, see `loop_misc`).
+    stall_limit: Duration,
 }
 
 /// `ClientOptions::protocol` for MQTT 5 (libmosquitto's MQTT_PROTOCOL_V5).
@@ -209,13 +266,17 @@ pub fn connack_string(code: c_int) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handoff {
     /// Accepted; for QoS 1/2 libmosquitto owns it until its acknowledgement (`mid`), and resends
-    /// it after a reconnect. QoS 0 is written (or queued for writing) on the socket.
+    /// it after a reconnect. QoS 0 is written (or queued for writing) on the socket, reported
+    /// by `Event::Published`.
     Accepted { mid: i32 },
+    /// QoS 0 with `done_when_queued`: in our buffer for the socket; nothing more to hear of it.
+    Queued,
     /// Refused before it was queued (beyond the broker's limits, invalid ...): what becomes of it
     /// and why, in words.
     Refused { verdict: Verdict, why: String },
-    /// Not connected (QoS 0 only: libmosquitto does not queue those); try again later.
-    NotConnected,
+    /// Not now — not connected (libmosquitto does not queue QoS 0), or the socket is still busy
+    /// with the other writer's bytes; try again later.
+    Later,
 }
 
 unsafe fn state<'a>(obj: *mut c_void) -> &'a mut CallbackState {
@@ -309,8 +370,12 @@ unsafe extern "C" fn on_publish(
     reason: c_int,
     _p: *const m::mosquitto_property,
 ) {
-    // SAFETY: see `state`.
-    no_unwind(|| unsafe { state(obj) }.events.push(Event::Published { mid, reason }));
+    no_unwind(|| {
+        // SAFETY: see `state`.
+        let st = unsafe { state(obj) };
+        st.qos2.retain(|m| *m != mid);
+        st.events.push(Event::Published { mid, reason });
+    });
 }
 
 unsafe extern "C" fn on_log(_: *mut m::mosquitto, obj: *mut c_void, level: c_int, msg: *const c_char) {
@@ -332,7 +397,15 @@ impl Client {
             if mosq.is_null() {
                 return Err("could not create an MQTT client (out of memory or invalid client id)".into());
             }
-            let c = Client { mosq, state: st, protocol: o.protocol, broker: o.broker.to_string() };
+            let c = Client {
+                mosq,
+                state: st,
+                protocol: o.protocol,
+                broker: o.broker.to_string(),
+                own_qos0: !o.use_tls,
+                out: Outgoing::default(),
+                stall_limit: Duration::from_secs(60),
+            };
             check(
                 m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_PROTOCOL_VERSION, o.protocol),
                 "protocol version",
@@ -377,6 +450,7 @@ impl Client {
     pub fn connect(&mut self, host: &str, port: u16, keepalive: i32) -> Result<(), String> {
         let h = cstring(host)?;
         self.state.last_log_error = None;
+        self.stall_limit = Duration::from_secs(keepalive.max(5) as u64);
         if self.protocol == MQTT_V5 {
             self.set_connect_properties(&h, port)?;
         }
@@ -438,56 +512,164 @@ impl Client {
         }
     }
 
+    /// Is there anything to write (libmosquitto's queue or our packets)?
     pub fn want_write(&self) -> bool {
+        self.out.waiting() > 0 || self.lib_wants_write()
+    }
+
+    fn lib_wants_write(&self) -> bool {
         // SAFETY: valid client.
         unsafe { m::mosquitto_want_write(self.mosq) }
     }
 
+    /// May libmosquitto read now? Reading makes it write a PUBREL for a PUBREC; while our bytes
+    /// wait, that would land in the middle of them. (Read anyway when no QoS 2 message is in
+    /// flight: then nothing it reads makes it write.)
+    fn may_read(&self) -> bool {
+        self.out.waiting() == 0 || self.state.qos2.is_empty()
+    }
+
     /// Read what the socket has; returns a MOSQ_ERR code (non-zero = connection dropped).
     pub fn loop_read(&mut self) -> c_int {
+        if !self.may_read() && !self.flush() {
+            return 0;
+        }
         // SAFETY: valid client, main thread.
         unsafe { m::mosquitto_loop_read(self.mosq, 1) }
     }
 
-    pub fn loop_write(&mut self) -> c_int {
-        // SAFETY: valid client, main thread.
-        unsafe { m::mosquitto_loop_write(self.mosq, 1) }
+    /// Write what waits: libmosquitto's queue, then our packets.
+    pub fn loop_write(&mut self) {
+        if self.out.waiting() > 0 {
+            self.flush();
+        } else if self.lib_wants_write() {
+            // SAFETY: valid client, main thread.
+            unsafe { m::mosquitto_loop_write(self.mosq, 1) };
+        }
     }
 
-    /// Keepalive (PINGREQ) and ping-timeout handling.
+    /// Keepalive (PINGREQ) and ping-timeout handling. Not while our packets wait (the PINGREQ
+    /// would land in the middle of them); `flush` watches a socket that takes nothing instead.
     pub fn loop_misc(&mut self) -> c_int {
+        if self.out.waiting() > 0 {
+            return 0;
+        }
         // SAFETY: valid client, main thread.
         unsafe { m::mosquitto_loop_misc(self.mosq) }
     }
 
-    /// Hand one message to libmosquitto. `topic_nul` must end with a NUL byte.
+    /// Bytes of our own packets waiting for the socket.
+    pub fn waiting(&self) -> usize {
+        self.out.waiting()
+    }
+
+    /// The broker is not reading as fast as we queue: take no more messages for now.
+    pub fn busy(&self) -> bool {
+        self.out.waiting() >= MAX_WAITING
+    }
+
+    /// Send what waits: libmosquitto's queue first (our packets were queued after it), then our
+    /// packets, as many per `send()` as the socket takes. True when nothing of ours waits.
+    /// A failed `send` ends the connection (`Event::Disconnected`), as does a socket that takes
+    /// nothing for `stall_limit`.
+    pub fn flush(&mut self) -> bool {
+        if self.out.waiting() == 0 {
+            return true;
+        }
+        let fd = self.socket();
+        if fd < 0 {
+            self.out.clear(); // the connection is gone; QoS 0 is at most once
+            return true;
+        }
+        if self.lib_wants_write() {
+            // SAFETY: valid client, main thread; our bytes are all unsent here (we send only
+            // while libmosquitto's queue is empty, and it queues only while ours is empty).
+            unsafe { m::mosquitto_loop_write(self.mosq, 1) };
+            if self.socket() < 0 {
+                self.out.clear(); // it found the connection gone (and reports it)
+                return true;
+            }
+            if self.lib_wants_write() {
+                return false;
+            }
+        }
+        let before = self.out.sent;
+        while self.out.waiting() > 0 {
+            let rest = &self.out.buf[self.out.sent..];
+            // SAFETY: fd is libmosquitto's connected, non-blocking socket; rest is valid memory.
+            let n = unsafe {
+                libc::send(fd, rest.as_ptr() as *const c_void, rest.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            };
+            if n >= 0 {
+                self.out.sent += n as usize;
+                continue;
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => break,
+                _ => {
+                    self.out.clear();
+                    self.out.dead = true;
+                    self.state.events.push(Event::Disconnected(m::mosq_err_t::MOSQ_ERR_CONN_LOST as c_int));
+                    return true;
+                }
+            }
+        }
+        if self.out.waiting() == 0 {
+            self.out.clear();
+            return true;
+        }
+        let now = Instant::now();
+        if self.out.sent != before {
+            self.out.stalled_since = None;
+        }
+        let since = *self.out.stalled_since.get_or_insert(now);
+        if now.duration_since(since) >= self.stall_limit {
+            self.out.clear();
+            self.out.dead = true;
+            self.state.events.push(Event::Disconnected(ERR_KEEPALIVE));
+            return true;
+        }
+        false
+    }
+
+    /// Hand one message over: QoS 0 of ring records to our own buffer (`Handoff::Queued`),
+    /// everything else to libmosquitto. `topic_nul` must end with a NUL byte.
     pub fn publish(&mut self, topic_nul: &[u8], payload: &[u8], qos: u8, retain: bool, x: &Extra<'_>) -> Handoff {
         debug_assert_eq!(topic_nul.last(), Some(&0));
+        let topic = &topic_nul[..topic_nul.len() - 1];
         let v5 = self.protocol == MQTT_V5;
         // MQTT 3.1.1 has no properties: they are not sent (the caller was refused at call time
         // when the broker's protocol was known; README "Message properties").
+        if !v5 && !self.state.props_warned && props::any_explicit(x.props) {
+            self.state.props_warned = true;
+            self.state.dropped_props = true;
+        }
+        // The broker's limits are checked here rather than left to libmosquitto, which (2.0.11)
+        // does not check Retain Available and would send the message anyway.
+        let id_len = packet::id_property_len(x.id.map(|i| i.to_bytes()));
+        let size = publish_packet_size(topic.len(), payload.len(), qos, v5, x.props.len() + id_len);
+        if let Err(b) = self.state.limits.admit(qos, retain, size) {
+            return Handoff::Refused { verdict: Verdict::DeadLetter, why: b.message(&self.broker) };
+        }
+        if qos == 0 && x.done_when_queued && self.own_qos0 {
+            return self.queue_qos0(topic, payload, retain, v5, x);
+        }
+        // libmosquitto writes this one: our packets, handed over before it, go first.
+        if !self.flush() || self.out.dead {
+            return Handoff::Later;
+        }
         let list = if v5 && (!x.props.is_empty() || x.id.is_some()) {
             match property_list(x) {
                 Ok(l) => Some(l),
                 Err(rc) => {
-                    let (verdict, why) = self.refusal(rc, (&topic_nul[..topic_nul.len() - 1], payload, qos));
+                    let (verdict, why) = self.refusal(rc, (topic, payload, qos));
                     return Handoff::Refused { verdict, why };
                 }
             }
         } else {
-            if !v5 && props::any_explicit(x.props) && !self.state.props_warned {
-                self.state.props_warned = true;
-                self.state.dropped_props = true;
-            }
             None
         };
-        // The broker's limits are checked here rather than left to libmosquitto, which (2.0.11)
-        // does not check Retain Available and would send the message anyway.
-        let id_len = x.id.map_or(0, |i| 1 + 2 + props::ID_PROPERTY.len() + 2 + i.to_bytes().len());
-        let size = publish_packet_size(topic_nul.len() - 1, payload.len(), qos, v5, x.props.len() + id_len);
-        if let Err(b) = self.state.limits.admit(qos, retain, size) {
-            return Handoff::Refused { verdict: Verdict::DeadLetter, why: b.message(&self.broker) };
-        }
         let mut mid: c_int = 0;
         // SAFETY: topic is NUL-terminated; libmosquitto copies topic and payload before returning.
         let rc = unsafe {
@@ -515,13 +697,16 @@ impl Client {
             MOSQ_ERR_NOMEM,
         ];
         if rc == MOSQ_ERR_SUCCESS as c_int {
+            if qos == 2 {
+                self.state.qos2.push(mid);
+            }
             Handoff::Accepted { mid }
         } else if refused.iter().any(|e| *e as c_int == rc) {
             let (verdict, why) = self.refusal(rc, (&topic_nul[..topic_nul.len() - 1], payload, qos));
             Handoff::Refused { verdict, why }
         } else if qos == 0 {
             // QoS 0 is never queued by libmosquitto when the write fails.
-            Handoff::NotConnected
+            Handoff::Later
         } else {
             // QoS 1/2: the message was queued before the send failed (NO_CONN, CONN_LOST,
             // ERRNO ...); libmosquitto resends it after the reconnect.
@@ -529,8 +714,38 @@ impl Client {
         }
     }
 
-    /// Ask for a clean DISCONNECT (completion arrives as `Event::Disconnected(0)`).
+    /// Append a QoS 0 PUBLISH to our buffer; send once enough waits. `Later` while the broker
+    /// is not reading (`MAX_WAITING`) or the connection is gone.
+    fn queue_qos0(&mut self, topic: &[u8], payload: &[u8], retain: bool, v5: bool, x: &Extra<'_>) -> Handoff {
+        if self.out.dead || self.socket() < 0 {
+            return Handoff::Later;
+        }
+        if self.out.waiting() >= MAX_WAITING && (!self.flush() || self.out.dead) {
+            return Handoff::Later;
+        }
+        if self.out.sent >= FLUSH_AT {
+            // keep the buffer from growing while the socket takes part of it at a time
+            self.out.buf.drain(..self.out.sent);
+            self.out.sent = 0;
+        }
+        let p =
+            packet::Publish { retain, v5, props: x.props, expiry_left: x.expiry_left, id: x.id.map(|i| i.to_bytes()) };
+        if packet::encode_qos0(&mut self.out.buf, topic, payload, &p).is_err() {
+            let why = "its stored properties cannot be encoded (the outbox or ring record was altered)".to_string();
+            return Handoff::Refused { verdict: Verdict::DeadLetter, why };
+        }
+        if self.out.waiting() >= FLUSH_AT {
+            self.flush();
+        }
+        Handoff::Queued
+    }
+
+    /// Ask for a clean DISCONNECT (completion arrives as `Event::Disconnected(0)`). Not while
+    /// our packets are still half written (the socket is closed without it then).
     pub fn disconnect(&mut self) {
+        if !self.flush() {
+            return;
+        }
         // SAFETY: valid client; harmless when not connected.
         unsafe { m::mosquitto_disconnect(self.mosq) };
     }

@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod identity;
 pub mod limits;
 pub mod pace;
+pub mod packet;
 pub mod pending;
 pub mod props;
 pub mod ring;

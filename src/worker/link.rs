@@ -128,6 +128,7 @@ impl Link {
         self.state == ConnState::Connected
             && self.switch_to.is_none()
             && self.removed_at.is_none()
+            && !self.client.as_ref().is_some_and(|c| c.busy())
             && self.window.has_room(self.cfg.max_inflight.min(self.limits.receive_maximum as u32) as usize)
     }
 

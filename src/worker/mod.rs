@@ -278,8 +278,15 @@ impl Worker {
         }
     }
 
+    /// Hand ring records over, send the QoS 0 packets the clients queued meanwhile (one send()
+    /// for many, ADR-010), release what is done.
     fn deliver_ring(&mut self) -> bool {
         let more = self.process_ring();
+        for k in &mut self.links {
+            if let Some(c) = k.client.as_mut() {
+                c.flush();
+            }
+        }
         self.release_ring();
         more
     }

@@ -66,11 +66,17 @@ impl Worker {
                 k.fetched.push_front(row);
                 return false;
             };
-            let x = Extra { props: &row.props, id: row.message_id.as_deref(), expiry_left };
+            // done_when_queued: false — a row is deleted once libmosquitto has written it.
+            let x = Extra { props: &row.props, id: row.message_id.as_deref(), expiry_left, done_when_queued: false };
             match c.publish(&row.topic_nul, &row.payload, row.qos, row.retain, &x) {
                 Handoff::Accepted { mid } => k.note_sent(mid, what),
                 Handoff::Refused { verdict, why } => self.message_failed(l, what, verdict, why),
-                Handoff::NotConnected => {
+                Handoff::Queued => {
+                    // (not asked for above; if it were, queued is as good as written for QoS 0)
+                    k.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    k.to_delete.push(outbox::Delivered { tid: row.tid, id: row.id });
+                }
+                Handoff::Later => {
                     k.fetched.push_front(row);
                     return false;
                 }

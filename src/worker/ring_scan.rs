@@ -205,12 +205,14 @@ impl Worker {
                 }
             };
         let id = crate::pg::instance::message_id_in(&mut self.id_buf, r.id);
-        let x = Extra { props: r.props, id, expiry_left };
+        // A QoS 0 ring record is done once handed over (at most once): the client may queue it
+        // and write it with others in one send() (ADR-010).
+        let x = Extra { props: r.props, id, expiry_left, done_when_queued: true };
         let (qos, h) = (r.qos, c.publish(r.topic_nul, r.payload, r.qos, r.retain, &x));
         match h {
-            Handoff::NotConnected => return None,
+            Handoff::Later => return None,
             Handoff::Accepted { mid } if qos > 0 => k.note_sent(mid, Inflight::Ring(pos)),
-            Handoff::Accepted { .. } => {
+            Handoff::Accepted { .. } | Handoff::Queued => {
                 k.status.messages_sent.fetch_add(1, Ordering::Relaxed);
                 return Some(true);
             }

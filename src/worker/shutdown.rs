@@ -60,7 +60,10 @@ impl Worker {
     pub(super) fn shutdown(&mut self) -> ! {
         let until = Instant::now() + SHUTDOWN_GRACE;
         while Instant::now() < until
-            && self.links.iter().any(|k| !k.window.is_empty() && k.state == ConnState::Connected)
+            && self.links.iter().any(|k| {
+                let unsent = k.client.as_ref().is_some_and(|c| c.waiting() > 0);
+                (unsent || !k.window.is_empty()) && k.state == ConnState::Connected
+            })
         {
             for l in 0..self.links.len() {
                 self.links[l].service_socket(true, true);

@@ -77,6 +77,9 @@ struct Outgoing {
     /// A send failed, or the socket took nothing for too long: the connection is over (reported
     /// as `Event::Disconnected`); nothing more is queued.
     dead: bool,
+    /// The last flush left bytes waiting: the socket is full (the worker waits for it to take
+    /// more, rather than queueing more or spinning on a message that must wait for them).
+    blocked: bool,
 }
 
 impl Outgoing {
@@ -88,6 +91,7 @@ impl Outgoing {
         self.buf.clear();
         self.sent = 0;
         self.stalled_since = None;
+        self.blocked = false;
         if self.buf.capacity() > 4 * MAX_WAITING {
             self.buf = Vec::new(); // one huge message made it grow: give the memory back
         }
@@ -563,9 +567,11 @@ impl Client {
         self.out.waiting()
     }
 
-    /// The broker is not reading as fast as we queue: take no more messages for now.
+    /// The socket did not take all our packets (the broker is not reading as fast as we queue),
+    /// or `MAX_WAITING` bytes wait: take no more messages until it has (the worker waits for the
+    /// socket to become writable).
     pub fn busy(&self) -> bool {
-        self.out.waiting() >= MAX_WAITING
+        self.out.blocked || self.out.waiting() >= MAX_WAITING
     }
 
     /// Send what waits: libmosquitto's queue first (our packets were queued after it), then our
@@ -590,6 +596,7 @@ impl Client {
                 return true;
             }
             if self.lib_wants_write() {
+                self.out.blocked = true;
                 return false;
             }
         }
@@ -630,6 +637,7 @@ impl Client {
             self.state.events.push(Event::Disconnected(ERR_KEEPALIVE));
             return true;
         }
+        self.out.blocked = true;
         false
     }
 
@@ -720,8 +728,11 @@ impl Client {
         if self.out.dead || self.socket() < 0 {
             return Handoff::Later;
         }
-        if self.out.waiting() >= MAX_WAITING && (!self.flush() || self.out.dead) {
-            return Handoff::Later;
+        if self.out.waiting() >= MAX_WAITING {
+            self.flush();
+            if self.out.dead || self.out.waiting() >= MAX_WAITING {
+                return Handoff::Later;
+            }
         }
         if self.out.sent >= FLUSH_AT {
             // keep the buffer from growing while the socket takes part of it at a time

@@ -19,6 +19,7 @@ EXPECTED_ROWS = [
     "QoS 0: CPU worker / bare publisher (target <= 1.0)", "QoS 1: CPU worker / bare publisher (target <= 1.0)",
     "cost with properties / without (mqtt_publish)", "QoS 0: CPU worker without message id",
     "QoS 0: CPU worker with properties",
+    "latency floor p50: bare client, same broker and subscriber", "latency p50 above the floor (pg_mqtt_pub's share)",
 ]
 
 

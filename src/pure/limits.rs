@@ -38,7 +38,7 @@ impl Default for Limits {
 }
 
 /// Bytes of an MQTT variable byte integer.
-fn varint_len(n: usize) -> usize {
+pub fn varint_len(n: usize) -> usize {
     match n {
         0..=127 => 1,
         128..=16_383 => 2,

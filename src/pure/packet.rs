@@ -11,6 +11,7 @@
 //! properties], payload. Its size is exactly `limits::publish_packet_size`, which the broker's
 //! Maximum Packet Size was checked against.
 
+use super::limits::varint_len;
 use super::props::{self, Prop};
 
 /// Append an MQTT variable byte integer.
@@ -92,15 +93,6 @@ pub fn encode_qos0(out: &mut Vec<u8>, topic: &[u8], payload: &[u8], p: &Publish<
     }
     out.extend_from_slice(payload);
     Ok(())
-}
-
-fn varint_len(n: usize) -> usize {
-    match n {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
 }
 
 #[cfg(test)]

@@ -17,10 +17,11 @@
 //!   so a message is never sent from two places.
 //! * QoS 0 packets of ring records are written by this wrapper itself, several per `send()`, on
 //!   libmosquitto's socket (plain TCP only; ADR-010). The two writers never interleave bytes:
-//!   libmosquitto may touch the socket only while our buffer is empty (reading too, when a QoS 2
-//!   message is in flight: its PUBREC makes libmosquitto write a PUBREL), and our buffer is sent
-//!   only while libmosquitto's queue is empty. A message queued behind the other writer's bytes
-//!   waits (`Handoff::Later`), so messages leave in the order they were handed over.
+//!   our buffer is sent only while libmosquitto's queue is empty, and libmosquitto may write
+//!   only while none of our packets is half sent (no PINGREQ then, and no reading while a QoS 2
+//!   message is in flight: its PUBREC makes libmosquitto write a PUBREL). A message for
+//!   libmosquitto first waits for our buffer to be sent (`Handoff::Later`), so messages leave in
+//!   the order they were handed over.
 //! * `Drop` destroys the client (closing the socket).
 //!
 //! Nothing here touches PostgreSQL symbols.
@@ -80,6 +81,9 @@ struct Outgoing {
     /// The last flush left bytes waiting: the socket is full (the worker waits for it to take
     /// more, rather than queueing more or spinning on a message that must wait for them).
     blocked: bool,
+    /// Part of the buffer has been sent and part waits: a packet may be cut in two on the wire,
+    /// so libmosquitto must not write anything until the rest is out.
+    on_wire: bool,
 }
 
 impl Outgoing {
@@ -92,6 +96,7 @@ impl Outgoing {
         self.sent = 0;
         self.stalled_since = None;
         self.blocked = false;
+        self.on_wire = false;
         if self.buf.capacity() > 4 * MAX_WAITING {
             self.buf = Vec::new(); // one huge message made it grow: give the memory back
         }
@@ -526,11 +531,11 @@ impl Client {
         unsafe { m::mosquitto_want_write(self.mosq) }
     }
 
-    /// May libmosquitto read now? Reading makes it write a PUBREL for a PUBREC; while our bytes
-    /// wait, that would land in the middle of them. (Read anyway when no QoS 2 message is in
-    /// flight: then nothing it reads makes it write.)
+    /// May libmosquitto read now? Reading makes it write a PUBREL for a PUBREC; while our packets
+    /// are half sent, that would land in the middle of one. (Read anyway when no QoS 2 message is
+    /// in flight: then nothing it reads makes it write.)
     fn may_read(&self) -> bool {
-        self.out.waiting() == 0 || self.state.qos2.is_empty()
+        !self.out.on_wire || self.state.qos2.is_empty()
     }
 
     /// Read what the socket has; returns a MOSQ_ERR code (non-zero = connection dropped).
@@ -552,10 +557,11 @@ impl Client {
         }
     }
 
-    /// Keepalive (PINGREQ) and ping-timeout handling. Not while our packets wait (the PINGREQ
-    /// would land in the middle of them); `flush` watches a socket that takes nothing instead.
+    /// Keepalive (PINGREQ) and ping-timeout handling. Not while our packets are half sent (the
+    /// PINGREQ would land in the middle of one); `flush` watches a socket that takes nothing
+    /// instead. (Packets of ours that wait unsent, behind libmosquitto's queue, are no obstacle.)
     pub fn loop_misc(&mut self) -> c_int {
-        if self.out.waiting() > 0 {
+        if self.out.on_wire {
             return 0;
         }
         // SAFETY: valid client, main thread.
@@ -588,8 +594,8 @@ impl Client {
             return true;
         }
         if self.lib_wants_write() {
-            // SAFETY: valid client, main thread; our bytes are all unsent here (we send only
-            // while libmosquitto's queue is empty, and it queues only while ours is empty).
+            // SAFETY: valid client, main thread; none of our bytes is on the wire here (we send
+            // only while libmosquitto's queue is empty, and it writes only while none is).
             unsafe { m::mosquitto_loop_write(self.mosq, 1) };
             if self.socket() < 0 {
                 self.out.clear(); // it found the connection gone (and reports it)
@@ -609,6 +615,7 @@ impl Client {
             };
             if n >= 0 {
                 self.out.sent += n as usize;
+                self.out.on_wire |= n > 0;
                 continue;
             }
             match std::io::Error::last_os_error().raw_os_error() {

@@ -125,34 +125,55 @@ ROWCOST = {
 }
 
 
-def row_cost(c):
+def per_row_times(c, conn, variants, rounds, drain=True):
+    """Median time per row of each trigger variant (ROWCOST), in interleaved rounds. `drain`:
+    wait until the worker has delivered everything before the next variant (its delivery must
+    not overlap another variant's measurement)."""
+    per_row = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name in variants:
+            body = ROWCOST[name]
+            if body == "helper":
+                conn.execute("SELECT mqtt_trigger_event_setup('rc_rows', 'bench/rowcost', '{INSERT}', qos := 0)")
+            elif body:
+                conn.execute(f"CREATE OR REPLACE FUNCTION rc_fn() RETURNS trigger LANGUAGE plpgsql AS "
+                             f"$$ BEGIN {body} RETURN NEW; END $$")
+                conn.execute("CREATE TRIGGER rc_trg AFTER INSERT ON rc_rows FOR EACH ROW EXECUTE FUNCTION rc_fn()")
+            times = []
+            for _ in range(ROWCOST_BATCHES):
+                t0 = time.perf_counter()
+                conn.execute("INSERT INTO rc_rows SELECT i, 'name-' || i, i * 1.5, now() FROM generate_series(1, 1000) i")
+                times.append(time.perf_counter() - t0)
+            per_row[name].append(statistics.median(times) * 1e6 / 1000)
+            conn.execute("DROP TRIGGER IF EXISTS rc_trg ON rc_rows")
+            conn.execute("SELECT mqtt_trigger_remove('rc_rows')")
+            conn.execute("TRUNCATE rc_rows, rc_outbox")
+            if drain:
+                ring_drained(c)
+    return per_row
+
+
+def ring_drained(c):
+    wait_until(lambda: c.sql("SELECT ring_used_bytes FROM mqtt_status()", dbname=DB)[0][0] == 0, 60, "ring drained")
+
+
+def row_cost(c, broker):
     print(f"\n1b. cost per row of a trigger: microseconds per row above the same INSERT without one "
           f"({ROWCOST_ROUNDS} interleaved rounds x {ROWCOST_BATCHES} statements of 1,000 rows; medians; "
           "broker up, no subscriber)")
-    per_row = {k: [] for k in ROWCOST}
     with c.connect(DB) as conn:
         conn.execute("CREATE TABLE rc_rows (id int, name text, value numeric, at timestamptz)")
         conn.execute("CREATE TABLE rc_outbox (id bigserial PRIMARY KEY, payload text, created_at timestamptz DEFAULT now())")
-        conn.execute("CREATE FUNCTION rc_noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
-        for _ in range(ROWCOST_ROUNDS):
-            for name, body in ROWCOST.items():
-                if body == "helper":
-                    conn.execute("SELECT mqtt_trigger_event_setup('rc_rows', 'bench/rowcost', '{INSERT}', qos := 0)")
-                elif body:
-                    conn.execute(f"CREATE OR REPLACE FUNCTION rc_fn() RETURNS trigger LANGUAGE plpgsql AS "
-                                 f"$$ BEGIN {body} RETURN NEW; END $$")
-                    conn.execute("CREATE TRIGGER rc_trg AFTER INSERT ON rc_rows FOR EACH ROW EXECUTE FUNCTION rc_fn()")
-                times = []
-                for _ in range(ROWCOST_BATCHES):
-                    t0 = time.perf_counter()
-                    conn.execute("INSERT INTO rc_rows SELECT i, 'name-' || i, i * 1.5, now() FROM generate_series(1, 1000) i")
-                    times.append(time.perf_counter() - t0)
-                per_row[name].append(statistics.median(times) * 1e6 / 1000)
-                conn.execute("DROP TRIGGER IF EXISTS rc_trg ON rc_rows")
-                conn.execute("SELECT mqtt_trigger_remove('rc_rows')")
-                conn.execute("TRUNCATE rc_rows, rc_outbox")
-                # the worker's delivery must not overlap the next variant's measurement
-                wait_until(lambda: c.sql("SELECT ring_used_bytes FROM mqtt_status()", dbname=DB)[0][0] == 0, 60, "ring drained")
+        per_row = per_row_times(c, conn, list(ROWCOST), ROWCOST_ROUNDS)
+        # The same with delivery paused: the broker stopped (SIGSTOP), the messages wait in the
+        # ring (a few MB) and the worker and mosquitto take no CPU meanwhile — what the trigger
+        # costs the backend alone, against pg_notify, which delivers nothing without a listener.
+        broker.kill(signal.SIGSTOP)
+        try:
+            paused = per_row_times(c, conn, ["no trigger", "pg_notify", "mqtt_publish (PL/pgSQL)"], ROWCOST_ROUNDS, drain=False)
+        finally:
+            broker.kill(signal.SIGCONT)
+        ring_drained(c)
         conn.execute("DROP TABLE rc_rows, rc_outbox")
     base = statistics.median(per_row["no trigger"])
     row("time per row without a trigger", base, "us", "the baseline")
@@ -164,6 +185,10 @@ def row_cost(c):
     row("cost with properties / without (mqtt_publish)",
         cost["mqtt_publish with properties (PL/pgSQL)"] / cost["mqtt_publish (PL/pgSQL)"], "x",
         "content_type, message_expiry, 2 user properties")
+    pbase = statistics.median(paused["no trigger"])
+    pcost = {k: statistics.median(v) - pbase for k, v in paused.items() if k != "no trigger"}
+    row("cost mqtt_publish / pg_notify, delivery paused", pcost["mqtt_publish (PL/pgSQL)"] / pcost["pg_notify"], "x",
+        f"broker stopped: {pcost['mqtt_publish (PL/pgSQL)']:.2f} / {pcost['pg_notify']:.2f} us")
 
 
 def cpu_ticks(pid):
@@ -423,7 +448,7 @@ def main():
         if "trigger" in SECTIONS:
             trigger_cost(c, broker)
         if "rowcost" in SECTIONS:
-            row_cost(c)
+            row_cost(c, broker)
         if "concurrency" in SECTIONS:
             concurrency(c)
         if "e2e" in SECTIONS:

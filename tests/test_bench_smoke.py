@@ -20,6 +20,7 @@ EXPECTED_ROWS = [
     "cost with properties / without (mqtt_publish)", "QoS 0: CPU worker without message id",
     "QoS 0: CPU worker with properties",
     "latency floor p50: bare client, same broker and subscriber", "latency p50 above the floor (pg_mqtt_pub's share)",
+    "cost mqtt_publish / pg_notify, delivery paused",
 ]
 
 

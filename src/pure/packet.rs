@@ -68,30 +68,29 @@ pub fn encode_qos0(out: &mut Vec<u8>, topic: &[u8], payload: &[u8], p: &Publish<
     out.extend_from_slice(topic);
     if p.v5 {
         put_varint(out, props_len);
-        let mut ok = true;
-        for prop in props::decode(p.props) {
-            let written = match prop {
-                Ok(Prop::MessageExpiry(s)) => props::encode(out, &Prop::MessageExpiry(p.expiry_left.unwrap_or(s))),
-                Ok(prop) => props::encode(out, &prop),
-                Err(()) => {
-                    ok = false;
-                    break;
-                }
-            };
-            if written.is_err() {
-                ok = false;
-                break;
-            }
-        }
-        if let Some(id) = p.id {
-            ok &= props::encode(out, &Prop::User(props::ID_PROPERTY.as_bytes(), id)).is_ok();
-        }
-        if !ok || out.len() - start != 1 + varint_len(remaining) + 2 + topic.len() + varint_len(props_len) + props_len {
+        let written = write_properties(out, p);
+        let header = 1 + varint_len(remaining) + 2 + topic.len() + varint_len(props_len) + props_len;
+        if written.is_err() || out.len() - start != header {
             out.truncate(start);
             return Err(Unencodable);
         }
     }
     out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// The stored properties, the expiry replaced by what is left of it, then the message id.
+fn write_properties(out: &mut Vec<u8>, p: &Publish<'_>) -> Result<(), Unencodable> {
+    for prop in props::decode(p.props) {
+        let prop = match prop.map_err(|()| Unencodable)? {
+            Prop::MessageExpiry(s) => Prop::MessageExpiry(p.expiry_left.unwrap_or(s)),
+            other => other,
+        };
+        props::encode(out, &prop).map_err(|_| Unencodable)?;
+    }
+    if let Some(id) = p.id {
+        props::encode(out, &Prop::User(props::ID_PROPERTY.as_bytes(), id)).map_err(|_| Unencodable)?;
+    }
     Ok(())
 }
 

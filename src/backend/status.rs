@@ -21,37 +21,39 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
         unsafe {
             pg::InitMaterializedSRF(args.fcinfo(), 0);
             let rsinfo = (*args.fcinfo()).resultinfo as *mut pg::ReturnSetInfo;
-            for (i, b) in s.brokers().iter().enumerate() {
-                let in_use = b.in_use.load(Ordering::Acquire);
-                if !in_use && i != 0 {
-                    continue;
-                }
-                let (mut name, mut host, last_error) = b.text();
-                let mut port = b.port.load(Ordering::Relaxed);
-                if !in_use {
-                    // the worker has not started yet: show what it will use
-                    let cfg = crate::pg::gucs::BrokerConfig::default_broker();
-                    name = cfg.name;
-                    host = cfg.host;
-                    port = cfg.port as i32;
-                }
-                let ts = |v: i64| (pg::Datum::from(v), v == 0);
-                let mode = if b.is_cold() { "cold" } else { "hot" };
+            let slots = s.brokers();
+            for listed in crate::data::catalog::listed() {
+                let Some(b) = slots.get(listed.slot) else { continue };
+                // The slot shows this broker only once the worker holds it for this name: until
+                // then (just added, or the slot still being released by a removed broker) the
+                // broker is shown as not started: what the catalog says, cold, no counters.
+                let (slot_name, slot_host, slot_error) = b.text();
+                let held = b.in_use.load(Ordering::Acquire) && slot_name == listed.name;
+                let live = listed.slot == 0 || held;
+                let name = listed.name;
+                let (host, port, last_error) = if held {
+                    (slot_host, b.port.load(Ordering::Relaxed), slot_error)
+                } else {
+                    (listed.host, listed.port, String::new())
+                };
+                let n = |v: u64| pg::Datum::from(if live { v as i64 } else { 0 });
+                let ts = |v: i64| (pg::Datum::from(v), !live || v == 0);
+                let mode = if !live || b.is_cold() { "cold" } else { "hot" };
                 let (pending, oldest) = crate::data::outbox::pending_and_age(&name);
                 let cols: [(pg::Datum, bool); 15] = [
                     (text_datum(&name), false),
                     (text_datum(&host), false),
                     (pg::Datum::from(port), false),
-                    (pg::Datum::from(b.connected.load(Ordering::Acquire)), false),
+                    (pg::Datum::from(live && b.connected.load(Ordering::Acquire)), false),
                     (text_datum(mode), false),
-                    (pg::Datum::from(b.messages_sent.load(Ordering::Relaxed) as i64), false),
-                    (pg::Datum::from(b.messages_failed.load(Ordering::Relaxed) as i64), false),
-                    (pg::Datum::from(b.dead_lettered.load(Ordering::Relaxed) as i64), false),
+                    (n(b.messages_sent.load(Ordering::Relaxed)), false),
+                    (n(b.messages_failed.load(Ordering::Relaxed)), false),
+                    (n(b.dead_lettered.load(Ordering::Relaxed)), false),
                     (pg::Datum::from(pending), false),
                     (text_datum(&last_error), last_error.is_empty()),
                     ts(b.last_connected_at.load(Ordering::Relaxed)),
                     ts(b.last_error_at.load(Ordering::Relaxed)),
-                    (pg::Datum::from(b.inflight.load(Ordering::Relaxed) as i32), false),
+                    (pg::Datum::from(if live { b.inflight.load(Ordering::Relaxed) as i32 } else { 0 }), false),
                     (pg::Datum::from(ring_bytes), false),
                     (oldest.unwrap_or(pg::Datum::from(0usize)), oldest.is_none()),
                 ];
@@ -59,7 +61,7 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                 let mut nulls: Vec<bool> = cols.iter().map(|c| c.1).collect();
                 // SQL 1.3 added messages_expired; a database still on 1.2 asks for 15 columns.
                 if (*(*rsinfo).setDesc).natts > 15 {
-                    values.push(pg::Datum::from(b.messages_expired.load(Ordering::Relaxed) as i64));
+                    values.push(n(b.messages_expired.load(Ordering::Relaxed)));
                     nulls.push(false);
                 }
                 pg::tuplestore_putvalues(

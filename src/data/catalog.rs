@@ -107,6 +107,44 @@ pub fn slot_of(name: &[u8]) -> u16 {
     .raise()
 }
 
+/// A broker as `mqtt_status()` lists it: what the catalog says, before the worker has a link.
+pub struct Listed {
+    pub name: String,
+    pub slot: usize,
+    pub host: String,
+    pub port: i32,
+}
+
+/// Every broker that exists for the caller's snapshot: `default` (slot 0, from the settings) and
+/// each row of `mqtt_pub.brokers`, by slot. `mqtt_status()` lists these, so a broker removed by a
+/// committed `mqtt_broker_remove` is gone from it at once, and one just added is there at once,
+/// whatever the worker (which syncs its links asynchronously) has done so far.
+pub fn listed() -> Vec<Listed> {
+    let d = BrokerConfig::default_broker();
+    let mut out = vec![Listed { name: d.name, slot: 0, host: d.host, port: d.port as i32 }];
+    if brokers_relid() == pg::InvalidOid {
+        return out;
+    }
+    // As the owner: the table is readable by its owner only (it holds passwords).
+    with_spi(|| {
+        pinned(Rights::Owner, || {
+            // SAFETY: inside SPI and the pinned scope.
+            unsafe {
+                spi::execute("SELECT name, slot, host, port FROM mqtt_pub.brokers ORDER BY slot", &[], true, 0);
+                out.extend((0..spi::processed() as usize).filter_map(|r| {
+                    Some(Listed {
+                        name: text_at(r, 1)?,
+                        slot: text_at(r, 2)?.parse().ok()?,
+                        host: text_at(r, 3)?,
+                        port: text_at(r, 4)?.parse().ok()?,
+                    })
+                }));
+            }
+        })
+    });
+    out
+}
+
 /// The name of the broker in `slot` (as the outbox stores it).
 pub fn name_of(slot: u16) -> String {
     if slot == 0 {

@@ -285,12 +285,25 @@ def concurrency(c):
         conn.execute("SELECT mqtt_trigger_remove('bench_tx')")
 
 
+# The broker logs each SUBSCRIBE (and nothing per message), so a subscriber is known to be ready.
+BROKER_CONF = ("log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+               "log_type subscribe\n")
+BROKER_LOG = []  # the bench broker's log file, set in main()
+
+
 def count_subscriber(topic, qos, n):
-    """mosquitto_sub that exits after n messages (C; fast enough not to be the bottleneck)."""
+    """mosquitto_sub that exits after n messages (C; fast enough not to be the bottleneck), once
+    the broker has its subscription: a message published before that would reach nobody."""
+    def subscribed():
+        with open(BROKER_LOG[0], errors="replace") as f:
+            return sum(1 for line in f if line.rstrip().endswith(f" {qos} {topic}"))
+    before = subscribed()
     p = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(BROKER_PORT), "-V", "5", "-q", str(qos),
                           "-t", topic, "-C", str(n), "-u", SUB_USER, "-P", SUB_PASSWORD],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    wait_until(lambda: subscribed() > before or p.poll() is not None, 30, f"mosquitto_sub subscribed to {topic}")
+    if p.poll() is not None:
+        raise RuntimeError(f"mosquitto_sub for {topic} exited with {p.returncode}")
     return p
 
 
@@ -427,7 +440,8 @@ def memory(c):
 def main():
     os.makedirs(OUT, exist_ok=True)
     machine()
-    broker = Broker("bench", BROKER_PORT).start()
+    broker = Broker("bench", BROKER_PORT, BROKER_CONF).start()
+    BROKER_LOG.append(broker.log)
     try:
         c = Cluster("bench", PG_PORT, {
             "pg_mqtt_pub.database": f"'{DB}'",

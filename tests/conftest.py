@@ -2,7 +2,7 @@
 publishes to it (database `mqtt_test`), and one subscriber listening to everything."""
 import pytest
 
-from harness import Broker, Cluster, Subscriber, port, stop_leftovers, wait_until, worker_settings
+from harness import Broker, Cluster, Subscriber, port, stop_leftovers, wait_status, worker_settings
 
 BROKER_PORT = port()
 PG_PORT = port()
@@ -21,7 +21,9 @@ def cluster(broker):
     c = Cluster("main", PG_PORT, worker_settings(DB, BROKER_PORT)).start()
     c.sql(f"CREATE DATABASE {DB}")
     c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
-    wait_until(lambda: c.sql("SELECT connected FROM mqtt_status()", dbname=DB)[0][0], 20, "worker connected")
+    # hot, not only connected: a broker stays cold (the outbox) until its backlog is drained, and
+    # tests of call-time (non-transactional) publishing need the ring
+    wait_status(c, DB, lambda st: st["connected"] and st["delivery_mode"] == "hot", "connected and hot")
     yield c
     c.stop()
 

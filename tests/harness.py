@@ -66,13 +66,17 @@ def wait_port(port, timeout=10.0):
 
 
 def wait_until(pred, timeout=10.0, what="condition", interval=0.05):
+    """Wait (bounded) until `pred()` is truthy; return its value. Tests wait for the state they
+    need this way: a background process (launcher, worker, broker, subscriber) acts when it does,
+    never on a schedule the test can assume."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while True:
         v = pred()
         if v:
             return v
+        if time.time() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what} (last value: {v!r:.300})")
         time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def scratch(name):
@@ -148,6 +152,11 @@ class Broker:
 
     def restart(self, *subscribers):
         """Start after an outage; deliveries begin only once `subscribers` are subscribed again."""
+        # A subscriber's `subscribed` is cleared by its network thread when it notices the outage;
+        # until it has, the event still says "subscribed" from before, and the gate would open
+        # before it is back. The broker is down, so each one does notice.
+        for s in subscribers:
+            wait_until(lambda: not s.subscribed.is_set(), 20, "the subscriber noticing the broker outage")
         self.start(gated=True)
         for s in subscribers:
             if not s.subscribed.wait(20):
@@ -173,7 +182,18 @@ class Broker:
     def open_gate(self):
         """Let the worker in (after start(gated=True))."""
         self.write_conf(gated=False)
+        self.reload()
+
+    def reload(self):
+        """SIGHUP: mosquitto re-reads its configuration (and ACL file). Returns once it has: it
+        logs "Reloading config." and reloads in the same step of its one-threaded loop, before it
+        handles another packet."""
+        def reloads():
+            with open(self.log, errors="replace") as f:
+                return f.read().count("Reloading config.")
+        before = reloads()
         self.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: reloads() > before, 10, f"mosquitto on port {self.port} reloading its configuration")
 
     def stop(self):
         self.kill(signal.SIGTERM)
@@ -283,6 +303,17 @@ class Cluster:
         with self.connect(dbname) as c:
             cur = c.execute(query, params)
             return cur.fetchall() if cur.description else None
+
+    def worker_pid(self, other_than=None, timeout=45.0):
+        """The publishing worker's pid, waiting (bounded) until it runs: the launcher starts it
+        asynchronously (it checks for the database about once a second, and restarts a worker
+        that exited after a delay of up to 30 s). With `other_than`, wait for a worker other than that pid."""
+        def find():
+            rows = self.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'")
+            pids = [r[0] for r in rows if r[0] != other_than]
+            return pids[0] if pids else None
+        what = "the pg_mqtt_pub worker in pg_stat_activity" + (f" (other than pid {other_than})" if other_than else "")
+        return wait_until(find, timeout, what)
 
     def log_text(self):
         with open(self.log, errors="replace") as f:
@@ -444,4 +475,13 @@ def status(cluster, dbname, broker="default"):
     with cluster.connect(dbname) as c:
         cur = c.execute("SELECT * FROM mqtt_status() WHERE broker_name = %s", (broker,))
         row = cur.fetchone()
-        return dict(zip([d.name for d in cur.description], row))
+        return dict(zip([d.name for d in cur.description], row)) if row else None
+
+
+def wait_status(cluster, dbname, pred, what, broker="default", timeout=30.0):
+    """Wait (bounded) until `broker`'s `mqtt_status()` row satisfies `pred`; return that row.
+    The worker changes it asynchronously (connecting, switching mode, counting)."""
+    def check():
+        st = status(cluster, dbname, broker)
+        return st if st and pred(st) else None
+    return wait_until(check, timeout, f"{broker!r} {what}")

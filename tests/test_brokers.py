@@ -102,6 +102,16 @@ def status_of(c, name):
     return rows[0] if rows else None
 
 
+def wait_slots_released(c):
+    """Removed brokers leave mqtt_status() at once (it lists the catalog), but the worker
+    releases their shared-memory slots asynchronously, and mqtt_broker_add skips a slot until it
+    has: wait for that before adding again where the slots are all needed."""
+    wait_until(lambda: not c.sql("SELECT bool_or(mqtt_pub.broker_slot_busy(s)) FROM generate_series(1, "
+                                 "current_setting('pg_mqtt_pub.max_brokers')::int - 1) s "
+                                 "WHERE s NOT IN (SELECT slot FROM mqtt_pub.brokers)")[0][0],
+               20, "the worker releasing the slots of removed brokers")
+
+
 def publish_to_all(c, tag, n):
     with c.connect() as conn:
         for name in ("plain", "tls", "auth"):
@@ -160,13 +170,9 @@ def test_a_stalled_broker_does_not_hold_up_the_others(env):
     assert [int(m.payload) for m in got] == list(range(1, 501)), "the stalled broker gets everything, in order"
 
 
-def worker_pid(c):
-    return c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'")[0][0]
-
-
 def test_tls_auth_and_network_failures_are_explained(env, request):
     c, pki, brokers = env["cluster"], env["pki"], env["brokers"]
-    pid = worker_pid(c)
+    pid = c.worker_pid()
     fds_before = len(os.listdir(f"/proc/{pid}/fd"))
     auth_log = os.path.join(brokers["auth"].dir, "mosquitto.log")
     refusals_before = open(auth_log, errors="replace").read().count("not authorised")
@@ -197,11 +203,13 @@ def test_tls_auth_and_network_failures_are_explained(env, request):
     # reconnect_interval_ms = 200 doubling: 0.2 + 0.4 + 0.8 + 1.6 s -> about 4 attempts in 4 s,
     # where a tight loop would make hundreds.
     attempts = open(auth_log, errors="replace").read().count("not authorised") - refusals_before
-    assert 2 <= attempts <= 8, f"{attempts} refused logins in 4 s"
+    # (at least one, however busy the machine; a tight loop would make hundreds)
+    assert 1 <= attempts <= 8, f"{attempts} refused logins in 4 s"
     assert len(os.listdir(f"/proc/{pid}/fd")) <= fds_before + 4, "no file-descriptor leak"
     for name in expect:
         assert c.sql("SELECT mqtt_broker_remove(%s)", (name,))[0][0] == 0
-    wait_until(lambda: not set(expect) & set(modes(c)), 10, "removed brokers gone from mqtt_status()")
+    assert not set(expect) & set(modes(c)), "removed brokers are gone from mqtt_status() at once"
+    wait_slots_released(c)
 
 
 def test_add_and_remove_while_publishing(env):
@@ -251,7 +259,8 @@ def test_add_and_remove_while_publishing(env):
         assert c.sql("SELECT mqtt_broker_remove('extra', force := true)")[0][0] == 1
         assert c.sql("SELECT topic, last_error FROM mqtt_pub.dead_letters WHERE broker = 'extra'") == [
             ("b/extra/3", 'broker "extra" was removed (mqtt_broker_remove with force)')]
-        wait_until(lambda: "extra" not in modes(c), 10, "extra gone")
+        assert "extra" not in modes(c), "gone from mqtt_status() at once"
+        wait_slots_released(c)
         with pytest.raises(psycopg.errors.UndefinedObject):
             c.sql("SELECT mqtt_publish('b/extra/4', 'x', 1, broker := 'extra')")
     finally:
@@ -301,10 +310,9 @@ def test_secrets_and_privileges(env):
 
 def test_worker_restart_serves_every_broker_again(env):
     c, subs = env["cluster"], env["subs"]
-    old = worker_pid(c)
+    old = c.worker_pid()
     c.sql("SELECT pg_terminate_backend(%s)", (old,))
-    wait_until(lambda: c.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker' "
-                             "AND pid <> %s", (old,))[0][0] == 1, 30, "a new worker")
+    c.worker_pid(other_than=old)
     wait_until(lambda: modes(c) == {"default": "hot", "plain": "hot", "tls": "hot", "auth": "hot"}, 30,
                "every broker hot again")
     publish_to_all(c, "restart", 20)

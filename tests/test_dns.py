@@ -1,10 +1,10 @@
 """A broker whose host name resolves slowly does not hold up the others.
 
 Proves: the server runs with a resolv.conf (in its own mount namespace) whose name server is a
-local UDP port that reads queries and never answers, with a 4 s timeout. A second broker is
-configured by a name that therefore takes 4 s per attempt to fail. Meanwhile the default broker
+local UDP port that reads queries and never answers, with a 10 s timeout. A second broker is
+configured by a name that therefore takes 10 s per attempt to fail. Meanwhile the default broker
 (an address, no resolution) keeps delivering: 60 messages published 50 ms apart all arrive, in
-order, none later than 2 s after its COMMIT (before, the worker's loop stopped for 4 s at every
+order, none later than 5 s after its COMMIT (before, the worker's loop stopped for the timeout at every
 connect attempt of the other broker: libmosquitto resolves inside its asynchronous connect). The
 slow broker reports why it is not connected.
 """
@@ -39,7 +39,7 @@ def test_slow_name_resolution_does_not_stall_other_brokers():
     sock, stop = silent_dns()
     resolv = f"{scratch('dns')}/resolv.conf"
     with open(resolv, "w") as f:
-        f.write(f"nameserver {DNS[0]}\noptions timeout:4 attempts:1\n")
+        f.write(f"nameserver {DNS[0]}\noptions timeout:10 attempts:1\n")
     try:
         with scene("dns", port(), PORT, "dns", "dns/#", settings={"pg_mqtt_pub.reconnect_interval_ms": 100},
                    resolv_conf=resolv) as (b, s, c):
@@ -62,6 +62,7 @@ def slow_broker_does_not_stall_the_default_one(s, c):
     got = s.wait_for("dns/", 60, timeout=30)
     assert [m.topic for m in got] == [f"dns/{i:02d}" for i in range(60)]
     worst = max(m.at - sent[m.topic] for m in got)
-    assert worst < 2.0, f"a message to the default broker took {worst:.1f} s while the other broker's name resolved"
+    # a stall would last the resolver's timeout (10 s); the margin is for a busy machine
+    assert worst < 5.0, f"a message to the default broker took {worst:.1f} s while the other broker's name resolved"
     assert status(c, "dns", "slow")["connected"] is False
-    wait_until(lambda: status(c, "dns", "slow")["last_error"], 15, "the slow broker says why it is not connected")
+    wait_until(lambda: status(c, "dns", "slow")["last_error"], 40, "the slow broker says why it is not connected")

@@ -10,7 +10,7 @@ outbox; after the broker restarts, the subscriber receives exactly the 100, in c
 import signal
 import time
 
-from harness import port, scene, status, wait_until
+from harness import port, scene, status, wait_status, wait_until
 
 PORT = port()
 OTHER_PORT = port()  # nothing listens there: the second broker only has to exist
@@ -19,6 +19,8 @@ OTHER_PORT = port()  # nothing listens there: the second broker only has to exis
 def test_drop_with_messages_in_flight_and_queued_keeps_commit_order():
     with scene("drop-order", port(), PORT, "dord", "do/#", settings={"pg_mqtt_pub.max_inflight": 10}) as (b, s, c):
         c.sql("SELECT mqtt_broker_add('elsewhere', '127.0.0.1', %s)", (OTHER_PORT,), dbname="dord")
+        # the worker has a link for it (it tried to connect): only then does it queue per broker
+        wait_status(c, "dord", lambda st: st["last_error"], "tried (refused)", broker="elsewhere")
         wait_until(lambda: status(c, "dord", "default")["delivery_mode"] == "hot",
                    30, "default hot")
         b.kill(signal.SIGSTOP)

@@ -163,10 +163,9 @@ def test_sighup_switches_to_another_broker(cluster, db, sub):
 
 
 def test_worker_is_restarted_after_being_terminated(cluster, db, sub):
-    pid = cluster.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'")[0][0]
+    pid = cluster.worker_pid()
     db.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    wait_until(lambda: cluster.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker' AND pid <> %s", (pid,)),
-               20, "a new worker")
+    cluster.worker_pid(other_than=pid)
     db.execute("SELECT mqtt_publish('e2e/restart/x', 'after restart', 1)")
     assert [m.payload for m in sub.wait_for("e2e/restart/", 1, timeout=20)] == [b"after restart"]
 

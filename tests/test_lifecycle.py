@@ -37,7 +37,8 @@ def test_worker_waits_for_database_and_extension_then_goes_idle():
     }).start()
     sub = Subscriber(broker.port)
     try:
-        time.sleep(3)
+        wait_until(lambda: 'waiting for database "later"' in c.log_text(), 15, "the launcher waiting for the database")
+        time.sleep(3)  # a window in which it must not say so again, nor crash-loop
         log = c.log_text()
         assert log.count('waiting for database "later"') == 1, "says so once"
         assert "exited with exit code" not in log, "nothing crash-loops"

@@ -74,8 +74,10 @@ def test_pg_upgrade_16_to_18_delivers_the_waiting_messages():
         assert new.sql("SELECT count(*) FROM mqtt_pub.outbox", dbname="mig") == [(N,)]
         assert new.sql("SELECT name FROM mqtt_pub.broker_list", dbname="mig") == [("nb",)]
 
-        b.start()
+        # gated until the subscriber is in: the worker's next retry must not deliver to nobody
+        b.start(gated=True)
         s = Subscriber(PORT, "mig/#")
+        b.open_gate()
         got = s.wait_for("mig/", N, timeout=60)
         named = [f"mig/{i}" for i in range(1, N + 1) if i % 10 == 0]
         default = [f"mig/{i}" for i in range(1, N + 1) if i % 10]

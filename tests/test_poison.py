@@ -68,13 +68,16 @@ def test_denied_message_backs_off_and_is_dead_lettered_without_blocking(env):
                             "attempts, first_failed_at IS NOT NULL, last_error FROM mqtt_pub.dead_letters").fetchall()
         assert dead == [(True, "default", "poison/denied/x", "m500", 1, False, MAX_ATTEMPTS, True,
                          "broker refused: not authorized (0x87)")]
-        assert conn.execute("SELECT count(*) FROM mqtt_pub.outbox").fetchone()[0] == 0
+        # the worker deletes delivered rows in batches, after the dead letter is committed
+        wait_until(lambda: conn.execute("SELECT count(*) FROM mqtt_pub.outbox").fetchone()[0] == 0, 15, "outbox empty")
         summary = conn.execute("SELECT broker, dead_letters, distinct_topics, most_frequent_error "
                                "FROM mqtt_pub.dead_letter_summary").fetchall()
         assert summary == [("default", 1, 1, "broker refused: not authorized (0x87)")]
         # (mosquitto 2.0.11 also closes the connection after a denied MQTT 5 publish, so the
         # latest error in mqtt_status() may be that disconnect; the dead letter keeps the reason.)
-        st = conn.execute("SELECT dead_lettered, messages_failed, last_error_at IS NOT NULL FROM mqtt_status()").fetchone()
+        # the counter moves right after the dead letter is committed
+        st = wait_until(lambda: conn.execute("SELECT dead_lettered, messages_failed, last_error_at IS NOT NULL "
+                                             "FROM mqtt_status() WHERE dead_lettered > 0").fetchone(), 15, "dead_lettered counted")
         assert st[0] == 1 and st[1] >= MAX_ATTEMPTS and st[2]
     assert allowed_done_at is not None
     got = s.matching("poison/ok/")
@@ -88,14 +91,13 @@ def test_denied_message_backs_off_and_is_dead_lettered_without_blocking(env):
         assert abs(delay_ms - BASE_MS * 2 ** (k - 1)) < 1, f"attempt {k}: next retry after {delay_ms} ms"
         if k + 1 in samples:
             assert samples[k + 1][1] >= nxt, f"attempt {k + 1} came before its time"
-    assert "moved to mqtt_pub.dead_letters after 5 attempts" in c.log_text()
+    wait_until(lambda: "moved to mqtt_pub.dead_letters after 5 attempts" in c.log_text(), 15, "the dead letter's log line")
 
 
 def test_replay_after_acl_is_fixed(env):
     c, b, s, acl = env
     write_acl(acl, deny=False)
-    b.kill(signal.SIGHUP)  # mosquitto reloads its ACL file
-    time.sleep(0.5)
+    b.reload()  # mosquitto reloads its ACL file
     with c.connect(DB) as conn:
         with pytest.raises(psycopg.errors.UndefinedObject):
             conn.execute("SELECT mqtt_pub.replay_dead_letters('nope')")
@@ -139,7 +141,7 @@ def test_oversized_message_is_dead_lettered_without_reconnect_loop(env):
         f.seek(broker_log_start)
         reconnects = sum(1 for line in f if "New client connected" in line and "as pg_mqtt_pub" in line)
     assert reconnects <= 2 * MAX_ATTEMPTS, f"{reconnects} reconnects: at most two per attempt, no loop"
-    assert f"dead_letters after {err[0]} attempt" in c.log_text()[log_start:]
+    wait_until(lambda: f"dead_letters after {err[0]} attempt" in c.log_text()[log_start:], 15, "the dead letter's log line")
 
 
 def test_pruning_removes_only_expired_dead_letters(env):
@@ -150,7 +152,7 @@ def test_pruning_removes_only_expired_dead_letters(env):
                      "VALUES ('default', 'old', '', 1, false, 5, now() - interval '31 days'), "
                      "       ('default', 'recent', '', 1, false, 5, now() - interval '29 days')")
         # the worker prunes when it starts and then hourly: restart it
-        pid = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'").fetchone()[0]
+        pid = c.worker_pid()
         conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
         wait_until(lambda: conn.execute("SELECT array_agg(topic) FROM mqtt_pub.dead_letters").fetchone()[0] == ["recent"],
                    30, "expired dead letter pruned")

@@ -72,10 +72,9 @@ def superuser(c, role):
 
 
 def restart_worker(c):
-    worker = "SELECT pid FROM pg_stat_activity WHERE backend_type OPERATOR(pg_catalog.=) 'pg_mqtt_pub worker'"
-    old = c.sql(worker, dbname=DB)[0][0]
-    c.sql("SELECT pg_terminate_backend(%s)", (old,), dbname=DB)
-    wait_until(lambda: c.sql(worker + " AND pid OPERATOR(pg_catalog.<>) %s", (old,), dbname=DB), 30, "worker restarted")
+    old = c.worker_pid()  # (asked in the postgres database: no shadows there)
+    c.sql("SELECT pg_terminate_backend(%s)", (old,))
+    c.worker_pid(other_than=old)
 
 
 def broker_outage(c, b):

@@ -141,8 +141,10 @@ def test_alter_extension_update_matches_a_fresh_install_and_keeps_every_row(old)
         assert c.sql("SELECT name FROM mqtt_pub.broker_list", dbname="up") == [("nb",)]
         c.sql("INSERT INTO t VALUES (3, 'after')", dbname="up")
 
-        b.start()
+        # gated until the subscriber is in: the worker's next retry must not deliver to nobody
+        b.start(gated=True)
         s = Subscriber(PORT, "up/#")
+        b.open_gate()
         expect = [t for (_, t, _, _, _, _) in before] + ["up/after", "up/after-json", "up/ev/insert"]
         got = s.wait_for("up/", len(expect), timeout=60)
         # per broker, in outbox order (the named broker drains independently of the default one)

@@ -473,7 +473,8 @@ def primary_and_copy(name, ports, db, mqtt_port, standby=False):
 def status(cluster, dbname, broker="default"):
     """`mqtt_status()`'s row for `broker`, as a dict by column name."""
     with cluster.connect(dbname) as c:
-        cur = c.execute("SELECT * FROM mqtt_status() WHERE broker_name = %s", (broker,))
+        # (qualified: some tests plant look-alike operators in the database)
+        cur = c.execute("SELECT * FROM public.mqtt_status() WHERE broker_name OPERATOR(pg_catalog.=) %s", (broker,))
         row = cur.fetchone()
         return dict(zip([d.name for d in cur.description], row)) if row else None
 

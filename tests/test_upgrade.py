@@ -115,8 +115,9 @@ def test_alter_extension_update_matches_a_fresh_install_and_keeps_every_row(old)
             # argument lists (1.3) and on mqtt_status (its result changed)
             q.execute("CREATE ROLE up_app LOGIN")
             q.execute("GRANT USAGE ON SCHEMA mqtt_pub TO up_app")
-            q.execute("GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text), "
-                      "mqtt_publish_json(text, jsonb, integer, boolean, text), mqtt_status() TO up_app")
+            props = ", text, interval, text, bytea, text[], integer" if old >= "1.3" else ""  # 1.3's new arguments
+            q.execute(f"GRANT EXECUTE ON FUNCTION mqtt_publish(text, text, integer, boolean, text{props}), "
+                      f"mqtt_publish_json(text, jsonb, integer, boolean, text{props}), mqtt_status() TO up_app")
         before = rows(c, "up")
         assert len(before) == 50 + 2 + 1
 

@@ -21,7 +21,7 @@ import subprocess
 
 import pytest
 
-from harness import Broker, Cluster, PGBIN, SUB_USER, Subscriber, port, wait_until
+from harness import Broker, Cluster, PGBIN, SUB_USER, Subscriber, port, scene, wait_until
 
 PORT = port()
 PW_PORT = port()
@@ -397,3 +397,59 @@ def test_pg_dump_by_a_database_owner_as_documented(env):
     finally:
         c.sql("DROP DATABASE dumpdb")
         c.sql("DROP ROLE dumper")
+
+
+def test_database_and_role_settings_can_neither_stop_nor_redirect_the_worker():
+    """The database's owner (not a superuser) sets everything a session setting could use to stop
+    or redirect the worker on the publishing database (role, timeouts, read-only, isolation, path,
+    output formats), a superuser adds session_replication_role; after a worker restart, which
+    picks them up, messages are still delivered hot and through the outbox, and the worker
+    deletes the delivered rows. (`ALTER DATABASE ... SET role = owner` used to make every
+    worker start fail with "permission denied for table brokers".)"""
+    mqtt_port = port()
+    with scene("sec-settings", port(), mqtt_port, "setdb", "set/#") as (b, s, c):
+        c.sql("CREATE ROLE dbo LOGIN")
+        c.sql("ALTER DATABASE setdb OWNER TO dbo")
+        c.sql("CREATE SCHEMA evil AUTHORIZATION dbo", dbname="setdb")
+        settings = {"role": "dbo", "statement_timeout": "1", "lock_timeout": "1", "idle_in_transaction_session_timeout": "1",
+                    "idle_session_timeout": "1", "default_transaction_read_only": "on", "search_path": "evil, public",
+                    "default_transaction_isolation": "serializable", "default_transaction_deferrable": "on",
+                    "DateStyle": "SQL, DMY", "IntervalStyle": "iso_8601", "bytea_output": "escape",
+                    "extra_float_digits": "-15", "TimeZone": "Pacific/Chatham", "synchronous_commit": "remote_apply",
+                    "work_mem": "64", "client_min_messages": "error"}
+        if int(c.sql("SHOW server_version_num")[0][0]) >= 170000:
+            settings["transaction_timeout"] = "1"
+        with c.connect("setdb", user="dbo") as o:
+            for k, v in settings.items():
+                o.execute(f"ALTER DATABASE setdb SET {k} = '{v}'")
+        c.sql("ALTER DATABASE setdb SET session_replication_role = 'replica'")
+        # the test's own sessions undo them for themselves
+        undo = " ".join(f"-c {k}={d}" for k, d in [("statement_timeout", 0), ("lock_timeout", 0),
+                        ("idle_in_transaction_session_timeout", 0), ("idle_session_timeout", 0),
+                        ("default_transaction_read_only", "off"), ("search_path", "public"),
+                        ("transaction_timeout", 0), ("client_min_messages", "notice")]
+                        if k in settings)
+
+        def q(sql):
+            with c.connect("setdb", options=undo) as conn:
+                conn.execute("SET ROLE NONE")  # (RESET would go back to the database's setting)
+                cur = conn.execute(sql)
+                return cur.fetchall() if cur.description else None
+
+        def st():
+            return q("SELECT connected, delivery_mode, outbox_pending FROM public.mqtt_status() "
+                     "WHERE broker_name OPERATOR(pg_catalog.=) 'default'")[0]
+
+        old = c.worker_pid()
+        c.sql("SELECT pg_terminate_backend(%s)", (old,))
+        c.worker_pid(other_than=old)
+        wait_until(lambda: st()[:2] == (True, "hot"), 60, "the restarted worker connected and hot")
+        q("SELECT public.mqtt_publish('set/hot', 'h', 1)")
+        assert [m.payload for m in s.wait_for("set/hot", 1)] == [b"h"]
+        b.stop()
+        wait_until(lambda: st()[:2] == (False, "cold"), 30, "cold")
+        q("SELECT public.mqtt_publish('set/cold', 'c', 1)")
+        b.restart(s)
+        assert [m.payload for m in s.wait_for("set/cold", 1)] == [b"c"]
+        wait_until(lambda: st() == (True, "hot", 0), 30, "hot again with the outbox emptied by the worker")
+        assert "permission denied" not in c.log_text()

@@ -106,19 +106,29 @@ pub(super) fn extension_present() -> bool {
 }
 
 /// Settings the worker's SQL depends on, fixed at connect with the highest source priority, so
-/// that `ALTER DATABASE` / `ALTER ROLE ... SET` can neither hijack (search_path) nor break
-/// (timeouts, read-only default) the bootstrap superuser's queries. Each query also pins its
-/// path itself (`spi.rs`).
+/// that `ALTER DATABASE` / `ALTER ROLE ... SET` (which a database owner may use on the publishing
+/// database) can neither redirect (role, search_path) nor break (timeouts, read-only and
+/// isolation defaults, replica mode, text formats) the bootstrap superuser's queries. Each query
+/// also pins its path itself (`spi.rs`). tests/test_security.py sets every one of them.
 pub(super) fn pin_session_settings() {
-    const PINNED: [(&std::ffi::CStr, &std::ffi::CStr); 9] = [
+    const PINNED: [(&std::ffi::CStr, &std::ffi::CStr); 16] = [
+        // `ALTER DATABASE ... SET role = owner` made the worker its owner: no right to the
+        // brokers table, and every start failed
+        (c"role", c"none"),
         (c"search_path", crate::pg::spi::PINNED_PATH),
         (c"statement_timeout", c"0"),
         (c"lock_timeout", c"0"),
         (c"idle_in_transaction_session_timeout", c"0"),
         (c"idle_session_timeout", c"0"),
+        (c"transaction_timeout", c"0"), // PostgreSQL 17+
         (c"default_transaction_read_only", c"off"),
         (c"default_transaction_isolation", c"read committed"),
+        (c"default_transaction_deferrable", c"off"),
         (c"session_replication_role", c"origin"),
+        (c"DateStyle", c"ISO, MDY"),
+        (c"IntervalStyle", c"postgres"),
+        (c"bytea_output", c"hex"),
+        (c"extra_float_digits", c"1"),
         // The worker's own writes (rescued ring records, deleted outbox rows) must not wait for a
         // synchronous standby: that would stop delivery for everybody while none is attached.
         // Losing them in a failover loses nothing committed by a user (ring records live only in
@@ -126,9 +136,12 @@ pub(super) fn pin_session_settings() {
         (c"synchronous_commit", c"local"),
     ];
     for (name, value) in PINNED {
-        // SAFETY: plain GUC assignment in our own process; PGC_S_OVERRIDE outranks every file,
-        // database and role setting.
+        // SAFETY: plain GUC look-up and assignment in our own process; PGC_S_OVERRIDE outranks
+        // every file, database and role setting. A setting this server version lacks is skipped.
         unsafe {
+            if pg::GetConfigOption(name.as_ptr(), true, false).is_null() {
+                continue;
+            }
             pg::SetConfigOption(name.as_ptr(), value.as_ptr(), pg::GucContext::PGC_SUSET, pg::GucSource::PGC_S_OVERRIDE)
         };
     }

@@ -76,3 +76,123 @@ ALTER TABLE mqtt_pub.outbox ALTER COLUMN next_retry_at SET DEFAULT pg_catalog.no
 ALTER TABLE mqtt_pub.outbox ALTER COLUMN created_at SET DEFAULT pg_catalog.now();
 ALTER TABLE mqtt_pub.dead_letters ALTER COLUMN dead_lettered_at SET DEFAULT pg_catalog.now();
 ALTER TABLE mqtt_pub.brokers ALTER COLUMN created_at SET DEFAULT pg_catalog.now();
+
+-- Certificate and key files need the right password_file needs (pg_read_server_files): the
+-- worker would otherwise present the server's own certificate, or sign with its key, towards a
+-- broker of the caller's choosing. The rest of the function is unchanged (1.0).
+CREATE OR REPLACE FUNCTION @extschema@.mqtt_broker_add(
+    name        text,
+    host        text,
+    port        integer DEFAULT 1883,
+    username    text    DEFAULT NULL,
+    password    text    DEFAULT NULL,
+    use_tls     boolean DEFAULT false,
+    ca_cert     text    DEFAULT NULL,
+    client_cert text    DEFAULT NULL,
+    client_key  text    DEFAULT NULL,
+    tls_version text    DEFAULT 'tlsv1.2',
+    client_id   text    DEFAULT NULL,
+    keepalive   integer DEFAULT 60,
+    password_file text  DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- An error raised in here must not write the statement (and an inline password) to the log.
+SET log_min_error_statement = panic
+AS $$
+DECLARE
+    max_slots integer := current_setting('pg_mqtt_pub.max_brokers')::integer;
+    free      integer;
+BEGIN
+    IF name IS NULL OR host IS NULL OR port IS NULL OR use_tls IS NULL OR tls_version IS NULL OR keepalive IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL',
+            CASE WHEN name IS NULL THEN 'name' WHEN host IS NULL THEN 'host' WHEN port IS NULL THEN 'port'
+                 WHEN use_tls IS NULL THEN 'use_tls' WHEN tls_version IS NULL THEN 'tls_version' ELSE 'keepalive' END
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'Leave the argument out to use its default.';
+    END IF;
+    IF name = 'default' THEN
+        RAISE EXCEPTION 'the broker "default" cannot be added' USING ERRCODE = 'reserved_name',
+            HINT = 'It is configured by the pg_mqtt_pub.broker_* settings; choose another name.';
+    END IF;
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid MQTT broker name "%"', name USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = 'A broker name is 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.',
+            HINT = 'Use a name such as ''cloud'' or ''plant-2''.';
+    END IF;
+    IF host !~ '^[A-Za-z0-9._:\[\]-]{1,253}$' THEN
+        RAISE EXCEPTION 'invalid host "%"', host USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass a host name or an IPv4/IPv6 address, without scheme or port (e.g. ''mqtt.example.com'').';
+    END IF;
+    IF port NOT BETWEEN 1 AND 65535 THEN
+        RAISE EXCEPTION 'invalid port %', port USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'MQTT brokers listen on 1883 (plain) or 8883 (TLS); pass a port between 1 and 65535.';
+    END IF;
+    IF keepalive NOT BETWEEN 5 AND 65535 THEN
+        RAISE EXCEPTION 'invalid keepalive %', keepalive USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass a keepalive between 5 and 65535 seconds.';
+    END IF;
+    IF password IS NOT NULL AND password_file IS NOT NULL THEN
+        RAISE EXCEPTION 'password and password_file exclude each other' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass the password in a file (password_file), which keeps it out of SQL text and logs.';
+    END IF;
+    IF password_file IS NOT NULL THEN
+        IF password_file !~ '^/' THEN
+            RAISE EXCEPTION 'password_file must be an absolute path' USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'Pass e.g. ''/etc/postgresql/mqtt-cloud.password'', a file the server can read.';
+        END IF;
+        -- The worker sends the file's first line to the broker: naming a file is reading it.
+        IF NOT pg_has_role(session_user, 'pg_read_server_files', 'USAGE') THEN
+            RAISE EXCEPTION 'permission denied to use password_file' USING ERRCODE = 'insufficient_privilege',
+                DETAIL = 'The worker sends the first line of that file to the broker.',
+                HINT = 'Only superusers and members of pg_read_server_files may name a password file.';
+        END IF;
+        password := NULL;
+    END IF;
+    -- The worker reads these files and uses them towards a broker of the caller's choosing (the
+    -- key signs its TLS handshake, the certificate is presented): naming one is using a server
+    -- file, as for password_file.
+    IF (ca_cert IS NOT NULL OR client_cert IS NOT NULL OR client_key IS NOT NULL)
+       AND NOT pg_has_role(session_user, 'pg_read_server_files', 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to use certificate or key files' USING ERRCODE = 'insufficient_privilege',
+            DETAIL = 'The worker reads ca_cert, client_cert and client_key and uses them towards the broker.',
+            HINT = 'Only superusers and members of pg_read_server_files may name them; ask one to add the broker.';
+    END IF;
+    IF (password IS NOT NULL OR password_file IS NOT NULL) AND username IS NULL THEN
+        RAISE EXCEPTION 'a password needs a username' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass username := ... as well.';
+    END IF;
+    IF NOT use_tls AND (ca_cert IS NOT NULL OR client_cert IS NOT NULL OR client_key IS NOT NULL) THEN
+        RAISE EXCEPTION 'certificate files need use_tls := true' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass use_tls := true, or leave out ca_cert, client_cert and client_key.';
+    END IF;
+    IF (client_cert IS NULL) <> (client_key IS NULL) THEN
+        RAISE EXCEPTION 'client_cert and client_key go together' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Mutual TLS needs both the client certificate and its private key.';
+    END IF;
+    IF tls_version NOT IN ('tlsv1.2', 'tlsv1.3') THEN
+        RAISE EXCEPTION 'invalid tls_version "%"', tls_version USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass ''tlsv1.2'' (TLS 1.2 or newer) or ''tlsv1.3''.';
+    END IF;
+    -- One add at a time (slot allocation); publishers are not blocked.
+    LOCK TABLE mqtt_pub.brokers IN SHARE ROW EXCLUSIVE MODE;
+    IF EXISTS (SELECT 1 FROM mqtt_pub.brokers b WHERE b.name = mqtt_broker_add.name) THEN
+        RAISE EXCEPTION 'MQTT broker "%" already exists', name USING ERRCODE = 'duplicate_object',
+            HINT = 'Remove it first with mqtt_broker_remove(), or choose another name.';
+    END IF;
+    SELECT min(s) INTO free FROM generate_series(1, max_slots - 1) s
+    WHERE NOT EXISTS (SELECT 1 FROM mqtt_pub.brokers b WHERE b.slot = s) AND NOT mqtt_pub.broker_slot_busy(s);
+    IF free IS NULL THEN
+        IF (SELECT count(*) FROM mqtt_pub.brokers) >= max_slots - 1 THEN
+            RAISE EXCEPTION 'too many MQTT brokers' USING ERRCODE = 'configuration_limit_exceeded',
+                DETAIL = format('pg_mqtt_pub.max_brokers is %s, "default" included.', max_slots),
+                HINT = 'Raise pg_mqtt_pub.max_brokers in postgresql.conf and restart PostgreSQL, or remove a broker.';
+        END IF;
+        RAISE EXCEPTION 'a removed broker''s slot is still being released' USING ERRCODE = 'object_in_use',
+            HINT = 'Try again in a second.';
+    END IF;
+    INSERT INTO mqtt_pub.brokers (name, slot, host, port, username, password, password_file, use_tls, ca_cert,
+                                  client_cert, client_key, tls_version, client_id, keepalive)
+    VALUES (name, free, host, port, username, password, password_file, use_tls, ca_cert,
+            client_cert, client_key, tls_version, client_id, keepalive);
+END
+$$;

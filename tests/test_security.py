@@ -329,6 +329,18 @@ def test_password_never_logged_and_password_file(env, tmp_path):
         with c.connect(DB, user="broker_admin") as a, pytest.raises(Exception) as e:
             a.execute(f"SELECT mqtt_broker_add('pwfile', '127.0.0.1', {PW_PORT}, 'pgpub', password_file := '{pw}')")
         assert e.value.sqlstate == "42501"
+        # certificate and key files need the same right: the worker would present the server's
+        # certificate, or sign with its key, towards a broker of the caller's choosing
+        for arg in ("ca_cert := '/etc/ssl/private/server.pem'",
+                    "client_cert := '/srv/server.crt', client_key := '/srv/server.key'"):
+            with c.connect(DB, user="broker_admin") as a, pytest.raises(Exception) as e:
+                a.execute(f"SELECT mqtt_broker_add('tlsfile', '127.0.0.1', {PW_PORT}, use_tls := true, {arg})")
+            assert e.value.sqlstate == "42501" and "pg_read_server_files" in e.value.diag.message_hint, arg
+        c.sql("GRANT pg_read_server_files TO broker_admin", dbname=DB)
+        with c.connect(DB, user="broker_admin") as a:
+            a.execute(f"SELECT mqtt_broker_add('tlsfile', '127.0.0.1', {PW_PORT}, use_tls := true, ca_cert := '{pw}')")
+        c.sql("REVOKE pg_read_server_files FROM broker_admin", dbname=DB)
+        c.sql("SELECT mqtt_broker_remove('tlsfile')", dbname=DB)
         c.sql(f"SELECT mqtt_broker_add('pwfile', '127.0.0.1', {PW_PORT}, 'pgpub', password_file := '{pw}')", dbname=DB)
         wait_until(lambda: c.sql("SELECT connected FROM mqtt_status() WHERE broker_name = 'pwfile'", dbname=DB)
                    == [(True,)], 20, "connected with the password from the file")

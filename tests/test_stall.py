@@ -13,14 +13,17 @@ Proves, on a server whose `synchronous_standby_names` names a standby that never
   again used to hang every publisher of the cluster for good (the worker waited for the table
   lock inside the ring lock; the locking session then waited for the ring lock at COMMIT). Now
   other sessions commit, the locking session commits, and every message arrives exactly once.
+* A COMMIT that waits for a lock after its PRE_COMMIT (while others commit more than the ring
+  holds) holds up only its own message: it holds promised ring room, not a place in the ring.
 """
 import threading
 import time
 from contextlib import contextmanager
 
-from harness import port, scene, status, wait_until
+from harness import Broker, Subscriber, port, scene, status, wait_until
 
 PORT = port()
+OTHER_PORT = port()
 
 
 @contextmanager
@@ -112,49 +115,113 @@ def test_a_commit_waiting_for_a_standby_holds_up_nobody():
 
 
 def test_a_locked_outbox_does_not_hang_publishers():
-    # no periodic outbox look-ups of the cold broker: the worker's next SQL is the go-hot check
+    # no periodic outbox look-ups of the cold broker: the worker's next SQL is its drain and the
+    # go-hot check once the broker is back
     with stall_scene("stall-lock", port(), **{"pg_mqtt_pub.worker_poll_interval_ms": 60000}) as (b, s, c):
-        with local(c) as q:
-            q.execute("SELECT mqtt_broker_add('other', '127.0.0.1', %s)", (PORT,))
-        wait_until(lambda: [r[0] for r in c.sql("SELECT delivery_mode FROM mqtt_status() ORDER BY broker_name", dbname="st")]
-                   == ["hot", "hot"], 30, "both brokers hot")
-        # A commit of a message for "other" waits for the standby: the ring scan cannot pass it.
-        stuck = start_stuck_commit(c, "stall/stuck", "other")
-        # A durable message turns "default" cold; its outbox row waits until the scan has passed
-        # every ring record older than the switch (the stuck one), and "default" stays cold.
-        with local(c) as q:
-            q.execute("SET pg_mqtt_pub.durable = on")
-            q.execute("SELECT mqtt_publish('stall/durable', 'd', 1)")
-        wait_until(lambda: status(c, "st", "default")["delivery_mode"] == "cold",
-                   10, "default cold")
-        # A session locks the outbox, then the stuck commit ends: the worker delivers it and
-        # checks whether "default" can go hot again: that check waits for the table lock.
-        locker = local(c)
-        locker.execute("BEGIN")
-        locker.execute("LOCK TABLE mqtt_pub.outbox IN ACCESS EXCLUSIVE MODE")
-        c.sql("SELECT pg_cancel_backend(%s)", (stuck,), dbname="st")
-        s.wait_for("stall/stuck", 1, timeout=10)
-        wait_until(lambda: c.sql("SELECT count(*) FROM pg_locks WHERE relation = 'mqtt_pub.outbox'::regclass AND NOT granted",
-                                 dbname="st")[0][0] >= 1, 10, "the worker waits for the outbox lock")
-
-        # Other sessions keep committing (to the hot broker: nothing of theirs needs the table).
-        def other():
+        other_broker = Broker("stall-lock-other", OTHER_PORT).start()
+        other_sub = Subscriber(OTHER_PORT, "stall/#")
+        try:
             with local(c) as q:
-                q.execute("SELECT mqtt_publish('stall/other', 'o', 1, false, 'other')")
-        done, errors = in_thread(other)
-        assert done.wait(10) and not errors, f"a publisher hangs while a session holds the outbox lock: {errors}"
+                q.execute("SELECT mqtt_broker_add('other', '127.0.0.1', %s)", (OTHER_PORT,))
+            wait_until(lambda: [r[0] for r in c.sql("SELECT delivery_mode FROM mqtt_status() ORDER BY broker_name",
+                                                    dbname="st")] == ["hot", "hot"], 30, "both brokers hot")
+            # "default" goes down: cold. A session locks the outbox; then "default" comes back,
+            # and the worker's drain and go-hot check wait for the table lock.
+            b.stop()
+            wait_until(lambda: status(c, "st", "default")["delivery_mode"] == "cold", 10, "default cold")
+            locker = local(c)
+            locker.execute("BEGIN")
+            locker.execute("LOCK TABLE mqtt_pub.outbox IN ACCESS EXCLUSIVE MODE")
+            b.restart(s)
+            wait_until(lambda: c.sql("SELECT count(*) FROM pg_locks WHERE relation = 'mqtt_pub.outbox'::regclass "
+                                     "AND NOT granted", dbname="st")[0][0] >= 1, 30, "the worker waits for the outbox lock")
 
-        # The locking session publishes and commits.
-        def lock_holder():
-            locker.execute("SELECT mqtt_publish('stall/locker', 'l', 1)")
-            locker.execute("COMMIT")
-        done, errors = in_thread(lock_holder)
-        assert done.wait(10) and not errors, f"the session holding the outbox lock cannot commit: {errors}"
-        locker.close()
+            # Other sessions keep committing (to the hot broker: nothing of theirs needs the table).
+            def other():
+                with local(c) as q:
+                    q.execute("SELECT mqtt_publish('stall/other', 'o', 1, false, 'other')")
+            done, errors = in_thread(other)
+            assert done.wait(10) and not errors, f"a publisher hangs while a session holds the outbox lock: {errors}"
 
-        s.wait_for("stall/", 4, timeout=30)
-        time.sleep(1)
-        assert sorted(m.topic for m in s.matching("stall/")) == \
-            ["stall/durable", "stall/locker", "stall/other", "stall/stuck"], "every message once"
-        wait_until(lambda: status(c, "st", "default")["delivery_mode"] == "hot",
-                   30, "default hot again")
+            # The locking session publishes and commits.
+            def lock_holder():
+                locker.execute("SELECT mqtt_publish('stall/locker', 'l', 1)")
+                locker.execute("COMMIT")
+            done, errors = in_thread(lock_holder)
+            assert done.wait(10) and not errors, f"the session holding the outbox lock cannot commit: {errors}"
+            locker.close()
+
+            s.wait_for("stall/locker", 1, timeout=30)
+            other_sub.wait_for("stall/other", 1, timeout=30)
+            time.sleep(1)
+            assert [m.topic for m in s.matching("stall/")] == ["stall/locker"], "once"
+            assert [m.topic for m in other_sub.matching("stall/")] == ["stall/other"], "once"
+            wait_until(lambda: status(c, "st", "default")["delivery_mode"] == "hot", 30, "default hot again")
+        finally:
+            other_sub.close()
+            other_broker.stop()
+
+
+def test_a_commit_waiting_after_its_reservation_holds_up_only_its_own_messages():
+    """A publisher's COMMIT that waits for a lock after PRE_COMMIT (here the notification queue's
+    lock, held by a session whose own commit waits for the standby) while others commit 40 MB,
+    more than the ring holds: the others' messages arrive while it waits. Aborted (cancelled),
+    nothing of it arrives; committed once the lock is free, its message arrives once. (It used
+    to hold its ring reservation: the ring filled behind it, the broker went cold and the outbox
+    waited for it - nothing was delivered until it ended.)"""
+    with stall_scene("stall-lockwait", port()) as (b, s, c):
+        wait_until(lambda: status(c, "st")["delivery_mode"] == "hot", 30, "hot")
+
+        def pid_of(q):
+            return q.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+        def waits(pid, kind):
+            return c.sql("SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", (pid,),
+                         dbname="st")[0][0 if kind == "Lock" else 1] == kind
+
+        # B holds the notification queue's lock until its commit, which waits for the standby
+        holder = c.connect("st")
+        holder.execute("SET synchronous_commit = on")
+        holder_pid = pid_of(holder)
+
+        def hold():
+            with holder.transaction():
+                holder.execute("NOTIFY stall_chan")
+                holder.execute("INSERT INTO work VALUES (1)")
+        in_thread(hold)
+        wait_until(lambda: waits(holder_pid, "SyncRep"), 10, "the lock holder's commit waiting for the standby")
+
+        def waiting_publisher(topic):
+            q = local(c)
+            pid = pid_of(q)
+
+            def run():
+                with q.transaction():
+                    q.execute("SELECT mqtt_publish(%s, 'w', 1)", (topic,))
+                    q.execute("NOTIFY stall_chan")
+            done, errors = in_thread(run)
+            wait_until(lambda: waits(pid, "Lock"), 10, f"{topic}: COMMIT waiting for the lock after PRE_COMMIT")
+            return pid, done, errors
+
+        a_pid, a_done, a_errors = waiting_publisher("stall/aborted")
+        with local(c) as q:
+            for i in range(40):
+                q.execute("SELECT mqtt_publish(%s, repeat('x', 1000000), 1)", (f"stall/big/{i:02d}",))
+            for i in range(6):
+                q.execute("SELECT mqtt_publish(%s, %s, 1)", (f"stall/q1/{i}", str(i)))
+        got = s.wait_for("stall/q1/", 6, timeout=30)
+        assert [m.topic for m in got] == [f"stall/q1/{i}" for i in range(6)], "the others' messages, while it waits"
+        assert [m.topic for m in s.wait_for("stall/big/", 40, timeout=60)] == [f"stall/big/{i:02d}" for i in range(40)]
+
+        c.sql("SELECT pg_cancel_backend(%s)", (a_pid,), dbname="st")  # it aborts
+        assert a_done.wait(10) and a_errors, "the waiting COMMIT was cancelled"
+        c_pid, c_done, c_errors = waiting_publisher("stall/committed")
+        c.sql("SELECT pg_cancel_backend(%s)", (holder_pid,), dbname="st")  # its commit completes, the lock is free
+        assert c_done.wait(10) and not c_errors, c_errors
+        s.wait_for("stall/committed", 1, timeout=30)
+        with local(c) as q:
+            q.execute("SELECT mqtt_publish('stall/marker', 'm', 1)")
+        s.wait_for("stall/marker", 1, timeout=30)
+        assert [m.topic for m in s.matching("stall/committed")] == ["stall/committed"], "once"
+        assert s.matching("stall/aborted") == [], "aborted: never delivered"
+        holder.close()

@@ -16,11 +16,17 @@
 //! record). Past [`PENDING_LIMIT`] they are written early (below).
 //!
 //! ## The ring hand-off cannot fail after the commit record
-//! `PRE_COMMIT` (may still ERROR, aborting the transaction): decide per broker and reserve ring
-//! space in one contiguous run, **under the ring lock, together with reading the brokers'
-//! modes**; write outbox rows; mark every record header RESERVED. `COMMIT`: copy messages into
-//! the reservation and mark them READY — memcpy and atomic stores only. `ABORT`: mark the
-//! reservation CANCELLED.
+//! `PRE_COMMIT` (may still ERROR, aborting the transaction): decide per broker and have ring
+//! space *promised* (a count, ring.rs), **under the ring lock, together with reading the
+//! brokers' modes**; write outbox rows. `COMMIT`: take the promised slots as one contiguous
+//! reservation (under the lock: it cannot fail, the room was set aside), copy the messages in and
+//! mark them READY. `ABORT`: give the promise back.
+//!
+//! Between PRE_COMMIT and COMMIT a transaction may wait as long as anyone likes (a lock taken by
+//! PostgreSQL's own pre-commit steps, ON COMMIT actions, NOTIFY's queue lock, a synchronous
+//! standby): it then holds only its promise, never a place in the ring, so the worker and
+//! everybody else's messages pass it, and the rest of the ring stays usable. Its messages enter
+//! the ring when it commits, in commit order (the order in which transactions become visible).
 //!
 //! ## Cold writers
 //! A transaction that writes outbox rows for a broker registers itself in that broker's
@@ -66,8 +72,8 @@ struct Pending {
     msgs: Messages,
     /// Brokers whose `cold_writers` this transaction is counted in (bit per broker).
     cold_registered: u32,
-    /// The PRE_COMMIT ring reservation: start and length in slots.
-    reserved: Option<(u64, u64)>,
+    /// Ring slots promised at PRE_COMMIT, taken at COMMIT (0: none).
+    promised: u64,
     /// Brokers whose messages go to the ring at COMMIT (bit per broker).
     hot_at_commit: u32,
     /// Next arena size at which a spill is considered.
@@ -114,7 +120,7 @@ impl Pending {
         } else {
             self.clear_messages();
             self.cold_registered = 0;
-            self.reserved = None;
+            self.promised = 0;
             self.hot_at_commit = 0;
             self.spill_check_at = 0;
             self.stamp = Stamp::default();
@@ -364,13 +370,12 @@ fn pre_commit() {
                 return Step::TooBig;
             }
             // SAFETY: under the ring lock.
-            match unsafe { ring.try_reserve(slots) } {
-                Some(pos) => {
-                    p.reserved = Some((pos, slots));
-                    p.hot_at_commit = hot;
-                    Step::Done
-                }
-                None => Step::Full,
+            if unsafe { ring.try_promise(slots) } {
+                p.promised = slots;
+                p.hot_at_commit = hot;
+                Step::Done
+            } else {
+                Step::Full
             }
         });
         match done {
@@ -386,23 +391,25 @@ fn pre_commit() {
             p.write_to_outbox(Some(b));
         }
     }
-    if let Some((start, slots)) = p.reserved {
-        let mut pos = start;
-        for m in p.msgs.iter().filter(|m| p.hot_at_commit & (1 << m.broker) != 0) {
-            let n = m.nslots();
-            let run = if pos == start { slots } else { 0 };
-            // SAFETY: record starts inside our fresh reservation; the first is already RESERVED,
-            // the others must be before anything becomes READY (ring.rs).
-            unsafe { ring.mark_reserved(pos, n, run) };
-            pos += n;
-        }
-    }
 }
 
 fn commit() {
     let p = pending();
-    if let Some((start, _)) = p.reserved {
+    if p.promised > 0 {
         let ring = shmem::ring();
+        // SAFETY: under the ring lock; the slots were promised to us at PRE_COMMIT.
+        let start =
+            shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || unsafe { ring.take_promise(p.promised) });
+        let hot = |m: &MessageRef<'_>| p.hot_at_commit & (1 << m.broker) != 0;
+        let mut pos = start;
+        for m in p.msgs.iter().filter(hot) {
+            if pos != start {
+                // SAFETY: a record start inside our fresh reservation: every header must be
+                // RESERVED before any record becomes READY (ring.rs); the first already is.
+                unsafe { ring.mark_reserved(pos, m.nslots(), 0) };
+            }
+            pos += m.nslots();
+        }
         let mut pos = start;
         for (i, m) in p.msgs.iter().enumerate() {
             if p.hot_at_commit & (1 << m.broker) == 0 {
@@ -421,10 +428,9 @@ fn commit() {
 
 fn abort() {
     let p = pending();
-    if let Some((start, slots)) = p.reserved {
-        // SAFETY: the whole reservation is ours and nothing in it was published.
-        unsafe { shmem::ring().cancel(start, slots) };
-        shmem::wake_worker();
+    if p.promised > 0 {
+        // SAFETY: under the ring lock; the promise is ours and was not taken.
+        shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || unsafe { shmem::ring().drop_promise(p.promised) });
     }
     unregister_cold(p);
     p.reset();

@@ -15,8 +15,14 @@
 //!
 //! ## Who touches what
 //! * `head` (next slot to hand out) is advanced only by producers, **under the ring LWLock**
-//!   (`try_reserve`). The first header of a fresh reservation is set to `RESERVED` before `head`
-//!   moves, so the consumer can never mistake stale bytes for a record.
+//!   (`try_reserve`, `take_promise`). The first header of a fresh reservation is set to
+//!   `RESERVED` before `head` moves, so the consumer can never mistake stale bytes for a record.
+//! * `promised` counts slots that committing transactions were promised at PRE_COMMIT and have
+//!   not taken yet (`try_promise`, then `take_promise` at COMMIT or `drop_promise` at ABORT; all
+//!   under the lock). Free space is `nslots - (head - tail) - promised`, so a promise can always be
+//!   taken. A transaction that waits between PRE_COMMIT and COMMIT (for a lock, a synchronous
+//!   standby) holds only this count, never a place in the ring: the consumer and `tail` pass on,
+//!   and the space behind it stays usable.
 //! * A reservation belongs to its producer until it publishes each record with a release store of
 //!   `READY` (or marks the whole reservation `CANCELLED`). No lock is needed for that: nobody else
 //!   writes those slots.
@@ -52,6 +58,8 @@ pub struct RingControl {
     pub tail: AtomicU64,
     /// Capacity in slots (power of two).
     pub nslots: u64,
+    /// Slots promised to committing transactions, not taken yet (see the module comment).
+    pub promised: AtomicU64,
 }
 
 /// Header at the start of every record.
@@ -211,7 +219,12 @@ impl Ring {
         let ctl = mem as *mut RingControl;
         // SAFETY: caller guarantees `mem` is ours and big enough.
         unsafe {
-            ctl.write(RingControl { head: AtomicU64::new(0), tail: AtomicU64::new(0), nslots });
+            ctl.write(RingControl {
+                head: AtomicU64::new(0),
+                tail: AtomicU64::new(0),
+                nslots,
+                promised: AtomicU64::new(0),
+            });
             Ring::attach(mem)
         }
     }
@@ -247,6 +260,54 @@ impl Ring {
         unsafe { self.data.add(idx * SLOT) as *mut RecordHeader }
     }
 
+    /// Is there room for `n` more slots, counting what is promised?
+    fn has_room(&self, n: u64) -> bool {
+        let c = self.ctl();
+        let used = c.head.load(Ordering::Relaxed) - c.tail.load(Ordering::Acquire);
+        n > 0 && used + c.promised.load(Ordering::Relaxed) + n <= c.nslots
+    }
+
+    /// Promise `n` slots to a committing transaction (PRE_COMMIT), or false if they are not free.
+    /// Nothing in the ring changes: the slots are taken at COMMIT ([`Ring::take_promise`]).
+    ///
+    /// # Safety
+    /// The caller holds the ring lock.
+    pub unsafe fn try_promise(&self, n: u64) -> bool {
+        if !self.has_room(n) {
+            return false;
+        }
+        self.ctl().promised.fetch_add(n, Ordering::Relaxed);
+        true
+    }
+
+    /// Take `n` promised slots as a reservation (COMMIT); never fails (the room was set aside).
+    ///
+    /// # Safety
+    /// The caller holds the ring lock and was promised `n` slots it has not taken or dropped.
+    pub unsafe fn take_promise(&self, n: u64) -> u64 {
+        let c = self.ctl();
+        c.promised.fetch_sub(n, Ordering::Relaxed);
+        let head = c.head.load(Ordering::Relaxed);
+        debug_assert!(head - c.tail.load(Ordering::Acquire) + n <= c.nslots);
+        // SAFETY: slots [head, head+n) are free: they were counted as promised until now.
+        unsafe { self.mark_reserved(head, n, n) };
+        c.head.store(head + n, Ordering::Release);
+        head
+    }
+
+    /// Give a promise back (the transaction aborted after PRE_COMMIT).
+    ///
+    /// # Safety
+    /// The caller holds the ring lock and was promised `n` slots it has not taken or dropped.
+    pub unsafe fn drop_promise(&self, n: u64) {
+        self.ctl().promised.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Slots promised and not taken yet.
+    pub fn promised_slots(&self) -> u64 {
+        self.ctl().promised.load(Ordering::Relaxed)
+    }
+
     /// Reserve `n` consecutive slots, or `None` if they are not free.
     ///
     /// # Safety
@@ -254,8 +315,7 @@ impl Ring {
     pub unsafe fn try_reserve(&self, n: u64) -> Option<u64> {
         let c = self.ctl();
         let head = c.head.load(Ordering::Relaxed);
-        let tail = c.tail.load(Ordering::Acquire);
-        if n == 0 || head - tail + n > c.nslots {
+        if !self.has_room(n) {
             return None;
         }
         // SAFETY: slots [head, head+n) are free (checked above) and now ours.
@@ -511,6 +571,53 @@ mod tests {
             assert!(matches!(r.peek_at(r.tail(), &mut scratch), Peek::Ready(v) if v.payload == b"3"));
             r.release_to(cur);
             assert_eq!(r.used_slots(), 0);
+        }
+    }
+
+    #[test]
+    fn a_promise_holds_room_but_no_place() {
+        let t = ring(8);
+        let r = &t.ring;
+        unsafe {
+            assert!(r.try_promise(3), "a transaction at PRE_COMMIT");
+            assert!(!r.try_promise(6) && r.try_reserve(6).is_none(), "its room is set aside");
+            // others commit and are consumed past it, round and round: the tail moves on
+            for round in 0..10u8 {
+                for p in [[round; 1], [round + 100; 1]] {
+                    let m = msg(b"t", &p);
+                    let pos = r.try_reserve(m.nslots()).unwrap();
+                    r.publish(pos, &m);
+                }
+                assert_eq!(take(r).unwrap().1, vec![round]);
+                assert_eq!(take(r).unwrap().1, vec![round + 100]);
+            }
+            assert_eq!((r.used_slots(), r.promised_slots()), (0, 3));
+            // filled to the brim except the promise: the promise can still be taken
+            for _ in 0..5 {
+                let m = msg(b"t", b"f");
+                let pos = r.try_reserve(1).unwrap();
+                r.publish(pos, &m);
+            }
+            assert!(r.try_reserve(1).is_none());
+            let at = r.take_promise(3);
+            assert_eq!((r.used_slots(), r.promised_slots()), (8, 0));
+            let m = msg(b"late", b"x");
+            r.mark_reserved(at + 1, 1, 0);
+            r.mark_reserved(at + 2, 1, 0);
+            for i in 0..3 {
+                r.publish(at + i, &m);
+            }
+            for _ in 0..5 {
+                assert_eq!(take(r).unwrap().1, b"f".to_vec());
+            }
+            for _ in 0..3 {
+                assert_eq!(take(r).unwrap().0, b"late".to_vec(), "after those committed before it");
+            }
+            // an aborted transaction gives its promise back
+            assert!(r.try_promise(8));
+            assert!(r.try_reserve(1).is_none());
+            r.drop_promise(8);
+            assert!(r.try_reserve(8).is_some());
         }
     }
 

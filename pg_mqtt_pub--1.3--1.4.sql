@@ -196,3 +196,54 @@ BEGIN
             client_cert, client_key, tls_version, client_id, keepalive);
 END
 $$;
+
+-- mqtt_status() with the outbox's size and its limit (pg_mqtt_pub.max_outbox_size): same
+-- arguments, another result, so it is dropped and created again, keeping its grants.
+DO $do$
+DECLARE
+    s text;
+    grants text[];
+    g text;
+BEGIN
+    FOREACH s IN ARRAY ARRAY['@extschema@', 'mqtt_pub'] LOOP
+        SELECT pg_catalog.array_agg(pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.mqtt_status() TO %s%s', s,
+                   CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                        ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END,
+                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END))
+          INTO grants
+          FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+         WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.format('%s.mqtt_status()', s)::pg_catalog.regprocedure
+           AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+           AND a.grantee OPERATOR(pg_catalog.<>) p.proowner;
+        EXECUTE pg_catalog.format('DROP FUNCTION %s.mqtt_status()', s);
+        EXECUTE pg_catalog.format($f$CREATE FUNCTION %s.mqtt_status(
+            OUT broker_name       text,
+            OUT host              text,
+            OUT port              integer,
+            OUT connected         boolean,
+            OUT delivery_mode     text,
+            OUT messages_sent     bigint,
+            OUT messages_failed   bigint,
+            OUT dead_lettered     bigint,
+            OUT outbox_pending    bigint,
+            OUT last_error        text,
+            OUT last_connected_at timestamptz,
+            OUT last_error_at     timestamptz,
+            OUT inflight          integer,
+            OUT ring_used_bytes   bigint,
+            OUT outbox_oldest_age interval,
+            OUT messages_expired  bigint,
+            OUT outbox_bytes      bigint,
+            OUT outbox_max_bytes  bigint
+        ) RETURNS SETOF record
+        AS 'MODULE_PATHNAME', 'mqtt_status'
+        LANGUAGE C VOLATILE PARALLEL SAFE$f$, s);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s.mqtt_status() FROM PUBLIC', s);
+        FOREACH g IN ARRAY COALESCE(grants, '{}') LOOP
+            EXECUTE g;
+        END LOOP;
+    END LOOP;
+END
+$do$;
+COMMENT ON FUNCTION @extschema@.mqtt_status() IS 'Connection state and delivery counters per MQTT broker';
+COMMENT ON FUNCTION mqtt_pub.mqtt_status() IS 'Connection state and delivery counters per MQTT broker';

@@ -52,3 +52,34 @@ def test_mosquitto_limits_refused_as_documented_and_window_within_receive_maximu
             b.kill(signal.SIGCONT)
         got = s.wait_for("limits/window", 20)
         assert [m.payload.decode() for m in got] == [f"w{i}" for i in range(20)]
+
+
+def test_a_full_outbox_refuses_publishers_and_loses_nothing_committed():
+    """pg_mqtt_pub.max_outbox_size bounds the outbox: with the broker unreachable, a publisher
+    whose message would pass it gets ERROR 53400 at the call (its whole transaction is rolled
+    back), mqtt_status() shows the fill level, and everything committed before arrives once the
+    broker is reachable; then there is room again. (Nothing bounded it: one role could fill the
+    disk PostgreSQL's WAL lives on with mqtt_publish_batch.)"""
+    mqtt_port, db = port(), "obx"
+    with scene("outbox-cap", port(), mqtt_port, db, "obx/#", worker_port=port(),
+               settings={"pg_mqtt_pub.max_outbox_size": "'64kB'"}) as (b, s, c):
+        payload = "p" * 5000
+        with c.connect(db) as q:
+            for i in range(12):  # 12 x 5 kB: under 64 kB
+                q.execute("SELECT mqtt_publish(%s, %s, 1)", (f"obx/{i:02d}", payload))
+            with pytest.raises(psycopg.errors.ConfigurationLimitExceeded) as e:
+                with q.transaction():
+                    q.execute("SELECT mqtt_publish('obx/tx-first', 'small', 1)")
+                    q.execute("SELECT mqtt_publish_batch('obx/batch', ARRAY[%s, %s], 1)", (payload, payload))
+            assert "outbox is full" in str(e.value) and "max_outbox_size" in e.value.diag.message_hint
+            st = q.execute("SELECT outbox_bytes, outbox_max_bytes, outbox_pending FROM mqtt_status()").fetchone()
+            assert st[1] == 64 * 1024 and st[2] == 12 and 12 * 5000 <= st[0] <= 64 * 1024, st
+            # a small one still fits
+            q.execute("SELECT mqtt_publish('obx/small', 's', 1)")
+        c.reload_with(db, broker_port=mqtt_port)
+        got = s.wait_for("obx/", 13, timeout=60)
+        assert [m.topic for m in got] == [f"obx/{i:02d}" for i in range(12)] + ["obx/small"], "all committed, once, in order"
+        wait_until(lambda: status(c, db)["outbox_bytes"] == 0, 30, "the delivered rows taken off the outbox's size")
+        with c.connect(db) as q:
+            q.execute("SELECT mqtt_publish_batch('obx/after', ARRAY[%s, %s], 1)", (payload, payload))
+        assert len(s.wait_for("obx/after/", 2)) == 2

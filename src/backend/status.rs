@@ -17,6 +17,7 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
         let args = unsafe { Args::new(fcinfo) };
         let ring = shmem::ring();
         let ring_bytes = (ring.used_slots() * crate::pure::ring::SLOT as u64) as i64;
+        let outbox_used = crate::data::outbox_size::used();
         // SAFETY: the documented materialize-mode SRF recipe.
         unsafe {
             pg::InitMaterializedSRF(args.fcinfo(), 0);
@@ -59,10 +60,17 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                 ];
                 let mut values: Vec<pg::Datum> = cols.iter().map(|c| c.0).collect();
                 let mut nulls: Vec<bool> = cols.iter().map(|c| c.1).collect();
-                // SQL 1.3 added messages_expired; a database still on 1.2 asks for 15 columns.
-                if (*(*rsinfo).setDesc).natts > 15 {
+                // SQL 1.3 added messages_expired, 1.4 the outbox's size and limit: a database
+                // still on an older version asks for fewer columns.
+                let natts = (*(*rsinfo).setDesc).natts;
+                if natts > 15 {
                     values.push(n(b.messages_expired.load(Ordering::Relaxed)));
                     nulls.push(false);
+                }
+                if natts > 16 {
+                    let limit = crate::data::outbox_size::limit();
+                    values.extend([pg::Datum::from(outbox_used), pg::Datum::from(limit.unwrap_or(0))]);
+                    nulls.extend([false, limit.is_none()]);
                 }
                 pg::tuplestore_putvalues(
                     (*rsinfo).setResult,

@@ -51,6 +51,7 @@
 
 use crate::data::catalog::name_of as broker_name;
 use crate::data::outbox::{self, NewRow, LANE_PUBLISHED};
+use crate::data::outbox_size;
 use crate::pg::guard::{self, guard, Code, PgError};
 use crate::pg::gucs;
 use crate::pure::backend_local::BackendLocal;
@@ -74,6 +75,9 @@ struct Pending {
     cold_registered: u32,
     /// Ring slots promised at PRE_COMMIT, taken at COMMIT (0: none).
     promised: u64,
+    /// Bytes this transaction wrote to the outbox: they count against `max_outbox_size` once it
+    /// commits (outbox_size.rs).
+    outbox_bytes: i64,
     /// Brokers whose messages go to the ring at COMMIT (bit per broker).
     hot_at_commit: u32,
     /// Next arena size at which a spill is considered.
@@ -121,14 +125,23 @@ impl Pending {
             self.clear_messages();
             self.cold_registered = 0;
             self.promised = 0;
+            self.outbox_bytes = 0;
             self.hot_at_commit = 0;
             self.spill_check_at = 0;
             self.stamp = Stamp::default();
         }
     }
 
-    /// Write messages (all, or those of one broker) to the outbox, in order.
-    fn write_to_outbox(&self, only: Option<u16>) {
+    /// Write messages (all, or those of one broker) to the outbox, in order; ERROR 53400 first if
+    /// that would pass `max_outbox_size`.
+    fn write_to_outbox(&mut self, only: Option<u16>) {
+        let adding: usize = self
+            .msgs
+            .iter()
+            .filter(|m| only.is_none_or(|b| m.broker == b))
+            .map(|m| m.topic.len() + m.payload.len() + m.props.len())
+            .sum();
+        outbox_size::require_room(self.outbox_bytes + adding as i64);
         let names: Vec<Option<String>> = (0..MAX_BROKERS)
             .map(|b| {
                 (self.msgs.count_for(b as u16) > 0 && only.is_none_or(|o| o as usize == b))
@@ -142,7 +155,7 @@ impl Pending {
             .filter(|(_, m)| only.is_none_or(|b| m.broker == b))
             .map(|(i, m)| self.stamp.apply(i, m))
             .map(|m| NewRow::of(names[m.broker as usize].as_deref().unwrap_or("default"), &m, LANE_PUBLISHED));
-        outbox::insert(&mut rows);
+        self.outbox_bytes += outbox::insert(&mut rows);
     }
 }
 
@@ -212,10 +225,16 @@ pub fn register_callbacks() {
     }
 }
 
-fn write_one(m: &MessageRef<'_>) {
+fn write_one(p: &mut Pending, m: &MessageRef<'_>) {
+    outbox_size::require_room(p.outbox_bytes + message_bytes(m));
     let name = broker_name(m.broker);
     let mut row = std::iter::once(NewRow::of(&name, m, LANE_PUBLISHED));
-    outbox::insert(&mut row);
+    p.outbox_bytes += outbox::insert(&mut row);
+}
+
+/// What a message adds to the outbox's size (outbox_size.rs).
+fn message_bytes(m: &MessageRef<'_>) -> i64 {
+    (m.topic.len() + m.payload.len() + m.props.len()) as i64
 }
 
 /// Publish one validated message.
@@ -228,10 +247,15 @@ pub fn publish(msg: MessageRef<'_>) {
             return;
         }
         register_cold(p, b, true);
-        write_one(&msg);
+        write_one(p, &msg);
         return;
     }
     require_room(p, &msg);
+    if gucs::DURABLE.get() || is_cold(b) {
+        // bound to the outbox (unless the broker is hot again by COMMIT): refused at once when
+        // it is full, not only at COMMIT
+        outbox_size::require_room(p.outbox_bytes + message_bytes(&msg));
+    }
     // SAFETY: plain read of transaction state.
     let subid = unsafe { pg::GetCurrentSubTransactionId() };
     p.msgs.push(&msg, subid);
@@ -416,12 +440,13 @@ fn commit() {
                 continue;
             }
             let m = p.stamp.apply(i, m);
-            // SAFETY: the PRE_COMMIT reservation is ours; records are published in order.
+            // SAFETY: the reservation taken above is ours; records are published in order.
             unsafe { ring.publish(pos, &m) };
             pos += m.nslots();
         }
         shmem::wake_worker();
     }
+    outbox_size::add(p.outbox_bytes);
     unregister_cold(p);
     p.reset();
 }
@@ -462,6 +487,9 @@ unsafe extern "C-unwind" fn xact_callback(event: pg::XactEvent::Type, _arg: *mut
         }
         XACT_EVENT_PREPARE => {
             let p = pending();
+            // counted now: COMMIT PREPARED runs later, anywhere (a ROLLBACK PREPARED is
+            // corrected by the worker's next measurement)
+            outbox_size::add(p.outbox_bytes);
             unregister_cold(p);
             p.reset();
         }

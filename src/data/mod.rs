@@ -2,3 +2,4 @@
 
 pub mod catalog;
 pub mod outbox;
+pub mod outbox_size;

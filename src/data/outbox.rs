@@ -12,6 +12,7 @@
 //! Everything here raises ERRORs through the guard; the worker's calls run inside its own
 //! transactions (`src/worker/`).
 
+use super::outbox_size;
 use crate::pg::fmgr::{from_utf8, to_utf8, varlena_bytes};
 use crate::pg::spi::{self, bytes_datum, execute, first_value, pinned, with_spi, Rights};
 use crate::pure::backend_local::BackendLocal;
@@ -173,9 +174,10 @@ const CHUNK_ROWS: usize = 10_000;
 const CHUNK_BYTES: usize = 8 << 20;
 
 /// Insert messages into the outbox, in order, in the current transaction (one statement per
-/// chunk of rows).
-pub fn insert(rows: &mut dyn Iterator<Item = NewRow<'_>>) {
+/// chunk of rows). Returns the bytes written (topics, payloads, properties: outbox_size.rs).
+pub fn insert(rows: &mut dyn Iterator<Item = NewRow<'_>>) -> i64 {
     let mut rows = rows.peekable();
+    let mut written = 0;
     while rows.peek().is_some() {
         // SAFETY: a child of the current context, deleted below; nothing allocated in it is used
         // after the chunk's statement ran (an ERROR frees it with its parent).
@@ -188,14 +190,15 @@ pub fn insert(rows: &mut dyn Iterator<Item = NewRow<'_>>) {
                 pg::ALLOCSET_DEFAULT_MAXSIZE as usize,
             );
             let old = pg::MemoryContextSwitchTo(ctx);
-            insert_chunk(&mut rows);
+            written += insert_chunk(&mut rows);
             pg::MemoryContextSwitchTo(old);
             pg::MemoryContextDelete(ctx);
         }
     }
+    written
 }
 
-fn insert_chunk(rows: &mut std::iter::Peekable<&mut dyn Iterator<Item = NewRow<'_>>>) {
+fn insert_chunk(rows: &mut std::iter::Peekable<&mut dyn Iterator<Item = NewRow<'_>>>) -> i64 {
     let (mut brokers, mut topics, mut payloads, mut qos, mut retain, mut lanes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut props, mut ids, mut expiries) = (Vec::new(), Vec::new(), Vec::new());
@@ -217,7 +220,7 @@ fn insert_chunk(rows: &mut std::iter::Peekable<&mut dyn Iterator<Item = NewRow<'
         }
     }
     if brokers.is_empty() {
-        return;
+        return 0;
     }
     let n = brokers.len() as i32;
     // SAFETY: each array is built from `n` datums of its element type, with that type's
@@ -244,6 +247,7 @@ fn insert_chunk(rows: &mut std::iter::Peekable<&mut dyn Iterator<Item = NewRow<'
             unsafe { pg::SPI_execute_plan(insert_plan(v13), values.as_mut_ptr(), std::ptr::null(), false, 0) }
         })
     });
+    bytes as i64
 }
 
 fn int8_array(ids: &[i64]) -> String {
@@ -411,6 +415,7 @@ pub fn insert_failed(row: NewRow<'_>, why: &str, base_ms: i64, max_attempts: i32
             first_value(1).map(|d| d.value() as i64)
         }
     })?;
+    outbox_size::add((row.topic_utf8.len() + row.payload.len() + row.props.len()) as i64);
     record_failure(row.broker, id, why, base_ms, max_attempts)
 }
 
@@ -516,7 +521,7 @@ pub fn fetch(
     })
 }
 
-/// Worker: delete delivered rows.
+/// Worker: delete delivered rows (and take their bytes off the outbox's size).
 pub fn delete(rows: &[Delivered]) {
     if rows.is_empty() {
         return;
@@ -527,9 +532,13 @@ pub fn delete(rows: &[Delivered]) {
     // reused by another row after a concurrent delete harmless.
     let tids: Vec<String> = rows.iter().map(|r| format!("\"({},{})\"", r.tid.0, r.tid.1)).collect();
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let props =
+        if has_properties() { " OPERATOR(pg_catalog.+) COALESCE(pg_catalog.octet_length(properties), 0)" } else { "" };
     let sql = format!(
-        "DELETE FROM mqtt_pub.outbox WHERE ctid OPERATOR(pg_catalog.=) ANY ('{{{}}}'::pg_catalog.tid[]) \
-         AND id OPERATOR(pg_catalog.=) ANY ({})",
+        "WITH d AS (DELETE FROM mqtt_pub.outbox WHERE ctid OPERATOR(pg_catalog.=) ANY ('{{{}}}'::pg_catalog.tid[]) \
+         AND id OPERATOR(pg_catalog.=) ANY ({}) RETURNING pg_catalog.octet_length(topic) OPERATOR(pg_catalog.+) \
+         pg_catalog.octet_length(payload){props} AS n) \
+         SELECT COALESCE(pg_catalog.sum(d.n), 0)::pg_catalog.int8 FROM d",
         tids.join(","),
         int8_array(&ids)
     );
@@ -542,6 +551,7 @@ pub fn delete(rows: &[Delivered]) {
             0,
         );
         execute(&sql, &[], false, 0);
+        outbox_size::add(-first_value(1).map(|d| d.value() as i64).unwrap_or(0));
     });
 }
 

@@ -69,6 +69,8 @@ pub static PUBLISH_TIMEOUT_MS: Guc<c_int> = Guc::new(100);
 pub static WORKER_POLL_INTERVAL_MS: Guc<c_int> = Guc::new(10);
 pub static MAX_MESSAGE_SIZE: Guc<c_int> = Guc::new(1024 * 1024);
 pub static MAX_PENDING_MEMORY: Guc<c_int> = Guc::new(256 * 1024 * 1024);
+/// kB; -1: no limit.
+pub static MAX_OUTBOX_SIZE: Guc<c_int> = Guc::new(1024 * 1024);
 pub static TRANSACTIONAL: Guc<bool> = Guc::new(true);
 pub static DURABLE: Guc<bool> = Guc::new(false);
 pub static MESSAGE_ID: Guc<bool> = Guc::new(true);
@@ -172,7 +174,9 @@ unsafe extern "C-unwind" fn check_queue_size(
 }
 
 pub fn define() {
-    use pg::{GUC_SUPERUSER_ONLY as SECRET, GUC_UNIT_BYTE as BYTES, GUC_UNIT_MS as MS, GUC_UNIT_S as S};
+    use pg::{
+        GUC_SUPERUSER_ONLY as SECRET, GUC_UNIT_BYTE as BYTES, GUC_UNIT_KB as KB, GUC_UNIT_MS as MS, GUC_UNIT_S as S,
+    };
 
     string(
         c"pg_mqtt_pub.broker_host",
@@ -346,6 +350,15 @@ pub fn define() {
         512 * 1024 * 1024,
         SUSET,
         BYTES,
+    );
+    int(
+        c"pg_mqtt_pub.max_outbox_size",
+        c"Largest size of the outbox (topics, payloads and properties); past it, publishing to a cold broker fails. -1: no limit.",
+        &MAX_OUTBOX_SIZE,
+        -1,
+        c_int::MAX,
+        SIGHUP,
+        KB,
     );
     int(
         c"pg_mqtt_pub.max_message_size",

@@ -26,7 +26,7 @@ use crate::pg::guard::{Code, PgError};
 use crate::pg::gucs;
 use crate::pure::ring::{self, Ring};
 use pgrx_pg_sys as pg;
-use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 mod slot;
 pub use slot::{broker, BrokerShared, Mode};
@@ -68,6 +68,10 @@ pub struct Shared {
     /// Message ids handed out since the server started (props.rs: the id is this run's instance
     /// part and a sequence number; 0 means "no id").
     pub message_ids: AtomicU64,
+    /// Bytes (topic + payload + properties) in `mqtt_pub.outbox`, for `max_outbox_size`: added
+    /// by a publisher's COMMIT and the worker's inserts, taken off by the worker's deletes, and
+    /// set from a scan by the worker now and then (data/outbox_size.rs). Approximate.
+    pub outbox_bytes: AtomicI64,
     /// `max_brokers` status slots follow this struct in the segment (see `brokers`).
     nbrokers: u32,
 }

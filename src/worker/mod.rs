@@ -158,6 +158,8 @@ struct Worker {
     ext_present: bool,
     next_ext_check: Instant,
     next_prune: Instant,
+    /// When the outbox's size is measured next (data/outbox_size.rs).
+    next_measure: Instant,
     generation: u64,
     next_catalog_check: Instant,
     /// When the ring scan last handed something over (see LINGER).
@@ -196,6 +198,7 @@ impl Worker {
             ext_present: false,
             next_ext_check: Instant::now(),
             next_prune: Instant::now(),
+            next_measure: Instant::now(),
             generation: u64::MAX,
             next_catalog_check: Instant::now(),
             last_work: Instant::now(),
@@ -224,6 +227,7 @@ impl Worker {
             self.take_signals();
             self.follow_extension_and_catalog();
             self.maybe_prune();
+            self.maybe_measure_outbox();
             self.service_links();
             let mut more = self.deliver_ring();
             more |= self.deliver_outboxes();

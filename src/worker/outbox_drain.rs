@@ -142,6 +142,18 @@ impl Worker {
         }
     }
 
+    /// Measure the outbox for `max_outbox_size` (the running count misses dead-lettering,
+    /// replays, a DBA's DELETE): at start, then every minute, or ten times as long as the last
+    /// measurement took if that is longer (one pass over a large outbox's heap).
+    pub(super) fn maybe_measure_outbox(&mut self) {
+        if !self.ext_present || Instant::now() < self.next_measure {
+            return;
+        }
+        let started = Instant::now();
+        self.with_outbox(crate::data::outbox_size::measure);
+        self.next_measure = Instant::now() + Duration::from_secs(60).max(started.elapsed() * 10);
+    }
+
     /// Delete dead letters older than `dead_letter_retain_days` (0 = keep): at start, then about
     /// hourly, in batches of 1000 rows (at most 20 per round) so no transaction runs long.
     pub(super) fn maybe_prune(&mut self) {

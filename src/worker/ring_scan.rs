@@ -303,7 +303,7 @@ impl Worker {
                 if let Peek::Ready(r) = unsafe { ring.peek_at(pos, &mut scratch) } {
                     let Some(Some(name)) = names.get(r.broker as usize) else { continue };
                     let mut row = std::iter::once(outbox::NewRow::of(name, &r.message(), outbox::LANE_RECOVERED));
-                    outbox::insert(&mut row);
+                    crate::data::outbox_size::add(outbox::insert(&mut row));
                 }
             }
         });

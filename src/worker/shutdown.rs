@@ -10,10 +10,17 @@ impl Worker {
     pub(super) fn save_ring_to_outbox(&mut self) {
         // Every committed record counts, including those behind a transaction still committing:
         // step over reservations at once, and give their transactions (which got the same
-        // SIGTERM) a moment to finish COMMIT.
+        // SIGTERM) a moment to finish COMMIT. That includes transactions between PRE_COMMIT and
+        // COMMIT, which hold promised ring room but no place in the ring yet (a commit waiting
+        // for a synchronous standby ends its wait on SIGTERM and then takes it).
         let give_up = Instant::now() + SHUTDOWN_COMMIT_WAIT;
         let mut scratch = std::mem::take(&mut self.scratch);
         loop {
+            // read under the lock, before the scan: a promise taken before it is in the ring
+            // by the time the scan looks (ring.rs: taken under the same lock)
+            let promised = crate::shmem::with_lock(crate::shmem::RING_LOCK, pg::LWLockMode::LW_SHARED, || {
+                self.ring.promised_slots()
+            });
             let caught_up = loop {
                 // SAFETY: only consumer; the scan cursor is a record boundary.
                 match unsafe { self.ring.peek_at(self.scan.cursor(), &mut scratch) } {
@@ -25,13 +32,13 @@ impl Worker {
                 }
             };
             self.take_filled_holes();
-            if (caught_up && !self.scan.has_holes()) || Instant::now() >= give_up {
+            if (caught_up && !self.scan.has_holes() && promised == 0) || Instant::now() >= give_up {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         self.scratch = scratch;
-        let abandoned = self.scan.abandon_holes();
+        let abandoned = self.scan.abandon_holes() + usize::from(self.ring.promised_slots() > 0);
         if abandoned > 0 {
             guard::log(
                 Level::WARNING,

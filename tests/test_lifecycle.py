@@ -60,3 +60,37 @@ def test_worker_waits_for_database_and_extension_then_goes_idle():
         sub.close()
         c.stop()
         broker.stop()
+
+
+def test_drop_extension_while_the_worker_works_never_kills_it():
+    """DROP EXTENSION committing between the worker's look for the extension and its next query
+    made that query fail ("relation mqtt_pub.brokers does not exist") and the worker exit (seen
+    in pg_regress on a busy machine). Create, use and drop the extension over and over while the
+    worker syncs brokers and drains: it never exits."""
+    broker = Broker("lifecycle-drop", port()).start()
+    c = Cluster("lifecycle-drop", port(), {
+        "pg_mqtt_pub.database": "'churn'",
+        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
+        "pg_mqtt_pub.broker_port": broker.port,
+        "pg_mqtt_pub.reconnect_interval_ms": 100,
+    }).start()
+    try:
+        c.sql("CREATE DATABASE churn")
+        c.worker_pid()
+        with c.connect("churn") as q:
+            for i in range(150):
+                q.execute("CREATE EXTENSION pg_mqtt_pub")
+                q.execute("SELECT mqtt_broker_add('b1', '127.0.0.1', %s)", (broker.port,))
+                q.execute("SET pg_mqtt_pub.durable = on")  # outbox rows: the worker drains them
+                q.execute("SELECT mqtt_publish('churn/x', 'x', 1) FROM generate_series(1, 20)")
+                q.execute("SELECT mqtt_publish('churn/y', 'y', 1, broker := 'b1')")
+                time.sleep(0.002 * (i % 10))
+                # a catalog change wakes the worker to read mqtt_pub.brokers, and DROP EXTENSION
+                # right behind it holds that table's lock while the worker waits for it
+                q.execute("SELECT mqtt_broker_remove('b1', force := true)")
+                q.execute("DROP EXTENSION pg_mqtt_pub CASCADE")
+        time.sleep(1)
+        assert "exited with exit code" not in c.log_text(), "the worker died"
+    finally:
+        c.stop()
+        broker.stop()

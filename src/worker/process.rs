@@ -96,9 +96,22 @@ pub(super) fn report_stats() -> i64 {
     wait
 }
 
+/// Is the extension installed, and will it stay so until this transaction ends? DROP EXTENSION
+/// locks the extension exclusively before it drops anything, so a share lock held for the rest of
+/// the transaction keeps it (and its tables) in place under the worker's queries; without it, a
+/// DROP committing while a query of ours waited for a table lock made that query fail and the
+/// worker exit. Looked up again after the lock: it may have been dropped just before.
 pub(super) fn extension_exists_in_transaction() -> bool {
-    // SAFETY: catalog lookup inside a transaction.
-    (unsafe { pg::get_extension_oid(c"pg_mqtt_pub".as_ptr(), true) }) != pg::InvalidOid
+    // SAFETY: catalog lookups and a heavyweight lock inside a transaction (released at its end);
+    // LockDatabaseObject takes in the invalidations of whatever committed while it waited.
+    unsafe {
+        let oid = pg::get_extension_oid(c"pg_mqtt_pub".as_ptr(), true);
+        if oid == pg::InvalidOid {
+            return false;
+        }
+        pg::LockDatabaseObject(pg::ExtensionRelationId, oid, 0, pg::AccessShareLock as i32);
+        pg::get_extension_oid(c"pg_mqtt_pub".as_ptr(), true) == oid
+    }
 }
 
 pub(super) fn extension_present() -> bool {

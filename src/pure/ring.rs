@@ -24,8 +24,9 @@
 //!   standby) holds only this count, never a place in the ring: the consumer and `tail` pass on,
 //!   and the space behind it stays usable.
 //! * A reservation belongs to its producer until it publishes each record with a release store of
-//!   `READY` (or marks the whole reservation `CANCELLED`). No lock is needed for that: nobody else
-//!   writes those slots.
+//!   `READY`. No lock is needed for that: nobody else writes those slots. (A reservation is taken
+//!   at COMMIT, after which nothing aborts: an aborting transaction gives back a promise instead,
+//!   so no record is ever cancelled.)
 //! * `tail` is advanced only by the single consumer (the worker), once the records before it are
 //!   delivered (acknowledged, for QoS 1/2): the worker scans ahead with its own cursor
 //!   (`peek_at`). Producers read `tail` to compute free space; a stale value only under-estimates
@@ -47,7 +48,6 @@ pub const SLOT: usize = 512;
 /// Record states (first word of the header).
 pub const STATE_RESERVED: u32 = 0x5245_5356; // "RESV"
 pub const STATE_READY: u32 = 0x5245_4459; // "REDY"
-pub const STATE_CANCELLED: u32 = 0x4341_4E43; // "CANC"
 
 /// Control block, lives in shared memory next to the slots.
 #[repr(C)]
@@ -66,7 +66,7 @@ pub struct RingControl {
 #[repr(C)]
 pub struct RecordHeader {
     pub state: AtomicU32,
-    /// Slots this record occupies (for a cancelled reservation: the whole reservation).
+    /// Slots this record occupies.
     pub nslots: u32,
     pub topic_len: u32,
     pub payload_len: u32,
@@ -147,8 +147,6 @@ pub enum Peek<'a> {
     Reserved {
         run: u64,
     },
-    /// Skip this many slots: an aborted reservation.
-    Cancelled(u64),
     Ready(RecordView<'a>),
 }
 
@@ -157,8 +155,6 @@ pub enum Peek<'a> {
 pub enum RunState {
     /// Not published yet (or being published right now).
     Waiting,
-    /// Aborted: skip all of it.
-    Cancelled,
     /// Every record is published: where each lies, in order.
     Ready(Vec<Span>),
 }
@@ -368,19 +364,6 @@ impl Ring {
         }
     }
 
-    /// Give up a reservation (transaction aborted after PRE_COMMIT): the consumer skips it.
-    ///
-    /// # Safety
-    /// `[pos, pos + nslots)` is a whole reservation owned by the caller, none of it published.
-    pub unsafe fn cancel(&self, pos: u64, nslots: u64) {
-        let h = self.header(pos);
-        // SAFETY: we own the reservation.
-        unsafe {
-            (*h).nslots = nslots as u32;
-            (*h).state.store(STATE_CANCELLED, Ordering::Release);
-        }
-    }
-
     unsafe fn copy_in(&self, logical: u64, src: &[u8]) {
         let total = (self.capacity() as usize) * SLOT;
         let off = (logical % total as u64) as usize;
@@ -419,7 +402,6 @@ impl Ring {
         unsafe {
             match (*h).state.load(Ordering::Acquire) {
                 STATE_READY => {}
-                STATE_CANCELLED => return Peek::Cancelled((*h).nslots as u64),
                 _ => return Peek::Reserved { run: (*h).run.load(Ordering::Relaxed) as u64 },
             }
             let tl = (*h).topic_len as usize;
@@ -462,11 +444,10 @@ impl Ring {
         while pos < start + run {
             let h = self.header(pos);
             // SAFETY: every record header of the reservation was marked RESERVED before the
-            // first one was published or cancelled (Acquire on the state orders the rest).
+            // first one was published (Acquire on the state orders the rest).
             unsafe {
                 match (*h).state.load(Ordering::Acquire) {
                     STATE_READY => {}
-                    STATE_CANCELLED if pos == start => return RunState::Cancelled,
                     _ => return RunState::Waiting,
                 }
                 let n = (*h).nslots as u64;
@@ -509,17 +490,14 @@ mod tests {
 
     fn take(r: &Ring) -> Option<(Vec<u8>, Vec<u8>)> {
         let mut scratch = Vec::new();
-        loop {
-            // SAFETY: single consumer in these tests.
-            match unsafe { r.peek_at(r.tail(), &mut scratch) } {
-                Peek::Empty | Peek::Reserved { .. } => return None,
-                Peek::Cancelled(n) => unsafe { r.release_to(r.tail() + n) },
-                Peek::Ready(v) => {
-                    let out = (v.topic().to_vec(), v.payload.to_vec());
-                    let n = v.nslots;
-                    unsafe { r.release_to(r.tail() + n) };
-                    return Some(out);
-                }
+        // SAFETY: single consumer in these tests.
+        match unsafe { r.peek_at(r.tail(), &mut scratch) } {
+            Peek::Empty | Peek::Reserved { .. } => None,
+            Peek::Ready(v) => {
+                let out = (v.topic().to_vec(), v.payload.to_vec());
+                let n = v.nslots;
+                unsafe { r.release_to(r.tail() + n) };
+                Some(out)
             }
         }
     }
@@ -657,7 +635,7 @@ mod tests {
     }
 
     #[test]
-    fn reserved_blocks_and_cancelled_is_skipped() {
+    fn a_reservation_blocks_until_published() {
         let t = ring(16);
         let r = &t.ring;
         let m = msg(b"x", b"1");
@@ -676,11 +654,6 @@ mod tests {
             assert_eq!(take(r).unwrap().0, b"x");
             assert_eq!(take(r).unwrap().0, b"x");
             assert_eq!(take(r).unwrap().0, b"later");
-            let c = r.try_reserve(4).unwrap();
-            let d = r.try_reserve(1).unwrap();
-            r.publish(d, &msg(b"after", b""));
-            r.cancel(c, 4);
-            assert_eq!(take(r).unwrap().0, b"after");
             assert_eq!(r.used_slots(), 0);
         }
     }
@@ -711,12 +684,6 @@ mod tests {
             r.publish(a + 1, &msg(b"y", b"1"));
             r.publish(a + 2, &msg(b"z", b"1"));
             assert_eq!(r.run_state(a, 3), RunState::Ready((a..a + 3).map(|pos| Span { pos, nslots: 1 }).collect()));
-            // an aborted one is skipped whole
-            let c = r.try_reserve(2).unwrap();
-            r.mark_reserved(c + 1, 1, 0);
-            assert_eq!(r.run_state(c, 2), RunState::Waiting);
-            r.cancel(c, 2);
-            assert_eq!(r.run_state(c, 2), RunState::Cancelled);
         }
     }
 

@@ -82,7 +82,6 @@ impl Worker {
                     }
                     self.scan.push_hole(run);
                 }
-                Peek::Cancelled(n) => self.scan.push(n, true),
                 Peek::Ready(r) => {
                     let (n, broker) = (r.nslots, r.broker);
                     if self.scan.has_holes() {
@@ -243,8 +242,8 @@ impl Worker {
         self.scan.low()
     }
 
-    /// Stepped-over reservations that were published or cancelled since: the placeholder makes
-    /// way for the records (not done yet), in order. Returns the records.
+    /// Stepped-over reservations that were published since: the placeholder makes way for the
+    /// records (not done yet), in order. Returns the records.
     pub(super) fn take_filled_holes(&mut self) -> Vec<Span> {
         let mut found = Vec::new();
         let holes: Vec<Hole> = self.scan.holes().collect();
@@ -252,7 +251,6 @@ impl Worker {
             // SAFETY: a reservation the scan stepped over and has not released.
             let records = match unsafe { self.ring.run_state(start, run) } {
                 RunState::Waiting => continue,
-                RunState::Cancelled => Vec::new(),
                 RunState::Ready(r) => r,
             };
             self.scan.fill_hole(start, &records);

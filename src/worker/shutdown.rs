@@ -25,7 +25,6 @@ impl Worker {
                 // SAFETY: only consumer; the scan cursor is a record boundary.
                 match unsafe { self.ring.peek_at(self.scan.cursor(), &mut scratch) } {
                     Peek::Ready(r) => self.scan.push(r.nslots, false),
-                    Peek::Cancelled(n) => self.scan.push(n, true),
                     Peek::Reserved { run } if run > 0 => self.scan.push_hole(run),
                     Peek::Reserved { .. } => break false,
                     Peek::Empty => break true,

@@ -106,7 +106,6 @@ impl Worker {
         }
         // SAFETY: only consumer; the view is dropped immediately.
         match unsafe { self.ring.peek_at(self.scan.cursor(), &mut self.scratch) } {
-            Peek::Cancelled(_) => true,
             Peek::Ready(r) => match self.by_slot.get(r.broker as usize).copied().flatten() {
                 Some(l) => {
                     let k = &self.links[l];

@@ -83,3 +83,44 @@ def test_a_full_outbox_refuses_publishers_and_loses_nothing_committed():
         with c.connect(db) as q:
             q.execute("SELECT mqtt_publish_batch('obx/after', ARRAY[%s, %s], 1)", (payload, payload))
         assert len(s.wait_for("obx/after/", 2)) == 2
+
+
+def test_the_outbox_limit_counts_open_transactions_and_forgets_rolled_back_savepoints():
+    """Concurrent open transactions share one allowance (each used to be checked against what was
+    committed only: five sessions put 75 MB in a 20 MB outbox), and what a rolled-back savepoint
+    wrote is given back (it used to count at COMMIT: an empty outbox read as full)."""
+    db = "obx2"
+    with scene("outbox-cap2", port(), port(), db, "obx2/#", worker_port=port(),
+               settings={"pg_mqtt_pub.max_outbox_size": "'64kB'"}) as (b, s, c):
+        payload = "p" * 5000
+        with c.connect(db) as q:  # written into the outbox at the call (the broker is cold)
+            q.execute("SET pg_mqtt_pub.transactional = off")
+            for _ in range(3):  # three times over the limit, in savepoints rolled back
+                with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):  # (the first round fills it)
+                    with q.transaction():
+                        q.execute("SAVEPOINT s")
+                        for i in range(20):
+                            q.execute("SELECT mqtt_publish('obx2/gone', %s, 1)", (payload,))
+                with q.transaction():
+                    q.execute("SAVEPOINT s")
+                    for i in range(10):
+                        q.execute("SELECT mqtt_publish('obx2/gone', %s, 1)", (payload,))
+                    q.execute("ROLLBACK TO SAVEPOINT s")
+            assert q.execute("SELECT outbox_bytes FROM mqtt_status()").fetchone()[0] == 0
+            assert q.execute("SELECT count(*) FROM mqtt_pub.outbox").fetchone()[0] == 0
+        a, b2 = c.connect(db, autocommit=False), c.connect(db, autocommit=False)
+        try:
+            for conn in (a, b2):
+                conn.execute("SET pg_mqtt_pub.transactional = off")
+            for i in range(8):  # 40 kB, not committed yet
+                a.execute("SELECT mqtt_publish(%s, %s, 1)", (f"obx2/a/{i}", payload))
+            with pytest.raises(psycopg.errors.ConfigurationLimitExceeded) as e:
+                for i in range(8):  # 40 kB more: the open transaction's 40 kB count
+                    b2.execute("SELECT mqtt_publish(%s, %s, 1)", (f"obx2/b/{i}", payload))
+            assert "open transactions" in e.value.diag.message_detail
+            b2.rollback()
+            a.commit()
+        finally:
+            a.close()
+            b2.close()
+        assert 40000 <= status(c, db)["outbox_bytes"] <= 64 * 1024

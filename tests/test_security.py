@@ -423,7 +423,7 @@ def test_database_and_role_settings_can_neither_stop_nor_redirect_the_worker():
         c.sql("CREATE ROLE dbo LOGIN")
         c.sql("ALTER DATABASE setdb OWNER TO dbo")
         c.sql("CREATE SCHEMA evil AUTHORIZATION dbo", dbname="setdb")
-        settings = {"role": "dbo", "statement_timeout": "1", "lock_timeout": "1", "idle_in_transaction_session_timeout": "1",
+        settings = {"session_authorization": "dbo", "role": "dbo", "statement_timeout": "1", "lock_timeout": "1", "idle_in_transaction_session_timeout": "1",
                     "idle_session_timeout": "1", "default_transaction_read_only": "on", "search_path": "evil, public",
                     "default_transaction_isolation": "serializable", "default_transaction_deferrable": "on",
                     "DateStyle": "SQL, DMY", "IntervalStyle": "iso_8601", "bytea_output": "escape",
@@ -444,7 +444,9 @@ def test_database_and_role_settings_can_neither_stop_nor_redirect_the_worker():
 
         def q(sql):
             with c.connect("setdb", options=undo) as conn:
-                conn.execute("SET ROLE NONE")  # (RESET would go back to the database's setting)
+                # (RESET would go back to the database's settings)
+                conn.execute("SET SESSION AUTHORIZATION postgres")
+                conn.execute("SET ROLE NONE")
                 cur = conn.execute(sql)
                 return cur.fetchall() if cur.description else None
 

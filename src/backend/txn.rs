@@ -55,6 +55,7 @@ use crate::data::outbox_size;
 use crate::pg::guard::{self, guard, Code, PgError};
 use crate::pg::gucs;
 use crate::pure::backend_local::BackendLocal;
+use crate::pure::ledger::Ledger;
 use crate::pure::pending::Messages;
 use crate::pure::ring::MessageRef;
 use crate::shmem::{self, MAX_BROKERS, RING_LOCK};
@@ -67,6 +68,12 @@ use std::time::{Duration, Instant};
 /// Pending bytes a transaction keeps in memory before writing them to the outbox.
 pub const PENDING_LIMIT: usize = 8 << 20;
 
+/// A transaction may be promised at most this share of the ring (1/8: 4 MB of the default 32 MB);
+/// more goes to the outbox at PRE_COMMIT. A promise is held for as long as its COMMIT waits, and
+/// one that covered the whole ring would make every other commit wait `publish_timeout_ms` and
+/// then spill, for as long as that transaction chose to wait.
+const MAX_PROMISE_SHARE: u64 = 8;
+
 #[derive(Default)]
 struct Pending {
     /// The messages and their savepoint marks (pending.rs).
@@ -75,9 +82,9 @@ struct Pending {
     cold_registered: u32,
     /// Ring slots promised at PRE_COMMIT, taken at COMMIT (0: none).
     promised: u64,
-    /// Bytes this transaction wrote to the outbox: they count against `max_outbox_size` once it
-    /// commits (outbox_size.rs).
-    outbox_bytes: i64,
+    /// Bytes this transaction wrote to the outbox, by subtransaction: reserved against
+    /// `max_outbox_size` until it ends (outbox_size.rs), given back by a savepoint rollback.
+    outbox: Ledger,
     /// Brokers whose messages go to the ring at COMMIT (bit per broker).
     hot_at_commit: u32,
     /// Next arena size at which a spill is considered.
@@ -125,7 +132,7 @@ impl Pending {
             self.clear_messages();
             self.cold_registered = 0;
             self.promised = 0;
-            self.outbox_bytes = 0;
+            self.outbox = Ledger::default();
             self.hot_at_commit = 0;
             self.spill_check_at = 0;
             self.stamp = Stamp::default();
@@ -141,7 +148,8 @@ impl Pending {
             .filter(|m| only.is_none_or(|b| m.broker == b))
             .map(|m| m.topic.len() + m.payload.len() + m.props.len())
             .sum();
-        outbox_size::require_room(self.outbox_bytes + adding as i64);
+        outbox_size::reserve(adding as i64, self.outbox.total());
+        self.outbox.add(current_subid(), adding as i64);
         let names: Vec<Option<String>> = (0..MAX_BROKERS)
             .map(|b| {
                 (self.msgs.count_for(b as u16) > 0 && only.is_none_or(|o| o as usize == b))
@@ -155,7 +163,7 @@ impl Pending {
             .filter(|(_, m)| only.is_none_or(|b| m.broker == b))
             .map(|(i, m)| self.stamp.apply(i, m))
             .map(|m| NewRow::of(names[m.broker as usize].as_deref().unwrap_or("default"), &m, LANE_PUBLISHED));
-        self.outbox_bytes += outbox::insert(&mut rows);
+        outbox::insert(&mut rows);
     }
 }
 
@@ -226,10 +234,16 @@ pub fn register_callbacks() {
 }
 
 fn write_one(p: &mut Pending, m: &MessageRef<'_>) {
-    outbox_size::require_room(p.outbox_bytes + message_bytes(m));
+    outbox_size::reserve(message_bytes(m), p.outbox.total());
+    p.outbox.add(current_subid(), message_bytes(m));
     let name = broker_name(m.broker);
     let mut row = std::iter::once(NewRow::of(&name, m, LANE_PUBLISHED));
-    p.outbox_bytes += outbox::insert(&mut row);
+    outbox::insert(&mut row);
+}
+
+fn current_subid() -> pg::SubTransactionId {
+    // SAFETY: plain read of transaction state.
+    unsafe { pg::GetCurrentSubTransactionId() }
 }
 
 /// What a message adds to the outbox's size (outbox_size.rs).
@@ -254,7 +268,7 @@ pub fn publish(msg: MessageRef<'_>) {
     if gucs::DURABLE.get() || is_cold(b) {
         // bound to the outbox (unless the broker is hot again by COMMIT): refused at once when
         // it is full, not only at COMMIT
-        outbox_size::require_room(p.outbox_bytes + message_bytes(&msg));
+        outbox_size::require_room(message_bytes(&msg), p.outbox.total());
     }
     // SAFETY: plain read of transaction state.
     let subid = unsafe { pg::GetCurrentSubTransactionId() };
@@ -390,7 +404,7 @@ fn pre_commit() {
                 p.hot_at_commit = 0;
                 return Step::Done;
             }
-            if slots > ring.capacity() {
+            if slots > ring.capacity() / MAX_PROMISE_SHARE {
                 return Step::TooBig;
             }
             // SAFETY: under the ring lock.
@@ -404,7 +418,7 @@ fn pre_commit() {
         });
         match done {
             Step::Done => break,
-            // larger than the whole ring, or no room within publish_timeout_ms: spill
+            // larger than a transaction may promise, or no room within publish_timeout_ms: spill
             Step::TooBig => spill = true,
             Step::Full if start.elapsed() >= timeout => spill = true,
             Step::Full => wait_for_space(),
@@ -446,7 +460,7 @@ fn commit() {
         }
         shmem::wake_worker();
     }
-    outbox_size::add(p.outbox_bytes);
+    outbox_size::settle(p.outbox.take(), true);
     unregister_cold(p);
     p.reset();
 }
@@ -457,6 +471,7 @@ fn abort() {
         // SAFETY: under the ring lock; the promise is ours and was not taken.
         shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || unsafe { shmem::ring().drop_promise(p.promised) });
     }
+    outbox_size::settle(p.outbox.take(), false);
     unregister_cold(p);
     p.reset();
 }
@@ -489,7 +504,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg::XactEvent::Type, _arg: *mut
             let p = pending();
             // counted now: COMMIT PREPARED runs later, anywhere (a ROLLBACK PREPARED is
             // corrected by the worker's next measurement)
-            outbox_size::add(p.outbox_bytes);
+            outbox_size::settle(p.outbox.take(), true);
             unregister_cold(p);
             p.reset();
         }
@@ -507,8 +522,14 @@ unsafe extern "C-unwind" fn subxact_callback(
     guard(|| {
         let p = pending();
         match event {
-            SUBXACT_EVENT_ABORT_SUB => p.msgs.abort_sub(my_subid),
-            SUBXACT_EVENT_COMMIT_SUB => p.msgs.commit_sub(parent_subid),
+            SUBXACT_EVENT_ABORT_SUB => {
+                p.msgs.abort_sub(my_subid);
+                outbox_size::settle(p.outbox.abort_sub(my_subid), false);
+            }
+            SUBXACT_EVENT_COMMIT_SUB => {
+                p.msgs.commit_sub(parent_subid);
+                p.outbox.commit_sub(my_subid, parent_subid);
+            }
             _ => {}
         }
     })

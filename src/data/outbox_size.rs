@@ -3,16 +3,21 @@
 //!
 //! The size is the bytes of topics, payloads and properties in `mqtt_pub.outbox`, kept in shared
 //! memory (`Shared::outbox_bytes`) without SQL on the publishing path:
-//! * a publisher's COMMIT adds what its transaction wrote (txn.rs; PREPARE counts at PREPARE);
+//! * a publisher *reserves* what it is about to write (`Shared::outbox_reserved`, checked against
+//!   the limit together with what is committed, so concurrent transactions share one allowance);
+//!   its COMMIT moves the reservation to the committed figure, a rollback — of the transaction or
+//!   of the savepoint it wrote in (pure/ledger.rs) — gives it back; PREPARE counts as committed;
 //! * the worker adds what it writes (messages taken back from the ring) and takes off what it
 //!   deletes after delivery, as its statements report them;
-//! * the worker measures the table now and then ([`measure`]), which corrects what nobody counts
-//!   (dead-lettering, replays, a DBA's DELETE, rolled-back prepared transactions).
+//! * the worker measures the table every minute ([`measure`]), which corrects what nobody counts
+//!   (dead-lettering, replays, a DBA's DELETE, ROLLBACK PREPARED); a publisher that finds the
+//!   outbox full measures it first (at most once a second cluster-wide), so a stale figure cannot
+//!   refuse anybody for long.
 //!
 //! So the figure is approximate: a commit that lands during a measurement may be missed or
 //! counted twice until the next one. The limit is a safety bound, not a quota.
 //!
-//! Only what a *publisher* adds is refused ([`require_room`]): the caller's transaction takes the
+//! Only what a *publisher* adds is refused ([`reserve`]): the caller's transaction takes the
 //! error. Messages already committed (the worker's writes) always go in, so the outbox can pass
 //! the limit by what the ring held.
 
@@ -20,6 +25,7 @@ use crate::pg::guard::{Code, PgError};
 use crate::pg::gucs;
 use crate::pg::spi::{self, pinned, with_spi, Rights};
 use crate::shmem::require_shared;
+use pgrx_pg_sys as pg;
 use std::sync::atomic::Ordering;
 
 /// Bytes the outbox holds (approximately; never negative).
@@ -33,23 +39,41 @@ pub fn limit() -> Option<i64> {
     (kb >= 0).then_some(kb as i64 * 1024)
 }
 
+/// The worker wrote (`bytes` > 0) or deleted (< 0) committed rows.
 pub fn add(bytes: i64) {
     if bytes != 0 {
         require_shared().outbox_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
-/// A publisher is about to write `adding` bytes to the outbox: ERROR 53400 if that passes the limit.
-pub fn require_room(adding: i64) {
-    let Some(max) = limit() else { return };
-    let used = used();
-    if used + adding <= max {
+/// A publisher is about to write `adding` bytes to the outbox: reserve them, or ERROR 53400 if
+/// that passes the limit (after one fresh measurement, in case the figure is stale). `own`: what
+/// its transaction has written so far (a measurement in it sees those rows, already reserved).
+pub fn reserve(adding: i64, own: i64) {
+    let s = require_shared();
+    let Some(max) = limit() else {
+        s.outbox_reserved.fetch_add(adding, Ordering::Relaxed);
         return;
+    };
+    for attempt in 0..2 {
+        // Add first, then look: two publishers racing for the last room may both be refused,
+        // never both let in.
+        let reserved = s.outbox_reserved.fetch_add(adding, Ordering::Relaxed) + adding;
+        if used() + reserved <= max {
+            return;
+        }
+        s.outbox_reserved.fetch_sub(adding, Ordering::Relaxed);
+        if attempt == 0 && !measure_if_due(own) {
+            break;
+        }
     }
+    let (used, reserved) = (used(), s.outbox_reserved.load(Ordering::Relaxed).max(0));
     PgError::new(Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, "the pg_mqtt_pub outbox is full")
         .detail(format!(
-            "It holds about {} of pg_mqtt_pub.max_outbox_size ({}); this transaction would add {}.",
+            "It holds about {} and open transactions are writing {} more, of pg_mqtt_pub.max_outbox_size ({}); \
+             this transaction would add {}.",
             pretty(used),
+            pretty(reserved),
             pretty(max),
             pretty(adding)
         ))
@@ -58,6 +82,42 @@ pub fn require_room(adding: i64) {
              mqtt_pub.outbox_summary, let delivery catch up, or raise pg_mqtt_pub.max_outbox_size.",
         )
         .raise()
+}
+
+/// A publisher's message is bound for the outbox at COMMIT (its broker is cold): refuse it at the
+/// call already if it would not fit now.
+pub fn require_room(adding: i64, own: i64) {
+    reserve(adding, own);
+    require_shared().outbox_reserved.fetch_sub(adding, Ordering::Relaxed);
+}
+
+/// A transaction that reserved `bytes` ended: committed (or prepared) rows count as the outbox's
+/// from now on; rolled-back ones are gone.
+pub fn settle(bytes: i64, committed: bool) {
+    if bytes == 0 {
+        return;
+    }
+    let s = require_shared();
+    s.outbox_reserved.fetch_sub(bytes, Ordering::Relaxed);
+    if committed {
+        s.outbox_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A publisher found the outbox full: measure it (as the outbox's owner), unless someone did
+/// in the last second. True if it measured.
+fn measure_if_due(own: i64) -> bool {
+    let s = require_shared();
+    // SAFETY: plain call.
+    let now = unsafe { pg::GetCurrentTimestamp() };
+    let last = s.outbox_measured_at.load(Ordering::Relaxed);
+    if now - last < 1_000_000
+        || s.outbox_measured_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        return false;
+    }
+    measure(Rights::Owner, own);
+    true
 }
 
 fn pretty(bytes: i64) -> String {
@@ -69,8 +129,10 @@ fn pretty(bytes: i64) -> String {
     }
 }
 
-/// Worker, inside a transaction: measure the outbox and set the figure from it.
-pub fn measure() {
+/// Inside a transaction: measure the outbox and set the figure from it. The worker measures
+/// with its own rights, a publisher as the outbox's owner; `own` is what the measuring
+/// transaction wrote itself (visible to it, but reserved, not committed).
+pub fn measure(rights: Rights, own: i64) {
     let props = if crate::data::outbox::has_properties() {
         " OPERATOR(pg_catalog.+) COALESCE(pg_catalog.octet_length(o.properties), 0)"
     } else {
@@ -82,7 +144,7 @@ pub fn measure() {
          pg_catalog.octet_length(o.payload){props}), 0)::pg_catalog.int8 FROM mqtt_pub.outbox o"
     );
     let bytes = with_spi(|| {
-        pinned(Rights::Restricted, || {
+        pinned(rights, || {
             // SAFETY: inside SPI and the pinned scope; one int8 column, one row.
             unsafe {
                 spi::execute(&sql, &[], true, 0);
@@ -90,5 +152,5 @@ pub fn measure() {
             }
         })
     });
-    require_shared().outbox_bytes.store(bytes, Ordering::Relaxed);
+    require_shared().outbox_bytes.store(bytes - own, Ordering::Relaxed);
 }

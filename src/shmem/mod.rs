@@ -72,6 +72,10 @@ pub struct Shared {
     /// by a publisher's COMMIT and the worker's inserts, taken off by the worker's deletes, and
     /// set from a scan by the worker now and then (data/outbox_size.rs). Approximate.
     pub outbox_bytes: AtomicI64,
+    /// Bytes written to the outbox by transactions still open (counted against the limit too).
+    pub outbox_reserved: AtomicI64,
+    /// When a publisher last measured the outbox after finding it full (µs, PostgreSQL time).
+    pub outbox_measured_at: AtomicI64,
     /// `max_brokers` status slots follow this struct in the segment (see `brokers`).
     nbrokers: u32,
 }

@@ -150,7 +150,7 @@ impl Worker {
             return;
         }
         let started = Instant::now();
-        self.with_outbox(crate::data::outbox_size::measure);
+        self.with_outbox(|| crate::data::outbox_size::measure(crate::pg::spi::Rights::Restricted, 0));
         self.next_measure = Instant::now() + Duration::from_secs(60).max(started.elapsed() * 10);
     }
 

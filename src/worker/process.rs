@@ -124,6 +124,20 @@ pub(super) fn extension_present() -> bool {
 /// isolation defaults, replica mode, text formats) the bootstrap superuser's queries. Each query
 /// also pins its path itself (`spi.rs`). tests/test_security.py sets every one of them.
 pub(super) fn pin_session_settings() {
+    // First who the worker is: `ALTER DATABASE ... SET session_authorization = owner` (which the
+    // database's owner may do) made it that owner, like `role` below. Back to the bootstrap
+    // superuser it connected as.
+    // SAFETY: catalog lookup and GUC assignment right after connecting, inside a transaction
+    // (the role name is looked up in pg_authid).
+    in_transaction(|| unsafe {
+        let me = pg::GetUserNameFromId(pg::GetAuthenticatedUserId(), false);
+        pg::SetConfigOption(
+            c"session_authorization".as_ptr(),
+            me,
+            pg::GucContext::PGC_SUSET,
+            pg::GucSource::PGC_S_OVERRIDE,
+        );
+    });
     const PINNED: [(&std::ffi::CStr, &std::ffi::CStr); 16] = [
         // `ALTER DATABASE ... SET role = owner` made the worker its owner: no right to the
         // brokers table, and every start failed
@@ -157,5 +171,16 @@ pub(super) fn pin_session_settings() {
             }
             pg::SetConfigOption(name.as_ptr(), value.as_ptr(), pg::GucContext::PGC_SUSET, pg::GucSource::PGC_S_OVERRIDE)
         };
+    }
+    // SAFETY: the session's identity; superuser() reads pg_authid, so inside a transaction.
+    let (user, authenticated, su) =
+        in_transaction(|| unsafe { (pg::GetUserId(), pg::GetAuthenticatedUserId(), pg::superuser()) });
+    if user != authenticated || !su {
+        PgError::new(
+            crate::pg::guard::Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "pg_mqtt_pub worker: not running as the bootstrap superuser",
+        )
+            .hint("A database or role setting changed the worker's identity in a way it cannot undo; remove it (ALTER DATABASE ... RESET).")
+            .raise();
     }
 }

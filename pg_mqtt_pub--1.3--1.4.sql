@@ -77,10 +77,15 @@ ALTER TABLE mqtt_pub.outbox ALTER COLUMN created_at SET DEFAULT pg_catalog.now()
 ALTER TABLE mqtt_pub.dead_letters ALTER COLUMN dead_lettered_at SET DEFAULT pg_catalog.now();
 ALTER TABLE mqtt_pub.brokers ALTER COLUMN created_at SET DEFAULT pg_catalog.now();
 
--- Certificate and key files need the right password_file needs (pg_read_server_files): the
--- worker would otherwise present the server's own certificate, or sign with its key, towards a
--- broker of the caller's choosing. The rest of the function is unchanged (1.0).
-CREATE OR REPLACE FUNCTION @extschema@.mqtt_broker_add(
+-- mqtt_broker_add checks the right to name server files (password_file, ca_cert, client_cert,
+-- client_key: pg_read_server_files) as the role that calls it. A SECURITY DEFINER function
+-- cannot see who called it, and 1.0's check of session_user let a role without the right name
+-- /etc/... through SET ROLE by a privileged session, or through a definer function of its own
+-- that a privileged role ran; certificate and key files were not checked at all. So both names
+-- are now a SECURITY INVOKER C function that checks the current user and then runs the
+-- validation and the INSERT, unchanged from 1.0 but for that check, as the owner
+-- (src/backend/broker_add.rs).
+CREATE FUNCTION mqtt_pub.broker_add_as_owner(
     name        text,
     host        text,
     port        integer DEFAULT 1883,
@@ -140,22 +145,9 @@ BEGIN
             RAISE EXCEPTION 'password_file must be an absolute path' USING ERRCODE = 'invalid_parameter_value',
                 HINT = 'Pass e.g. ''/etc/postgresql/mqtt-cloud.password'', a file the server can read.';
         END IF;
-        -- The worker sends the file's first line to the broker: naming a file is reading it.
-        IF NOT pg_has_role(session_user, 'pg_read_server_files', 'USAGE') THEN
-            RAISE EXCEPTION 'permission denied to use password_file' USING ERRCODE = 'insufficient_privilege',
-                DETAIL = 'The worker sends the first line of that file to the broker.',
-                HINT = 'Only superusers and members of pg_read_server_files may name a password file.';
-        END IF;
+        -- (the right to name it, pg_read_server_files, is checked by the caller-facing
+        -- mqtt_broker_add as the role that calls it: src/backend/broker_add.rs)
         password := NULL;
-    END IF;
-    -- The worker reads these files and uses them towards a broker of the caller's choosing (the
-    -- key signs its TLS handshake, the certificate is presented): naming one is using a server
-    -- file, as for password_file.
-    IF (ca_cert IS NOT NULL OR client_cert IS NOT NULL OR client_key IS NOT NULL)
-       AND NOT pg_has_role(session_user, 'pg_read_server_files', 'USAGE') THEN
-        RAISE EXCEPTION 'permission denied to use certificate or key files' USING ERRCODE = 'insufficient_privilege',
-            DETAIL = 'The worker reads ca_cert, client_cert and client_key and uses them towards the broker.',
-            HINT = 'Only superusers and members of pg_read_server_files may name them; ask one to add the broker.';
     END IF;
     IF (password IS NOT NULL OR password_file IS NOT NULL) AND username IS NULL THEN
         RAISE EXCEPTION 'a password needs a username' USING ERRCODE = 'invalid_parameter_value',
@@ -175,7 +167,7 @@ BEGIN
     END IF;
     -- One add at a time (slot allocation); publishers are not blocked.
     LOCK TABLE mqtt_pub.brokers IN SHARE ROW EXCLUSIVE MODE;
-    IF EXISTS (SELECT 1 FROM mqtt_pub.brokers b WHERE b.name = mqtt_broker_add.name) THEN
+    IF EXISTS (SELECT 1 FROM mqtt_pub.brokers b WHERE b.name = broker_add_as_owner.name) THEN
         RAISE EXCEPTION 'MQTT broker "%" already exists', name USING ERRCODE = 'duplicate_object',
             HINT = 'Remove it first with mqtt_broker_remove(), or choose another name.';
     END IF;
@@ -196,6 +188,47 @@ BEGIN
             client_cert, client_key, tls_version, client_id, keepalive);
 END
 $$;
+REVOKE ALL ON FUNCTION mqtt_pub.broker_add_as_owner(text, text, integer, text, text, boolean, text, text, text, text, text, integer, text) FROM PUBLIC;
+COMMENT ON FUNCTION mqtt_pub.broker_add_as_owner(text, text, integer, text, text, boolean, text, text, text, text, text, integer, text) IS
+'Internal: mqtt_broker_add''s validation and INSERT, run as the owner after the caller''s file rights were checked';
+
+CREATE OR REPLACE FUNCTION @extschema@.mqtt_broker_add(
+    name        text,
+    host        text,
+    port        integer DEFAULT 1883,
+    username    text    DEFAULT NULL,
+    password    text    DEFAULT NULL,
+    use_tls     boolean DEFAULT false,
+    ca_cert     text    DEFAULT NULL,
+    client_cert text    DEFAULT NULL,
+    client_key  text    DEFAULT NULL,
+    tls_version text    DEFAULT 'tlsv1.2',
+    client_id   text    DEFAULT NULL,
+    keepalive   integer DEFAULT 60,
+    password_file text  DEFAULT NULL
+) RETURNS void
+AS 'MODULE_PATHNAME', 'mqtt_broker_add'
+LANGUAGE C VOLATILE SECURITY INVOKER;
+-- (An error raised in it does not write the statement, and an inline password, to the log: it
+-- sets log_min_error_statement = panic itself, which a SET clause could not for non-superusers.)
+
+CREATE OR REPLACE FUNCTION mqtt_pub.mqtt_broker_add(
+    name        text,
+    host        text,
+    port        integer DEFAULT 1883,
+    username    text    DEFAULT NULL,
+    password    text    DEFAULT NULL,
+    use_tls     boolean DEFAULT false,
+    ca_cert     text    DEFAULT NULL,
+    client_cert text    DEFAULT NULL,
+    client_key  text    DEFAULT NULL,
+    tls_version text    DEFAULT 'tlsv1.2',
+    client_id   text    DEFAULT NULL,
+    keepalive   integer DEFAULT 60,
+    password_file text  DEFAULT NULL
+) RETURNS void
+AS 'MODULE_PATHNAME', 'mqtt_broker_add'
+LANGUAGE C VOLATILE SECURITY INVOKER;
 
 -- mqtt_status() with the outbox's size and its limit (pg_mqtt_pub.max_outbox_size): same
 -- arguments, another result, so it is dropped and created again, keeping its grants.
@@ -204,6 +237,7 @@ DECLARE
     s text;
     grants text[];
     g text;
+    users text;
 BEGIN
     FOREACH s IN ARRAY ARRAY['@extschema@', 'mqtt_pub'] LOOP
         SELECT pg_catalog.array_agg(pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.mqtt_status() TO %s%s', s,
@@ -215,6 +249,20 @@ BEGIN
          WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.format('%s.mqtt_status()', s)::pg_catalog.regprocedure
            AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
            AND a.grantee OPERATOR(pg_catalog.<>) p.proowner;
+        -- A view (or other object) someone built on mqtt_status() would make the DROP fail with
+        -- "other objects depend on it", and with it this update and its security fixes: say so.
+        SELECT pg_catalog.string_agg(pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), ', ')
+          INTO users
+          FROM pg_catalog.pg_depend d
+         WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+           AND d.refobjid OPERATOR(pg_catalog.=) pg_catalog.format('%s.mqtt_status()', s)::pg_catalog.regprocedure::pg_catalog.oid
+           AND d.deptype OPERATOR(pg_catalog.=) 'n';
+        IF users IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot update pg_mqtt_pub to 1.4: % depends on %.mqtt_status()', users, s
+                USING ERRCODE = 'dependent_objects_still_exist',
+                DETAIL = 'The update re-creates mqtt_status() with two more result columns (outbox_bytes, outbox_max_bytes).',
+                HINT = 'Drop those objects, run ALTER EXTENSION pg_mqtt_pub UPDATE (it carries security fixes: docs/SECURITY.md), then create them again.';
+        END IF;
         EXECUTE pg_catalog.format('DROP FUNCTION %s.mqtt_status()', s);
         EXECUTE pg_catalog.format($f$CREATE FUNCTION %s.mqtt_status(
             OUT broker_name       text,

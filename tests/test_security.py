@@ -295,7 +295,9 @@ def test_catalog_policy(env):
         FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
         JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e'
         WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_mqtt_pub')""", dbname=DB)
-    secdef = {"mqtt_broker_add", "mqtt_broker_remove"}
+    # mqtt_broker_add is SECURITY INVOKER in C since 1.4 (it checks the caller's right to name
+    # server files) and runs broker_add_as_owner, which PUBLIC cannot execute, as the owner
+    secdef = {"broker_add_as_owner", "mqtt_broker_remove"}
     public_ok = set()  # PUBLIC executes nothing (docs/SECURITY.md)
     assert rows
     for sig, owner, prosecdef, lang, config, public in rows:
@@ -336,6 +338,22 @@ def test_password_never_logged_and_password_file(env, tmp_path):
             with c.connect(DB, user="broker_admin") as a, pytest.raises(Exception) as e:
                 a.execute(f"SELECT mqtt_broker_add('tlsfile', '127.0.0.1', {PW_PORT}, use_tls := true, {arg})")
             assert e.value.sqlstate == "42501" and "pg_read_server_files" in e.value.diag.message_hint, arg
+        # ... and the right is the calling role's: not the session's (SET ROLE by a privileged
+        # session), nor that of a privileged role running a definer function of broker_admin's
+        with pytest.raises(Exception) as e:
+            c.sql(f"SET ROLE broker_admin; SELECT mqtt_broker_add('tlsfile', '127.0.0.1', {PW_PORT}, use_tls := true, "
+                  "ca_cert := '/etc/passwd')", dbname=DB)
+        assert e.value.sqlstate == "42501"
+        c.sql("GRANT CREATE ON SCHEMA public TO broker_admin", dbname=DB)
+        with c.connect(DB, user="broker_admin") as a:
+            a.execute(f"CREATE FUNCTION public.trojan() RETURNS int LANGUAGE plpgsql SECURITY DEFINER "
+                      f"SET search_path = pg_catalog AS $f$BEGIN PERFORM public.mqtt_broker_add('trojan', '127.0.0.1', "
+                      f"{PW_PORT}, 'u', password_file := '/etc/passwd'); RETURN 1; END$f$")
+        with pytest.raises(Exception) as e:
+            c.sql("SELECT public.trojan()", dbname=DB)  # a superuser runs it
+        assert e.value.sqlstate == "42501"
+        c.sql("DROP FUNCTION public.trojan(); REVOKE CREATE ON SCHEMA public FROM broker_admin", dbname=DB)
+        assert c.sql("SELECT count(*) FROM mqtt_pub.brokers WHERE name IN ('tlsfile', 'trojan')", dbname=DB) == [(0,)]
         c.sql("GRANT pg_read_server_files TO broker_admin", dbname=DB)
         with c.connect(DB, user="broker_admin") as a:
             a.execute(f"SELECT mqtt_broker_add('tlsfile', '127.0.0.1', {PW_PORT}, use_tls := true, ca_cert := '{pw}')")

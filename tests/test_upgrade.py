@@ -12,6 +12,7 @@ import glob
 import os
 import re
 
+import psycopg
 import pytest
 
 from harness import Broker, Cluster, Subscriber, port, wait_until
@@ -159,3 +160,20 @@ def test_alter_extension_update_matches_a_fresh_install_and_keeps_every_row(old)
             s.close()
         c.stop()
         b.stop_if_running()
+
+
+def test_an_object_built_on_mqtt_status_stops_the_update_with_a_clear_error():
+    """1.4 re-creates mqtt_status() (two more columns); a view on it would make that DROP fail and
+    with it the whole update: the error says what depends on it and what to do."""
+    c = Cluster("upgrade-dep", port(), {"pg_mqtt_pub.database": "'dep'"}).start()
+    try:
+        c.sql("CREATE DATABASE dep")
+        c.sql("CREATE EXTENSION pg_mqtt_pub VERSION '1.3'", dbname="dep")
+        c.sql("CREATE VIEW public.st AS SELECT broker_name FROM public.mqtt_status()", dbname="dep")
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist) as e:
+            c.sql("ALTER EXTENSION pg_mqtt_pub UPDATE TO '1.4'", dbname="dep")
+        assert "view st depends on" in str(e.value) and "ALTER EXTENSION" in e.value.diag.message_hint
+        c.sql("DROP VIEW public.st", dbname="dep")
+        c.sql("ALTER EXTENSION pg_mqtt_pub UPDATE TO '1.4'", dbname="dep")
+    finally:
+        c.stop()

@@ -1,6 +1,7 @@
 //! What a backend runs: the publishing functions, the transaction callbacks, the compiled
 //! triggers and their helpers, `mqtt_status()`.
 
+pub mod broker_add;
 pub mod properties;
 pub mod publish;
 pub mod resultset;

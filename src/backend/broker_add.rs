@@ -1,0 +1,98 @@
+//! `mqtt_broker_add` (both names): the right to name server files is the *caller's*.
+//!
+//! A broker definition may name files the worker reads and uses towards the broker:
+//! `password_file` (its first line is sent), `ca_cert`, `client_cert` and `client_key` (the
+//! certificate is presented, the key signs the handshake). Naming one needs what reading it
+//! would: membership in `pg_read_server_files`. That must be the right of the role actually
+//! calling — the current user, which `SET ROLE` and a SECURITY DEFINER caller set — but a
+//! SECURITY DEFINER function cannot see who called it (until 1.4 the check looked at
+//! `session_user`: a role without the right could name `/etc/...` through `SET ROLE` by a
+//! privileged session, or through a definer function of its own that a privileged role ran).
+//!
+//! So the entry point is SECURITY INVOKER, here: it checks the current user, then runs the
+//! validation and the INSERT — `mqtt_pub.broker_add_as_owner`, PL/pgSQL, SECURITY DEFINER, not
+//! executable by PUBLIC — as the extension owner (pinned path, security-restricted, spi.rs).
+
+use crate::pg::fmgr::Args;
+use crate::pg::guard::{guard, Code, PgError};
+use crate::pg::spi::{self, pinned, with_spi, Rights};
+use pgrx_pg_sys as pg;
+
+/// The arguments, in order, with their types (the SQL signature of both names).
+const ARGS: [pg::Oid; 13] = [
+    pg::TEXTOID, // name
+    pg::TEXTOID, // host
+    pg::INT4OID, // port
+    pg::TEXTOID, // username
+    pg::TEXTOID, // password
+    pg::BOOLOID, // use_tls
+    pg::TEXTOID, // ca_cert
+    pg::TEXTOID, // client_cert
+    pg::TEXTOID, // client_key
+    pg::TEXTOID, // tls_version
+    pg::TEXTOID, // client_id
+    pg::INT4OID, // keepalive
+    pg::TEXTOID, // password_file
+];
+/// ca_cert, client_cert, client_key, password_file.
+const FILES: [usize; 4] = [6, 7, 8, 12];
+
+fn add(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    // SAFETY: fcinfo comes from PostgreSQL for this call.
+    let a = unsafe { Args::new(fcinfo) };
+    // An error raised from here on must not write the statement (and an inline password) to the
+    // log. A SET clause on the function would need superuser to take effect for everyone; set
+    // at a GUC nest level like one, undone below or by the abort.
+    // SAFETY: plain GUC assignment; the level is closed below (or by the transaction's abort).
+    let level = unsafe {
+        let level = pg::NewGUCNestLevel();
+        pg::set_config_option(
+            c"log_min_error_statement".as_ptr(),
+            c"panic".as_ptr(),
+            pg::GucContext::PGC_SUSET,
+            pg::GucSource::PGC_S_SESSION,
+            pg::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    // SAFETY: plain catalog check of the current user's memberships.
+    let may_read = unsafe { pg::has_privs_of_role(pg::GetUserId(), pg::Oid::from(pg::ROLE_PG_READ_SERVER_FILES)) };
+    if FILES.iter().any(|&i| a.get(i).is_some()) && !may_read {
+        PgError::new(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, "permission denied to name server files for a broker")
+            .detail(
+                "The worker reads password_file, ca_cert, client_cert and client_key and uses them towards the \
+                 broker (a password file's first line is sent to it).",
+            )
+            .hint("Only superusers and members of pg_read_server_files may name them; ask one to add the broker.")
+            .raise();
+    }
+    let params: Vec<(pg::Oid, Option<pg::Datum>)> = ARGS.iter().enumerate().map(|(i, &t)| (t, a.get(i))).collect();
+    with_spi(|| {
+        pinned(Rights::Owner, || {
+            // SAFETY: inside SPI and the pinned scope; each parameter of its declared type.
+            unsafe {
+                spi::execute_nulls(
+                    "SELECT mqtt_pub.broker_add_as_owner($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    &params,
+                    false,
+                    0,
+                )
+            }
+        })
+    });
+    // SAFETY: closes the nest level opened above.
+    unsafe { pg::AtEOXact_GUC(true, level) };
+    pg::Datum::from(0usize)
+}
+
+crate::pg_finfo!(pg_finfo_mqtt_broker_add);
+
+/// `mqtt_broker_add(name, host, port, username, password, use_tls, ca_cert, client_cert,
+/// client_key, tls_version, client_id, keepalive, password_file) RETURNS void`
+#[no_mangle]
+pub unsafe extern "C-unwind" fn mqtt_broker_add(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    guard(|| add(fcinfo))
+}

@@ -270,8 +270,7 @@ pub fn publish(msg: MessageRef<'_>) {
         // it is full, not only at COMMIT
         outbox_size::require_room(message_bytes(&msg), p.outbox.total());
     }
-    // SAFETY: plain read of transaction state.
-    let subid = unsafe { pg::GetCurrentSubTransactionId() };
+    let subid = current_subid();
     p.msgs.push(&msg, subid);
     if p.msgs.arena_len() > PENDING_LIMIT.max(p.spill_check_at) {
         spill_if_safe(p, subid);

@@ -108,6 +108,28 @@ def test_the_outbox_limit_counts_open_transactions_and_forgets_rolled_back_savep
                     q.execute("ROLLBACK TO SAVEPOINT s")
             assert q.execute("SELECT outbox_bytes FROM mqtt_status()").fetchone()[0] == 0
             assert q.execute("SELECT count(*) FROM mqtt_pub.outbox").fetchone()[0] == 0
+        # a re-measurement reads the table as it is now, not as an old snapshot saw it: a
+        # REPEATABLE READ transaction from before the outbox filled up used to reset the figure
+        # to what it saw, and let another allowance in
+        old = c.connect(db, autocommit=False)
+        old.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        old.execute("SELECT count(*) FROM mqtt_pub.outbox")  # its snapshot: an empty outbox
+        with c.connect(db) as q:
+            with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+                for i in range(20):
+                    q.execute("SELECT mqtt_publish(%s, %s, 1)", (f"obx2/fill/{i}", payload))
+        time.sleep(1.1)  # (re-measurements happen at most once a second)
+        old.execute("SET pg_mqtt_pub.transactional = off")
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+            old.execute("SELECT mqtt_publish('obx2/stale', %s, 1)", (payload,))
+        old.rollback()
+        old.close()
+        filled = status(c, db)["outbox_bytes"]
+        assert filled >= 12 * 5000, filled
+        # emptied by hand: the figure follows at the next measurement, which the next refused
+        # publisher makes (re-measurements: at most one a second)
+        c.sql("DELETE FROM mqtt_pub.outbox", dbname=db)
+        time.sleep(1.1)
         a, b2 = c.connect(db, autocommit=False), c.connect(db, autocommit=False)
         try:
             for conn in (a, b2):

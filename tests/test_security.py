@@ -316,6 +316,9 @@ def test_password_never_logged_and_password_file(env, tmp_path):
         c.sql("SELECT mqtt_broker_add('pwfail', 'bad host!', username := 'u', password := 'sekret-inline-42')", dbname=DB)
     with pytest.raises(Exception):
         c.sql("SELECT mqtt_broker_add('pwfail', '127.0.0.1', 70000, 'u', 'sekret-inline-43')", dbname=DB)
+    with pytest.raises(Exception):  # from PL/pgSQL: its statement must not become the error's CONTEXT
+        c.sql("DO $$BEGIN PERFORM mqtt_broker_add('pwfail', 'bad host!', username := 'u', "
+              "password := 'sekret-inline-44'); END$$", dbname=DB)
     log = c.log_text()[mark:]
     assert "invalid host" in log and "sekret-inline" not in log
 

@@ -15,7 +15,9 @@
 //!   refuse anybody for long.
 //!
 //! So the figure is approximate: a commit that lands during a measurement may be missed or
-//! counted twice until the next one. The limit is a safety bound, not a quota.
+//! counted twice until the next one, and rows of prepared transactions not yet committed are not
+//! measured (at most `max_prepared_transactions` times the limit). The limit is a safety bound,
+//! not a quota.
 //!
 //! Only what a *publisher* adds is refused ([`reserve`]): the caller's transaction takes the
 //! error. Messages already committed (the worker's writes) always go in, so the outbox can pass
@@ -145,10 +147,17 @@ pub fn measure(rights: Rights, own: i64) {
     );
     let bytes = with_spi(|| {
         pinned(rights, || {
-            // SAFETY: inside SPI and the pinned scope; one int8 column, one row.
+            // SAFETY: inside SPI and the pinned scope; one int8 column, one row. The scan reads
+            // with the latest snapshot, not the caller's: a REPEATABLE READ transaction (or a
+            // long statement) would otherwise count the table as it was long ago and set the
+            // shared figure from that, letting the outbox grow past the limit or refusing
+            // everybody while it is empty. The snapshot is popped again on ERROR by the abort.
             unsafe {
+                pg::PushActiveSnapshot(pg::GetLatestSnapshot());
                 spi::execute(&sql, &[], true, 0);
-                spi::first_value(1).map(|d| d.value() as i64).unwrap_or(0)
+                let n = spi::first_value(1).map(|d| d.value() as i64).unwrap_or(0);
+                pg::PopActiveSnapshot();
+                n
             }
         })
     });

@@ -41,14 +41,14 @@ fn add(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     // SAFETY: fcinfo comes from PostgreSQL for this call.
     let a = unsafe { Args::new(fcinfo) };
     // An error raised from here on must not write the statement (and an inline password) to the
-    // log. A SET clause on the function would need superuser to take effect for everyone; set
-    // at a GUC nest level like one, undone below or by the abort.
-    // Nor may a caller's error context: called from PL/pgSQL, its statement (and the password in
-    // it) would be logged as CONTEXT of an error raised in here. The callers' callbacks are
-    // left out while the function runs; PostgreSQL restores the stack wherever an error is caught.
+    // log, nor a caller's error context: called from PL/pgSQL, the caller's statement (and the
+    // password in it) would be logged as CONTEXT. So the callers' context callbacks are left out
+    // while the function runs (PostgreSQL restores the stack wherever an error is caught) ...
     // SAFETY: a process-global list head, restored below.
     let context =
         unsafe { std::mem::replace(&mut *std::ptr::addr_of_mut!(pg::error_context_stack), std::ptr::null_mut()) };
+    // ... and log_min_error_statement is `panic`: a SET clause on the function would need
+    // superuser to take effect for everyone, so it is set at a GUC nest level like one.
     // SAFETY: plain GUC assignment; the level is closed below (or by the transaction's abort).
     let level = unsafe {
         let level = pg::NewGUCNestLevel();

@@ -71,6 +71,7 @@ pub unsafe extern "C-unwind" fn _PG_init() {
         pg::gucs::validate_startup();
         shmem::install_hooks();
         backend::txn::register_callbacks();
+        backend::drop_guard::install();
         // pg_upgrade runs both servers in binary-upgrade mode: no worker may deliver (and delete
         // outbox rows) while the catalog is being restored.
         // SAFETY: plain read of a PostgreSQL global.

@@ -4,6 +4,7 @@ pub mod backend_local;
 pub mod backoff;
 pub mod envelope;
 pub mod identity;
+pub mod latency;
 pub mod ledger;
 pub mod limits;
 pub mod pace;

@@ -4,10 +4,7 @@
 //! * libmosquitto runs without threads: the worker drives it with `loop_read`, `loop_write` and
 //!   `loop_misc` from its own WaitEventSet loop (`src/worker/`). Never `mosquitto_loop_start`.
 //! * Callbacks only *record* what happened ([`Event`]s, the last error logged) in a boxed state
-//!   whose address is the client's userdata; they call no PostgreSQL function (a PostgreSQL ERROR
-//!   there would longjmp through libmosquitto's frames) and cannot panic across the C frames
-//!   (each body is wrapped in `catch_unwind`, aborting the process on a bug rather than unwinding
-//!   into C).
+//!   whose address is the client's userdata (callbacks.rs); the client reads it between calls.
 //! * Connecting is asynchronous (`mosquitto_connect_async`): a black-holed host never blocks the
 //!   worker. Host name resolution inside it is not, so the worker calls `connect` for a host
 //!   name on a helper thread (worker/link.rs); a client is `Send` for that.
@@ -26,37 +23,19 @@
 //!
 //! Nothing here touches PostgreSQL symbols.
 
+pub use super::callbacks::Event;
+pub use super::errors::{reason_string, strerror, ERR_KEEPALIVE};
+pub use super::handoff::{Extra, Handoff};
+
+use super::callbacks::{self, CallbackState};
+use super::errors::{check, connack_string};
+use super::proplist::property_list;
 use crate::pure::limits::{publish_packet_size, Beyond, Limits, Verdict};
 use crate::pure::packet;
-use crate::pure::props::{self, Prop};
+use crate::pure::props;
 use libmosquitto_sys as m;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// CONNACK arrived: 0 = accepted, otherwise the refusal code.
-    Connected(i32),
-    /// The connection ended (0 = we asked for it).
-    Disconnected(i32),
-    /// A publish finished: QoS 0 written to the socket, QoS 1 PUBACK, QoS 2 PUBCOMP.
-    /// `reason` is the MQTT 5 reason code (>= 0x80 = refused by the broker).
-    Published { mid: i32, reason: i32 },
-}
-
-#[derive(Default)]
-struct CallbackState {
-    events: Vec<Event>,
-    last_log_error: Option<String>,
-    /// What the last accepting CONNACK allowed.
-    limits: Limits,
-    /// A message's properties were left out because the connection is MQTT 3.1.1 (warned once
-    /// per client: `take_dropped_props`).
-    props_warned: bool,
-    dropped_props: bool,
-    /// Message ids of QoS 2 messages libmosquitto has not finished (their PUBREC makes it write).
-    qos2: Vec<i32>,
-}
 
 /// Send our buffered QoS 0 packets once this many bytes wait (and at the end of every worker
 /// loop iteration, `Client::flush`).
@@ -103,87 +82,6 @@ impl Outgoing {
     }
 }
 
-/// What a message carries besides topic and payload.
-#[derive(Clone, Copy, Default)]
-pub struct Extra<'a> {
-    /// Encoded MQTT 5 properties (props.rs).
-    pub props: &'a [u8],
-    /// The message id, sent as the user property `pg-mqtt-pub-id`.
-    pub id: Option<&'a CStr>,
-    /// The expiry left, in seconds (replaces the one in `props`).
-    pub expiry_left: Option<u32>,
-    /// The caller counts a QoS 0 message as done once it is queued (ring records): it may be
-    /// written by this wrapper (`Handoff::Queued`). Otherwise (outbox rows, deleted only once
-    /// written) libmosquitto writes it and reports it as `Event::Published`.
-    pub done_when_queued: bool,
-}
-
-/// The id's user property name (props::ID_PROPERTY), NUL-terminated once and for all.
-const ID_NAME: &CStr = c"pg-mqtt-pub-id";
-
-/// A mosquitto property list, freed on drop.
-struct PropList(*mut m::mosquitto_property);
-
-impl Drop for PropList {
-    fn drop(&mut self) {
-        // SAFETY: a list built by mosquitto_property_add_*, or NULL.
-        unsafe { m::mosquitto_property_free_all(&mut self.0) };
-    }
-}
-
-fn cstr(b: &[u8]) -> CString {
-    // PostgreSQL text has no NUL byte; anything else is cut at the first one.
-    CString::new(b.split(|c| *c == 0).next().unwrap_or_default()).unwrap_or_default()
-}
-
-/// Build the PUBLISH properties: the stored ones (expiry replaced by what is left) and the id.
-fn property_list(x: &Extra<'_>) -> Result<PropList, c_int> {
-    let mut list = PropList(std::ptr::null_mut());
-    let id = |p: u8| p as c_int;
-    // SAFETY: each call appends a copy of its arguments to our list.
-    let rc = |r: c_int| if r == 0 { Ok(()) } else { Err(r) };
-    for p in props::decode(x.props) {
-        let Ok(p) = p else { return Err(m::mosq_err_t::MOSQ_ERR_INVAL as c_int) };
-        unsafe {
-            match p {
-                Prop::PayloadFormat(b) => {
-                    rc(m::mosquitto_property_add_byte(&mut list.0, id(props::PAYLOAD_FORMAT), b))?
-                }
-                Prop::MessageExpiry(s) => rc(m::mosquitto_property_add_int32(
-                    &mut list.0,
-                    id(props::MESSAGE_EXPIRY),
-                    x.expiry_left.unwrap_or(s),
-                ))?,
-                Prop::ContentType(v) => {
-                    rc(m::mosquitto_property_add_string(&mut list.0, id(props::CONTENT_TYPE), cstr(v).as_ptr()))?
-                }
-                Prop::ResponseTopic(v) => {
-                    rc(m::mosquitto_property_add_string(&mut list.0, id(props::RESPONSE_TOPIC), cstr(v).as_ptr()))?
-                }
-                Prop::CorrelationData(v) => rc(m::mosquitto_property_add_binary(
-                    &mut list.0,
-                    id(props::CORRELATION_DATA),
-                    v.as_ptr() as *const c_void,
-                    v.len() as u16,
-                ))?,
-                Prop::User(k, v) => rc(m::mosquitto_property_add_string_pair(
-                    &mut list.0,
-                    id(props::USER_PROPERTY),
-                    cstr(k).as_ptr(),
-                    cstr(v).as_ptr(),
-                ))?,
-            }
-        }
-    }
-    if let Some(mid) = x.id {
-        // SAFETY: as above.
-        rc(unsafe {
-            m::mosquitto_property_add_string_pair(&mut list.0, id(props::USER_PROPERTY), ID_NAME.as_ptr(), mid.as_ptr())
-        })?;
-    }
-    Ok(list)
-}
-
 pub struct Client {
     mosq: *mut m::mosquitto,
     state: Box<CallbackState>,
@@ -200,10 +98,6 @@ pub struct Client {
 
 /// `ClientOptions::protocol` for MQTT 5 (libmosquitto's MQTT_PROTOCOL_V5).
 pub const MQTT_V5: i32 = 5;
-
-/// How libmosquitto ends a connection that got no answer (no CONNACK, no PINGRESP) within one
-/// keepalive interval (MOSQ_ERR_KEEPALIVE).
-pub const ERR_KEEPALIVE: i32 = m::mosq_err_t::MOSQ_ERR_KEEPALIVE as i32;
 
 /// The largest packet the worker accepts from a broker (announced in CONNECT, MQTT 5).
 pub const MAX_INCOMING_PACKET: u32 = 256 * 1024;
@@ -235,164 +129,6 @@ fn opt(s: &CString) -> *const c_char {
 
 fn cstring(s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("value contains a NUL byte: {s:?}"))
-}
-
-fn check(rc: c_int, what: &str) -> Result<(), String> {
-    if rc == m::mosq_err_t::MOSQ_ERR_SUCCESS as c_int {
-        Ok(())
-    } else {
-        Err(format!("{what}: {}", strerror(rc)))
-    }
-}
-
-/// libmosquitto's text for an error code (2.0.11 has none for some codes it returns itself).
-pub fn strerror(rc: c_int) -> String {
-    if rc == ERR_KEEPALIVE {
-        return "no answer from the broker within the keepalive interval".into();
-    }
-    // SAFETY: mosquitto_strerror returns a static string for any input.
-    let s = unsafe { CStr::from_ptr(m::mosquitto_strerror(rc)) }.to_string_lossy().into_owned();
-    if s.starts_with("Unknown error") {
-        format!("libmosquitto error {rc}")
-    } else {
-        s
-    }
-}
-
-/// Human text for an MQTT 5 reason code (CONNACK, PUBACK, DISCONNECT).
-pub fn reason_string(code: c_int) -> String {
-    // SAFETY: returns a static string for any input.
-    unsafe { CStr::from_ptr(m::mosquitto_reason_string(code)) }.to_string_lossy().into_owned()
-}
-
-/// Human text for an MQTT 3.1/3.1.1 CONNACK code.
-pub fn connack_string(code: c_int) -> String {
-    // SAFETY: returns a static string for any input.
-    unsafe { CStr::from_ptr(m::mosquitto_connack_string(code)) }.to_string_lossy().into_owned()
-}
-
-/// Result of handing one message to libmosquitto.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handoff {
-    /// Accepted; for QoS 1/2 libmosquitto owns it until its acknowledgement (`mid`), and resends
-    /// it after a reconnect. QoS 0 is written (or queued for writing) on the socket, reported
-    /// by `Event::Published`.
-    Accepted { mid: i32 },
-    /// QoS 0 with `done_when_queued`: in our buffer for the socket; nothing more to hear of it.
-    Queued,
-    /// Refused before it was queued (beyond the broker's limits, invalid ...): what becomes of it
-    /// and why, in words.
-    Refused { verdict: Verdict, why: String },
-    /// Not now — not connected (libmosquitto does not queue QoS 0), or the socket is still busy
-    /// with the other writer's bytes; try again later.
-    Later,
-}
-
-unsafe fn state<'a>(obj: *mut c_void) -> &'a mut CallbackState {
-    // SAFETY: obj is the Box<CallbackState> address we registered; the client (and so every
-    // callback) is destroyed before the box.
-    unsafe { &mut *(obj as *mut CallbackState) }
-}
-
-/// Run a callback body; a bug must not unwind into libmosquitto's C frames.
-fn no_unwind(f: impl FnOnce()) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-        std::process::abort();
-    }
-}
-
-/// The limits a CONNACK's properties announce (absent ones keep the MQTT defaults).
-///
-/// # Safety
-/// `p` is a property list libmosquitto passed to a callback (or NULL).
-unsafe fn read_limits(p: *const m::mosquitto_property) -> Limits {
-    let mut l = Limits::default();
-    let id = |p: m::mqtt5_property| p as c_int;
-    let (mut b, mut s, mut i) = (0u8, 0u16, 0u32);
-    // SAFETY: the caller's promise; each read only looks at the list.
-    unsafe {
-        if !m::mosquitto_property_read_byte(p, id(m::mqtt5_property::MQTT_PROP_MAXIMUM_QOS), &mut b, false).is_null() {
-            l.max_qos = b;
-        }
-        if !m::mosquitto_property_read_byte(p, id(m::mqtt5_property::MQTT_PROP_RETAIN_AVAILABLE), &mut b, false)
-            .is_null()
-        {
-            l.retain_available = b != 0;
-        }
-        if !m::mosquitto_property_read_int32(p, id(m::mqtt5_property::MQTT_PROP_MAXIMUM_PACKET_SIZE), &mut i, false)
-            .is_null()
-        {
-            l.max_packet_size = i;
-        }
-        if !m::mosquitto_property_read_int16(p, id(m::mqtt5_property::MQTT_PROP_RECEIVE_MAXIMUM), &mut s, false)
-            .is_null()
-        {
-            l.receive_maximum = s;
-        }
-        if !m::mosquitto_property_read_int16(p, id(m::mqtt5_property::MQTT_PROP_TOPIC_ALIAS_MAXIMUM), &mut s, false)
-            .is_null()
-        {
-            l.topic_alias_maximum = s;
-        }
-    }
-    l
-}
-
-unsafe extern "C" fn on_connect(
-    mosq: *mut m::mosquitto,
-    obj: *mut c_void,
-    rc: c_int,
-    _flags: c_int,
-    p: *const m::mosquitto_property,
-) {
-    if rc == 0 {
-        // SAFETY: p is the CONNACK's property list, valid during the callback.
-        let limits = unsafe { read_limits(p) };
-        // SAFETY: see `state`.
-        no_unwind(|| unsafe { state(obj) }.limits = limits);
-        // Connected: stop listening to libmosquitto's log. With a log callback set it formats a
-        // debug line (malloc + vsnprintf) for every packet it sends or receives, which `on_log`
-        // then throws away — about a quarter of the worker's CPU at QoS 0 (bench/README.md,
-        // "CPU per delivered message"). The errors it is kept for (TLS details) come while
-        // connecting; a client lives for one connection, so the next one logs again.
-        // SAFETY: a valid client; the log mutex is not held during this callback.
-        unsafe { m::mosquitto_log_callback_set(mosq, None) };
-    }
-    // SAFETY: see `state`.
-    no_unwind(|| unsafe { state(obj) }.events.push(Event::Connected(rc)));
-}
-
-unsafe extern "C" fn on_disconnect(
-    _: *mut m::mosquitto,
-    obj: *mut c_void,
-    rc: c_int,
-    _p: *const m::mosquitto_property,
-) {
-    // SAFETY: see `state`.
-    no_unwind(|| unsafe { state(obj) }.events.push(Event::Disconnected(rc)));
-}
-
-unsafe extern "C" fn on_publish(
-    _: *mut m::mosquitto,
-    obj: *mut c_void,
-    mid: c_int,
-    reason: c_int,
-    _p: *const m::mosquitto_property,
-) {
-    no_unwind(|| {
-        // SAFETY: see `state`.
-        let st = unsafe { state(obj) };
-        st.qos2.retain(|m| *m != mid);
-        st.events.push(Event::Published { mid, reason });
-    });
-}
-
-unsafe extern "C" fn on_log(_: *mut m::mosquitto, obj: *mut c_void, level: c_int, msg: *const c_char) {
-    if level as u32 & (m::MOSQ_LOG_ERR | m::MOSQ_LOG_WARNING) == 0 || msg.is_null() {
-        return;
-    }
-    // SAFETY: see `state`; msg is a NUL-terminated string valid during the callback.
-    no_unwind(|| unsafe { state(obj).last_log_error = Some(CStr::from_ptr(msg).to_string_lossy().into_owned()) });
 }
 
 impl Client {
@@ -447,10 +183,7 @@ impl Client {
                 let v = cstring(if o.tls_version.is_empty() { "tlsv1.2" } else { o.tls_version })?;
                 check(m::mosquitto_tls_opts_set(mosq, 1, v.as_ptr(), std::ptr::null()), "TLS version")?;
             }
-            m::mosquitto_connect_v5_callback_set(mosq, Some(on_connect));
-            m::mosquitto_disconnect_v5_callback_set(mosq, Some(on_disconnect));
-            m::mosquitto_publish_v5_callback_set(mosq, Some(on_publish));
-            m::mosquitto_log_callback_set(mosq, Some(on_log));
+            callbacks::register(mosq);
             Ok(c)
         }
     }
@@ -696,7 +429,7 @@ impl Client {
                 payload.as_ptr() as *const c_void,
                 qos as c_int,
                 retain,
-                list.as_ref().map_or(std::ptr::null(), |l| l.0 as *const _),
+                list.as_ref().map_or(std::ptr::null(), |l| l.as_ptr()),
             )
         };
         drop(list);

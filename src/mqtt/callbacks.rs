@@ -6,8 +6,8 @@
 //!   longjmp through libmosquitto's frames) and cannot panic across the C frames (each body is
 //!   wrapped in `no_unwind`, aborting the process on a bug rather than unwinding into C).
 //! * Their userdata is the address of a boxed [`CallbackState`] that outlives the libmosquitto
-//!   object they are registered on (client.rs registers them, owns the box and destroys the
-//!   object first).
+//!   object they are registered on (session.rs registers them; client.rs owns the box and
+//!   destroys the session first).
 //! * They run on the thread that called into libmosquitto (never `mosquitto_loop_start`), so
 //!   the state needs no lock: the client reads it between calls.
 

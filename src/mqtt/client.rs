@@ -1,4 +1,5 @@
-//! One MQTT connection: a safe wrapper over a libmosquitto client.
+//! One MQTT connection, as the worker sees it: a libmosquitto session (session.rs) and our own
+//! QoS 0 writer on one socket, driven from the worker's loop.
 //!
 //! Invariants:
 //! * libmosquitto runs without threads: the worker drives it with `loop_read`, `loop_write` and
@@ -19,22 +20,25 @@
 //!   message is in flight: its PUBREC makes libmosquitto write a PUBREL). A message for
 //!   libmosquitto first waits for our buffer to be sent (`Handoff::Later`), so messages leave in
 //!   the order they were handed over.
-//! * `Drop` destroys the client (closing the socket).
+//! * Dropping the client destroys the session (closing the socket) before its callback state.
 //!
-//! Nothing here touches PostgreSQL symbols.
+//! The worker imports everything it needs of `mqtt/` from here. Nothing here touches PostgreSQL
+//! symbols.
 
 pub use super::callbacks::Event;
 pub use super::errors::{reason_string, strerror, ERR_KEEPALIVE};
 pub use super::handoff::{Extra, Handoff};
+pub use super::session::{lib_init, ClientOptions, MQTT_V5};
 
-use super::callbacks::{self, CallbackState};
+use super::callbacks::CallbackState;
 use super::errors::{check, connack_string};
 use super::proplist::property_list;
+use super::session::{cstring, Session};
 use crate::pure::limits::{publish_packet_size, Beyond, Limits, Verdict};
 use crate::pure::packet;
 use crate::pure::props;
 use libmosquitto_sys as m;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void};
 use std::time::{Duration, Instant};
 
 /// Send our buffered QoS 0 packets once this many bytes wait (and at the end of every worker
@@ -83,7 +87,9 @@ impl Outgoing {
 }
 
 pub struct Client {
-    mosq: *mut m::mosquitto,
+    /// Declared before `state`: fields drop in order, so the libmosquitto object, whose
+    /// callbacks write into `state`, is destroyed first.
+    session: Session,
     state: Box<CallbackState>,
     protocol: i32,
     /// The broker's name in pg_mqtt_pub (for messages).
@@ -96,96 +102,22 @@ pub struct Client {
     stall_limit: Duration,
 }
 
-/// `ClientOptions::protocol` for MQTT 5 (libmosquitto's MQTT_PROTOCOL_V5).
-pub const MQTT_V5: i32 = 5;
-
-/// The largest packet the worker accepts from a broker (announced in CONNECT, MQTT 5).
-pub const MAX_INCOMING_PACKET: u32 = 256 * 1024;
-
-/// Everything needed to create a client.
-pub struct ClientOptions<'a> {
-    /// The broker's name in pg_mqtt_pub (for messages).
-    pub broker: &'a str,
-    pub client_id: &'a str,
-    pub protocol: i32,
-    pub max_inflight: u32,
-    pub username: &'a str,
-    pub password: &'a str,
-    pub use_tls: bool,
-    pub ca_cert: &'a str,
-    pub client_cert: &'a str,
-    pub client_key: &'a str,
-    /// Lowest TLS version: "tlsv1.2" or "tlsv1.3" (libmosquitto disables older ones).
-    pub tls_version: &'a str,
-}
-
-fn opt(s: &CString) -> *const c_char {
-    if s.as_bytes().is_empty() {
-        std::ptr::null()
-    } else {
-        s.as_ptr()
-    }
-}
-
-fn cstring(s: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("value contains a NUL byte: {s:?}"))
-}
-
 impl Client {
     pub fn new(o: &ClientOptions<'_>) -> Result<Client, String> {
-        let mut st = Box::<CallbackState>::default();
-        let id = cstring(o.client_id)?;
-        // SAFETY: mosquitto_lib_init was called once by the worker; the userdata pointer stays
-        // valid because the Box lives in the returned Client and outlives the mosquitto object.
-        unsafe {
-            let mosq = m::mosquitto_new(id.as_ptr(), true, &mut *st as *mut CallbackState as *mut c_void);
-            if mosq.is_null() {
-                return Err("could not create an MQTT client (out of memory or invalid client id)".into());
-            }
-            let c = Client {
-                mosq,
-                state: st,
-                protocol: o.protocol,
-                broker: o.broker.to_string(),
-                own_qos0: !o.use_tls,
-                out: Outgoing::default(),
-                stall_limit: Duration::from_secs(60),
-            };
-            check(
-                m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_PROTOCOL_VERSION, o.protocol),
-                "protocol version",
-            )?;
-            check(m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_TCP_NODELAY, 1), "TCP_NODELAY")?;
-            check(m::mosquitto_max_inflight_messages_set(mosq, o.max_inflight), "max inflight")?;
-            if !o.username.is_empty() {
-                let u = cstring(o.username)?;
-                let p = cstring(o.password)?;
-                let pp = if o.password.is_empty() { std::ptr::null() } else { p.as_ptr() };
-                check(m::mosquitto_username_pw_set(mosq, u.as_ptr(), pp), "username/password")?;
-            }
-            if o.use_tls {
-                let (ca, cert, key) = (cstring(o.ca_cert)?, cstring(o.client_cert)?, cstring(o.client_key)?);
-                if o.ca_cert.is_empty() {
-                    // no CA file: trust the operating system's store
-                    check(
-                        m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_TLS_USE_OS_CERTS, 1),
-                        "TLS OS certificates",
-                    )?;
-                }
-                if !o.ca_cert.is_empty() || !o.client_cert.is_empty() {
-                    // libmosquitto checks the files exist here; the server certificate and host
-                    // name are verified during the handshake (tls_insecure stays false).
-                    check(
-                        m::mosquitto_tls_set(mosq, opt(&ca), std::ptr::null(), opt(&cert), opt(&key), None),
-                        "TLS files",
-                    )?;
-                }
-                let v = cstring(if o.tls_version.is_empty() { "tlsv1.2" } else { o.tls_version })?;
-                check(m::mosquitto_tls_opts_set(mosq, 1, v.as_ptr(), std::ptr::null()), "TLS version")?;
-            }
-            callbacks::register(mosq);
-            Ok(c)
-        }
+        let mut state = Box::<CallbackState>::default();
+        // SAFETY: the box's contents stay at their address when the box moves into the client,
+        // which destroys the session before the box (see `Client`); on an error the session is
+        // gone before `state` drops.
+        let session = unsafe { Session::new(o, &mut *state) }?;
+        Ok(Client {
+            session,
+            state,
+            protocol: o.protocol,
+            broker: o.broker.to_string(),
+            own_qos0: !o.use_tls,
+            out: Outgoing::default(),
+            stall_limit: Duration::from_secs(60),
+        })
     }
 
     /// Start connecting (non-blocking; completion arrives as `Event::Connected`).
@@ -194,36 +126,11 @@ impl Client {
         self.state.last_log_error = None;
         self.stall_limit = Duration::from_secs(keepalive.max(5) as u64);
         if self.protocol == MQTT_V5 {
-            self.set_connect_properties(&h, port)?;
+            self.session.set_connect_properties(&h, port)?;
         }
         // SAFETY: valid client; host copied by libmosquitto.
-        let rc = unsafe { m::mosquitto_connect_async(self.mosq, h.as_ptr(), port as c_int, keepalive) };
+        let rc = unsafe { m::mosquitto_connect_async(self.session.ptr(), h.as_ptr(), port as c_int, keepalive) };
         check(rc, "connect").map_err(|e| self.with_log(e))
-    }
-
-    /// The MQTT 5 CONNECT properties: a Maximum Packet Size, so that a broker does not send us
-    /// a packet larger than [`MAX_INCOMING_PACKET`] (libmosquitto would allocate whatever size a
-    /// packet announces, up to 256 MB; the worker never subscribes and expects only
-    /// acknowledgements).
-    ///
-    /// libmosquitto 2.0 has no asynchronous connect that takes CONNECT properties, but
-    /// `mosquitto_connect_bind_v5` stores them on the client *before* it validates its other
-    /// arguments, and the asynchronous connect sends what is stored. Called with an invalid
-    /// keepalive (1 s; 0 or 5..65535 are valid) it stores them and returns MOSQ_ERR_INVAL
-    /// without touching the network. (lib/connect.c, identical from 2.0.0 to 2.0.21.)
-    fn set_connect_properties(&mut self, host: &CStr, port: u16) -> Result<(), String> {
-        let mut props: *mut m::mosquitto_property = std::ptr::null_mut();
-        // SAFETY: a fresh property list, freed below (libmosquitto keeps its own copy).
-        unsafe {
-            let id = m::mqtt5_property::MQTT_PROP_MAXIMUM_PACKET_SIZE as c_int;
-            check(m::mosquitto_property_add_int32(&mut props, id, MAX_INCOMING_PACKET), "CONNECT properties")?;
-            let rc = m::mosquitto_connect_bind_v5(self.mosq, host.as_ptr(), port as c_int, 1, std::ptr::null(), props);
-            m::mosquitto_property_free_all(&mut props);
-            if rc != m::mosq_err_t::MOSQ_ERR_INVAL as c_int {
-                return Err(format!("could not set the CONNECT properties (libmosquitto returned {rc})"));
-            }
-        }
-        Ok(())
     }
 
     /// Append libmosquitto's last logged error (TLS details live only there).
@@ -235,8 +142,7 @@ impl Client {
     }
 
     pub fn socket(&self) -> c_int {
-        // SAFETY: valid client.
-        unsafe { m::mosquitto_socket(self.mosq) }
+        self.session.socket()
     }
 
     /// The TCP connection is established (the broker's address answered; `getpeername` fails
@@ -256,12 +162,7 @@ impl Client {
 
     /// Is there anything to write (libmosquitto's queue or our packets)?
     pub fn want_write(&self) -> bool {
-        self.out.waiting() > 0 || self.lib_wants_write()
-    }
-
-    fn lib_wants_write(&self) -> bool {
-        // SAFETY: valid client.
-        unsafe { m::mosquitto_want_write(self.mosq) }
+        self.out.waiting() > 0 || self.session.wants_write()
     }
 
     /// May libmosquitto read now? Reading makes it write a PUBREL for a PUBREC; while our packets
@@ -276,17 +177,15 @@ impl Client {
         if !self.may_read() && !self.flush() {
             return 0;
         }
-        // SAFETY: valid client, main thread.
-        unsafe { m::mosquitto_loop_read(self.mosq, 1) }
+        self.session.loop_read()
     }
 
     /// Write what waits: libmosquitto's queue, then our packets.
     pub fn loop_write(&mut self) {
         if self.out.waiting() > 0 {
             self.flush();
-        } else if self.lib_wants_write() {
-            // SAFETY: valid client, main thread.
-            unsafe { m::mosquitto_loop_write(self.mosq, 1) };
+        } else if self.session.wants_write() {
+            self.session.loop_write();
         }
     }
 
@@ -297,8 +196,7 @@ impl Client {
         if self.out.on_wire {
             return 0;
         }
-        // SAFETY: valid client, main thread.
-        unsafe { m::mosquitto_loop_misc(self.mosq) }
+        self.session.loop_misc()
     }
 
     /// Bytes of our own packets waiting for the socket.
@@ -326,15 +224,15 @@ impl Client {
             self.out.clear(); // the connection is gone; QoS 0 is at most once
             return true;
         }
-        if self.lib_wants_write() {
-            // SAFETY: valid client, main thread; none of our bytes is on the wire here (we send
-            // only while libmosquitto's queue is empty, and it writes only while none is).
-            unsafe { m::mosquitto_loop_write(self.mosq, 1) };
+        if self.session.wants_write() {
+            // None of our bytes is on the wire here (we send only while libmosquitto's queue is
+            // empty, and it writes only while none is).
+            self.session.loop_write();
             if self.socket() < 0 {
                 self.out.clear(); // it found the connection gone (and reports it)
                 return true;
             }
-            if self.lib_wants_write() {
+            if self.session.wants_write() {
                 self.out.blocked = true;
                 return false;
             }
@@ -422,7 +320,7 @@ impl Client {
         // SAFETY: topic is NUL-terminated; libmosquitto copies topic and payload before returning.
         let rc = unsafe {
             m::mosquitto_publish_v5(
-                self.mosq,
+                self.session.ptr(),
                 &mut mid,
                 topic_nul.as_ptr() as *const c_char,
                 payload.len() as c_int,
@@ -497,8 +395,7 @@ impl Client {
         if !self.flush() {
             return;
         }
-        // SAFETY: valid client; harmless when not connected.
-        unsafe { m::mosquitto_disconnect(self.mosq) };
+        self.session.disconnect();
     }
 
     /// Say goodbye (DISCONNECT, written if the socket takes it now; never waits) and destroy the
@@ -565,16 +462,3 @@ impl Client {
 // worker/link.rs): it is used by one thread at a time, libmosquitto is built thread-safe, its
 // callbacks run on the thread that calls into it and touch only the client's own state box.
 unsafe impl Send for Client {}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        // SAFETY: we own the client; after this no callback can reference `state`.
-        unsafe { m::mosquitto_destroy(self.mosq) };
-    }
-}
-
-/// Call once per process before creating clients.
-pub fn lib_init() {
-    // SAFETY: plain library initialisation.
-    unsafe { m::mosquitto_lib_init() };
-}

@@ -7,7 +7,8 @@
 //! | `callbacks` | libmosquitto's callbacks and the state they record ([`client::Event`]s, limits) |
 //! | `handoff` | what the worker hands over with a message, and what it gets back |
 //! | `proplist` | a message's MQTT 5 properties as libmosquitto's list, for what it writes |
-//! | `client` | one connection as the worker sees it: the libmosquitto object, our own QoS 0 writer |
+//! | `session` | the libmosquitto object: created with options (credentials, TLS), destroyed on drop |
+//! | `client` | one connection as the worker sees it: routes each message to a writer, drives both |
 //!
 //! The worker uses `client` only; it re-exports what the worker needs of the others.
 
@@ -16,3 +17,4 @@ pub mod client;
 mod errors;
 mod handoff;
 mod proplist;
+mod session;

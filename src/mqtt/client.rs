@@ -1,5 +1,5 @@
 //! One MQTT connection, as the worker sees it: a libmosquitto session (session.rs) and our own
-//! QoS 0 writer on one socket, driven from the worker's loop.
+//! QoS 0 writer (qos0_writer.rs, ADR-010) on one socket, driven from the worker's loop.
 //!
 //! Invariants:
 //! * libmosquitto runs without threads: the worker drives it with `loop_read`, `loop_write` and
@@ -13,13 +13,13 @@
 //!   across a reconnect and resend them on its own, out of our sight — including a message that
 //!   makes the broker close the connection every time. The worker resends instead (worker/link.rs),
 //!   so a message is never sent from two places.
-//! * QoS 0 packets of ring records are written by this wrapper itself, several per `send()`, on
+//! * QoS 0 packets of ring records are written by our own writer, several per `send()`, on
 //!   libmosquitto's socket (plain TCP only; ADR-010). The two writers never interleave bytes:
 //!   our buffer is sent only while libmosquitto's queue is empty, and libmosquitto may write
 //!   only while none of our packets is half sent (no PINGREQ then, and no reading while a QoS 2
 //!   message is in flight: its PUBREC makes libmosquitto write a PUBREL). A message for
 //!   libmosquitto first waits for our buffer to be sent (`Handoff::Later`), so messages leave in
-//!   the order they were handed over.
+//!   the order they were handed over. This file keeps libmosquitto's side of that rule.
 //! * Dropping the client destroys the session (closing the socket) before its callback state.
 //!
 //! The worker imports everything it needs of `mqtt/` from here. Nothing here touches PostgreSQL
@@ -33,58 +33,14 @@ pub use super::session::{lib_init, ClientOptions, MQTT_V5};
 use super::callbacks::CallbackState;
 use super::errors::{check, connack_string};
 use super::proplist::property_list;
+use super::qos0_writer::Qos0Writer;
 use super::session::{cstring, Session};
 use crate::pure::limits::{publish_packet_size, Beyond, Limits, Verdict};
 use crate::pure::packet;
 use crate::pure::props;
 use libmosquitto_sys as m;
 use std::ffi::{c_char, c_int, c_void};
-use std::time::{Duration, Instant};
-
-/// Send our buffered QoS 0 packets once this many bytes wait (and at the end of every worker
-/// loop iteration, `Client::flush`).
-const FLUSH_AT: usize = 64 * 1024;
-
-/// Take no more QoS 0 messages while this many bytes wait for the socket: the broker is not
-/// reading fast enough, and the messages are better kept in the ring (or, if it stays so, moved
-/// to the outbox) than in the worker's memory.
-const MAX_WAITING: usize = 1024 * 1024;
-
-/// QoS 0 packets the wrapper writes itself, waiting for the socket.
-#[derive(Default)]
-struct Outgoing {
-    buf: Vec<u8>,
-    /// Bytes of `buf` already sent.
-    sent: usize,
-    /// Since when the socket has taken nothing while bytes wait.
-    stalled_since: Option<Instant>,
-    /// A send failed, or the socket took nothing for too long: the connection is over (reported
-    /// as `Event::Disconnected`); nothing more is queued.
-    dead: bool,
-    /// The last flush left bytes waiting: the socket is full (the worker waits for it to take
-    /// more, rather than queueing more or spinning on a message that must wait for them).
-    blocked: bool,
-    /// Part of the buffer has been sent and part waits: a packet may be cut in two on the wire,
-    /// so libmosquitto must not write anything until the rest is out.
-    on_wire: bool,
-}
-
-impl Outgoing {
-    fn waiting(&self) -> usize {
-        self.buf.len() - self.sent
-    }
-
-    fn clear(&mut self) {
-        self.buf.clear();
-        self.sent = 0;
-        self.stalled_since = None;
-        self.blocked = false;
-        self.on_wire = false;
-        if self.buf.capacity() > 4 * MAX_WAITING {
-            self.buf = Vec::new(); // one huge message made it grow: give the memory back
-        }
-    }
-}
+use std::time::Duration;
 
 pub struct Client {
     /// Declared before `state`: fields drop in order, so the libmosquitto object, whose
@@ -96,10 +52,7 @@ pub struct Client {
     broker: String,
     /// QoS 0 packets may be written by us (plain TCP; with TLS libmosquitto owns the session).
     own_qos0: bool,
-    out: Outgoing,
-    /// A socket that takes nothing for this long while our packets wait: the connection is
-    /// treated as lost (libmosquitto's keepalive check cannot run meanwhile, see `loop_misc`).
-    stall_limit: Duration,
+    out: Qos0Writer,
 }
 
 impl Client {
@@ -115,8 +68,7 @@ impl Client {
             protocol: o.protocol,
             broker: o.broker.to_string(),
             own_qos0: !o.use_tls,
-            out: Outgoing::default(),
-            stall_limit: Duration::from_secs(60),
+            out: Qos0Writer::new(),
         })
     }
 
@@ -124,7 +76,7 @@ impl Client {
     pub fn connect(&mut self, host: &str, port: u16, keepalive: i32) -> Result<(), String> {
         let h = cstring(host)?;
         self.state.last_log_error = None;
-        self.stall_limit = Duration::from_secs(keepalive.max(5) as u64);
+        self.out.set_stall_limit(Duration::from_secs(keepalive.max(5) as u64));
         if self.protocol == MQTT_V5 {
             self.session.set_connect_properties(&h, port)?;
         }
@@ -169,7 +121,7 @@ impl Client {
     /// are half sent, that would land in the middle of one. (Read anyway when no QoS 2 message is
     /// in flight: then nothing it reads makes it write.)
     fn may_read(&self) -> bool {
-        !self.out.on_wire || self.state.qos2.is_empty()
+        !self.out.on_wire() || self.state.qos2.is_empty()
     }
 
     /// Read what the socket has; returns a MOSQ_ERR code (non-zero = connection dropped).
@@ -193,7 +145,7 @@ impl Client {
     /// PINGREQ would land in the middle of one); `flush` watches a socket that takes nothing
     /// instead. (Packets of ours that wait unsent, behind libmosquitto's queue, are no obstacle.)
     pub fn loop_misc(&mut self) -> c_int {
-        if self.out.on_wire {
+        if self.out.on_wire() {
             return 0;
         }
         self.session.loop_misc()
@@ -208,75 +160,15 @@ impl Client {
     /// or `MAX_WAITING` bytes wait: take no more messages until it has (the worker waits for the
     /// socket to become writable).
     pub fn busy(&self) -> bool {
-        self.out.blocked || self.out.waiting() >= MAX_WAITING
+        self.out.busy()
     }
 
     /// Send what waits: libmosquitto's queue first (our packets were queued after it), then our
     /// packets, as many per `send()` as the socket takes. True when nothing of ours waits.
     /// A failed `send` ends the connection (`Event::Disconnected`), as does a socket that takes
-    /// nothing for `stall_limit`.
+    /// nothing for the keepalive interval.
     pub fn flush(&mut self) -> bool {
-        if self.out.waiting() == 0 {
-            return true;
-        }
-        let fd = self.socket();
-        if fd < 0 {
-            self.out.clear(); // the connection is gone; QoS 0 is at most once
-            return true;
-        }
-        if self.session.wants_write() {
-            // None of our bytes is on the wire here (we send only while libmosquitto's queue is
-            // empty, and it writes only while none is).
-            self.session.loop_write();
-            if self.socket() < 0 {
-                self.out.clear(); // it found the connection gone (and reports it)
-                return true;
-            }
-            if self.session.wants_write() {
-                self.out.blocked = true;
-                return false;
-            }
-        }
-        let before = self.out.sent;
-        while self.out.waiting() > 0 {
-            let rest = &self.out.buf[self.out.sent..];
-            // SAFETY: fd is libmosquitto's connected, non-blocking socket; rest is valid memory.
-            let n = unsafe {
-                libc::send(fd, rest.as_ptr() as *const c_void, rest.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-            };
-            if n >= 0 {
-                self.out.sent += n as usize;
-                self.out.on_wire |= n > 0;
-                continue;
-            }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => break,
-                _ => {
-                    self.out.clear();
-                    self.out.dead = true;
-                    self.state.events.push(Event::Disconnected(m::mosq_err_t::MOSQ_ERR_CONN_LOST as c_int));
-                    return true;
-                }
-            }
-        }
-        if self.out.waiting() == 0 {
-            self.out.clear();
-            return true;
-        }
-        let now = Instant::now();
-        if self.out.sent != before {
-            self.out.stalled_since = None;
-        }
-        let since = *self.out.stalled_since.get_or_insert(now);
-        if now.duration_since(since) >= self.stall_limit {
-            self.out.clear();
-            self.out.dead = true;
-            self.state.events.push(Event::Disconnected(ERR_KEEPALIVE));
-            return true;
-        }
-        self.out.blocked = true;
-        false
+        self.out.flush(&self.session, &mut self.state.events)
     }
 
     /// Hand one message over: QoS 0 of ring records to our own buffer (`Handoff::Queued`),
@@ -299,10 +191,12 @@ impl Client {
             return Handoff::Refused { verdict: Verdict::DeadLetter, why: b.message(&self.broker) };
         }
         if qos == 0 && x.done_when_queued && self.own_qos0 {
-            return self.queue_qos0(topic, payload, retain, v5, x);
+            let id = x.id.map(|i| i.to_bytes());
+            let p = packet::Publish { retain, v5, props: x.props, expiry_left: x.expiry_left, id };
+            return self.out.queue(&self.session, &mut self.state.events, topic, payload, &p);
         }
         // libmosquitto writes this one: our packets, handed over before it, go first.
-        if !self.flush() || self.out.dead {
+        if !self.flush() || self.out.dead() {
             return Handoff::Later;
         }
         let list = if v5 && (!x.props.is_empty() || x.id.is_some()) {
@@ -358,35 +252,6 @@ impl Client {
             // ERRNO ...); libmosquitto resends it after the reconnect.
             Handoff::Accepted { mid }
         }
-    }
-
-    /// Append a QoS 0 PUBLISH to our buffer; send once enough waits. `Later` while the broker
-    /// is not reading (`MAX_WAITING`) or the connection is gone.
-    fn queue_qos0(&mut self, topic: &[u8], payload: &[u8], retain: bool, v5: bool, x: &Extra<'_>) -> Handoff {
-        if self.out.dead || self.socket() < 0 {
-            return Handoff::Later;
-        }
-        if self.out.waiting() >= MAX_WAITING {
-            self.flush();
-            if self.out.dead || self.out.waiting() >= MAX_WAITING {
-                return Handoff::Later;
-            }
-        }
-        if self.out.sent >= FLUSH_AT {
-            // keep the buffer from growing while the socket takes part of it at a time
-            self.out.buf.drain(..self.out.sent);
-            self.out.sent = 0;
-        }
-        let p =
-            packet::Publish { retain, v5, props: x.props, expiry_left: x.expiry_left, id: x.id.map(|i| i.to_bytes()) };
-        if packet::encode_qos0(&mut self.out.buf, topic, payload, &p).is_err() {
-            let why = "its stored properties cannot be encoded (the outbox or ring record was altered)".to_string();
-            return Handoff::Refused { verdict: Verdict::DeadLetter, why };
-        }
-        if self.out.waiting() >= FLUSH_AT {
-            self.flush();
-        }
-        Handoff::Queued
     }
 
     /// Ask for a clean DISCONNECT (completion arrives as `Event::Disconnected(0)`). Not while

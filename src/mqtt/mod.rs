@@ -8,6 +8,7 @@
 //! | `handoff` | what the worker hands over with a message, and what it gets back |
 //! | `proplist` | a message's MQTT 5 properties as libmosquitto's list, for what it writes |
 //! | `session` | the libmosquitto object: created with options (credentials, TLS), destroyed on drop |
+//! | `qos0_writer` | our own QoS 0 writer on libmosquitto's socket (ADR-010) |
 //! | `client` | one connection as the worker sees it: routes each message to a writer, drives both |
 //!
 //! The worker uses `client` only; it re-exports what the worker needs of the others.
@@ -17,4 +18,5 @@ pub mod client;
 mod errors;
 mod handoff;
 mod proplist;
+mod qos0_writer;
 mod session;

@@ -8,7 +8,7 @@
 //! * Its userdata is the caller's boxed `CallbackState` (callbacks.rs), which must outlive it:
 //!   client.rs declares its session before that box, so the object is destroyed first.
 //! * This file decides nothing about which of the connection's two writers (libmosquitto's
-//!   queue, our own QoS 0 writer) may write when: client.rs does (ADR-010).
+//!   queue, our own QoS 0 writer) may write when: client.rs and qos0_writer.rs do (ADR-010).
 //!
 //! Nothing here touches PostgreSQL symbols.
 

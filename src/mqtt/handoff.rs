@@ -17,8 +17,8 @@ pub struct Extra<'a> {
     /// The expiry left, in seconds (replaces the one in `props`).
     pub expiry_left: Option<u32>,
     /// The caller counts a QoS 0 message as done once it is queued (ring records): it may be
-    /// written by our own QoS 0 writer (`Handoff::Queued`). Otherwise (outbox rows, deleted only once
-    /// written) libmosquitto writes it and reports it as `Event::Published`.
+    /// written by our own QoS 0 writer (`Handoff::Queued`). Otherwise (outbox rows, deleted only
+    /// once written) libmosquitto writes it and reports it as `Event::Published`.
     pub done_when_queued: bool,
 }
 

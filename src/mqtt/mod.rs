@@ -4,12 +4,12 @@
 //! | file | concern |
 //! |---|---|
 //! | `errors` | libmosquitto's error codes and MQTT's reason codes in words |
-//! | `callbacks` | libmosquitto's callbacks and the state they record ([`client::Event`]s, limits) |
+//! | `callbacks` | libmosquitto's callbacks and what they record ([`client::Event`]s, limits) |
 //! | `handoff` | what the worker hands over with a message, and what it gets back |
 //! | `proplist` | a message's MQTT 5 properties as libmosquitto's list, for what it writes |
-//! | `session` | the libmosquitto object: created with options (credentials, TLS), destroyed on drop |
+//! | `session` | the libmosquitto object: its options (credentials, TLS), destroyed on drop |
 //! | `qos0_writer` | our own QoS 0 writer on libmosquitto's socket (ADR-010) |
-//! | `client` | one connection as the worker sees it: routes each message to a writer, drives both |
+//! | `client` | one connection as the worker sees it: a message to a writer; drives both |
 //!
 //! The worker uses `client` only; it re-exports what the worker needs of the others.
 

@@ -13,5 +13,6 @@ pub mod pending;
 pub mod props;
 pub mod ring;
 pub mod scanlog;
+pub mod settings_rules;
 pub mod topic;
 pub mod window;

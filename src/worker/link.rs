@@ -285,9 +285,11 @@ impl Link {
     }
 
     /// How long a connection may take to be accepted (TCP, TLS and CONNACK).
+    /// `pg_mqtt_pub.connect_timeout`: a broker that accepts TCP but never answers CONNECT (an
+    /// MQTT 3.1.1-only broker sent MQTT 5, a TLS port spoken to in plain text) is explained in
+    /// seconds, not after a keepalive interval (when libmosquitto itself would give up).
     pub(super) fn connect_timeout(&self) -> Duration {
-        // libmosquitto gives up after one keepalive interval without a CONNACK; ours is a backstop.
-        Duration::from_secs(self.cfg.keepalive.max(10) as u64)
+        Duration::from_secs(gucs::CONNECT_TIMEOUT_S.get().max(1) as u64)
     }
 
     fn disconnect_reason(&self, rc: i32) -> String {

@@ -43,7 +43,7 @@ impl Report {
             down_since: None,
             back_after: None,
             expired: 0,
-            expired_line_at: now,
+            expired_line_at: now - EXPIRED_LINE_EVERY, // the first line comes at once
         }
     }
 
@@ -164,18 +164,17 @@ impl Worker {
         if k.report.expired == 0 || k.report.expired_line_at.elapsed() < EXPIRED_LINE_EVERY {
             return;
         }
-        let (n, over) = (k.report.expired, k.report.expired_line_at.elapsed());
+        let n = k.report.expired;
         k.report.expired = 0;
         k.report.expired_line_at = Instant::now();
         let kept = if gucs::DEAD_LETTER_EXPIRED.get() { "kept in mqtt_pub.dead_letters" } else { "dropped" };
         guard::log(
             Level::LOG,
             format!(
-                "pg_mqtt_pub: broker \"{}\": {n} message{} expired before {} could be sent in the last {}: {kept}",
+                "pg_mqtt_pub: broker \"{}\": {n} message{} expired before {} could be sent: {kept} (at most one such line a minute)",
                 k.cfg.name,
                 if n == 1 { "" } else { "s" },
                 if n == 1 { "it" } else { "they" },
-                human(over)
             ),
         );
     }

@@ -88,6 +88,7 @@ def test_drop_extension_while_the_worker_works_never_kills_it():
                 # a catalog change wakes the worker to read mqtt_pub.brokers, and DROP EXTENSION
                 # right behind it holds that table's lock while the worker waits for it
                 q.execute("SELECT mqtt_broker_remove('b1', force := true)")
+                q.execute("SELECT mqtt_pub.mqtt_discard()")  # DROP refuses while messages wait
                 q.execute("DROP EXTENSION pg_mqtt_pub CASCADE")
         time.sleep(1)
         assert "exited with exit code" not in c.log_text(), "the worker died"

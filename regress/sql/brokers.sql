@@ -40,7 +40,7 @@ SELECT mqtt_broker_remove('nope');
 \echo :LAST_ERROR_SQLSTATE
 
 -- adding: the catalog, the view without passwords, duplicates
-SELECT mqtt_broker_add('cloud', 'mqtt.example.com', 8883, 'pg', 'top-secret', true, '/etc/ssl/ca.pem');
+SELECT mqtt_broker_add('cloud', 'mqtt.example.com', 8883, 'pg', 'top-secret', true, '/etc/ssl/certs/ca-certificates.crt');
 SELECT mqtt_broker_add(name := 'plant-2', host := '127.0.0.1', port := 1);
 SELECT mqtt_broker_add('cloud', 'other.example.com');
 \echo :LAST_ERROR_SQLSTATE

@@ -140,4 +140,6 @@ SELECT mqtt_pub.mqtt_properties('\x7f'::bytea);
 SELECT count(*) FROM mqtt_pub.outbox;
 
 DROP TABLE api_t;
+-- DROP EXTENSION refuses while messages or dead letters exist: discarding them is explicit
+SELECT mqtt_pub.mqtt_discard() >= 0 AS discarded;
 DROP EXTENSION pg_mqtt_pub;

@@ -95,4 +95,6 @@ RESET ROLE;
 DROP ROLE mqtt_regress_user;
 
 DROP TABLE uses_plant;
+-- DROP EXTENSION refuses while messages or dead letters exist: discarding them is explicit
+SELECT mqtt_pub.mqtt_discard() >= 0 AS discarded;
 DROP EXTENSION pg_mqtt_pub;

@@ -168,4 +168,6 @@ RESET pg_mqtt_pub.max_pending_memory;
 SELECT mqtt_publish('regress/after-limit', 'the session goes on');
 DELETE FROM mqtt_pub.outbox WHERE topic LIKE 'regress/%big%' OR topic = 'regress/after-limit';
 
+-- DROP EXTENSION refuses while messages or dead letters exist: discarding them is explicit
+SELECT mqtt_pub.mqtt_discard() >= 0 AS discarded;
 DROP EXTENSION pg_mqtt_pub;

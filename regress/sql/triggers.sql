@@ -178,4 +178,6 @@ REVOKE ALL ON FUNCTION mqtt_trigger_event_setup(text, text, text[], integer, tex
 DROP ROLE mqtt_regress_owner;
 DROP ROLE mqtt_regress_writer;
 
+-- DROP EXTENSION refuses while messages or dead letters exist: discarding them is explicit
+SELECT mqtt_pub.mqtt_discard() >= 0 AS discarded;
 DROP EXTENSION pg_mqtt_pub CASCADE;

@@ -16,6 +16,7 @@
 use crate::pg::fmgr::Args;
 use crate::pg::guard::{guard, Code, PgError};
 use crate::pg::spi::{self, pinned, with_spi, Rights};
+use crate::pure::settings_rules::{self, Problem};
 use pgrx_pg_sys as pg;
 
 /// The arguments, in order, with their types (the SQL signature of both names).
@@ -74,6 +75,20 @@ fn add(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
             )
             .hint("Only superusers and members of pg_read_server_files may name them; ask one to add the broker.")
             .raise();
+    }
+    // The files must be there, readable by the server, now: a missing CA file would otherwise
+    // surface only later, in mqtt_status(), as libmosquitto's "Invalid function arguments".
+    for (&i, what) in FILES.iter().zip(["ca_cert", "client_cert", "client_key", "password_file"]) {
+        let Some(path) = a.opt_bytes(i) else { continue };
+        if let Err(e) = settings_rules::readable_file(what, &String::from_utf8_lossy(path)) {
+            let code = match e.kind {
+                Problem::BadValue => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                Problem::NoSuchFile => Code::ERRCODE_UNDEFINED_FILE,
+                Problem::NotAllowed => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                Problem::Io => Code::ERRCODE_IO_ERROR,
+            };
+            PgError::new(code, e.message).hint(e.hint).raise();
+        }
     }
     let params: Vec<(pg::Oid, Option<pg::Datum>)> = ARGS.iter().enumerate().map(|(i, &t)| (t, a.get(i))).collect();
     with_spi(|| {

@@ -2,6 +2,7 @@
 //! triggers and their helpers, `mqtt_status()`.
 
 pub mod broker_add;
+pub mod drop_guard;
 pub mod properties;
 pub mod publish;
 pub mod resultset;

@@ -34,6 +34,8 @@ pub struct Row {
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
+    /// When it was published (its transaction's start; µs): the latency counts from it.
+    pub created_at: i64,
     /// MQTT 5 properties (props.rs), the message id, and when the message expires (timestamp,
     /// µs): empty/`None` for rows without them, and in a database still on SQL 1.2.
     pub props: Vec<u8>,
@@ -459,7 +461,7 @@ pub fn fetch(
 ) -> (Vec<Row>, bool) {
     let v13 = worker_spi(has_properties);
     let mut sql = format!(
-        "SELECT id, topic, payload, qos, retain, lane, ctid::pg_catalog.text{} FROM mqtt_pub.outbox \
+        "SELECT id, topic, payload, qos, retain, lane, ctid::pg_catalog.text, created_at{} FROM mqtt_pub.outbox \
          WHERE broker OPERATOR(pg_catalog.=) $1 AND next_retry_at OPERATOR(pg_catalog.<=) pg_catalog.now()",
         if v13 { ", properties, message_id, expires_at" } else { "" }
     );
@@ -511,9 +513,10 @@ pub fn fetch(
                     payload: varlena_bytes(get(3)).to_vec(),
                     qos: get(4).value() as u8,
                     retain: get(5).value() != 0,
-                    props: opt(8).map(|d| varlena_bytes(d).to_vec()).unwrap_or_default(),
-                    message_id: opt(9).and_then(|d| std::ffi::CString::new(varlena_bytes(d)).ok()),
-                    expires_at: opt(10).map(|d| d.value() as i64),
+                    created_at: get(8).value() as i64,
+                    props: opt(9).map(|d| varlena_bytes(d).to_vec()).unwrap_or_default(),
+                    message_id: opt(10).and_then(|d| std::ffi::CString::new(varlena_bytes(d)).ok()),
+                    expires_at: opt(11).map(|d| d.value() as i64),
                 });
             }
             (rows, n == limit)
@@ -573,26 +576,56 @@ pub fn exists(broker: &str) -> bool {
     })
 }
 
-/// `mqtt_status()`: rows waiting for `broker`, and how long the oldest has waited (an interval
-/// datum in the caller's memory context; `None` when there are none). Runs as the outbox owner:
-/// a monitoring role needs no privilege on the table.
-pub fn pending_and_age(broker: &str) -> (i64, Option<pg::Datum>) {
+/// What `mqtt_status()` shows of a broker's tables.
+pub struct Backlog {
+    /// Outbox rows, and how long the oldest has waited (an interval datum in the caller's memory
+    /// context; `None` when there are none) and when it was published (µs).
+    pub pending: i64,
+    pub oldest_age: Option<pg::Datum>,
+    pub oldest_at: Option<i64>,
+    /// Rows in `mqtt_pub.dead_letters` now.
+    pub dead_letters: i64,
+}
+
+/// `mqtt_status()`: the outbox and dead letters of `broker`. Runs as the tables' owner: a
+/// monitoring role needs no privilege on them.
+pub fn backlog(broker: &str) -> Backlog {
     with_spi(|| {
         pinned(Rights::Owner, || {
             // SAFETY: inside SPI and the pinned scope. The interval is copied out of SPI's memory
             // into the caller's context (SPI_datumTransfer) before SPI_finish frees it.
             unsafe {
                 exec_with_broker(
-                    "SELECT pg_catalog.count(*), pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.min(created_at) \
-                     FROM mqtt_pub.outbox WHERE broker OPERATOR(pg_catalog.=) $1",
+                    "SELECT pg_catalog.count(*), pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.min(o.created_at), \
+                     pg_catalog.min(o.created_at), (SELECT pg_catalog.count(*) FROM mqtt_pub.dead_letters d \
+                     WHERE d.broker OPERATOR(pg_catalog.=) $1) FROM mqtt_pub.outbox o WHERE o.broker OPERATOR(pg_catalog.=) $1",
                     broker,
                     true,
                     1,
                 );
-                let n = first_value(1).map(|d| d.value() as i64).unwrap_or(0);
-                let age = first_value(2).map(|d| pg::SPI_datumTransfer(d, false, 16));
-                (n, age)
+                Backlog {
+                    pending: first_value(1).map(|d| d.value() as i64).unwrap_or(0),
+                    oldest_age: first_value(2).map(|d| pg::SPI_datumTransfer(d, false, 16)),
+                    oldest_at: first_value(3).map(|d| d.value() as i64),
+                    dead_letters: first_value(4).map(|d| d.value() as i64).unwrap_or(0),
+                }
             }
         })
+    })
+}
+
+/// Worker: how many messages wait in the outbox for `broker` (logged when it is back).
+pub fn waiting(broker: &str) -> i64 {
+    worker_spi(|| {
+        // SAFETY: inside SPI.
+        unsafe {
+            exec_with_broker(
+                "SELECT pg_catalog.count(*) FROM mqtt_pub.outbox WHERE broker OPERATOR(pg_catalog.=) $1",
+                broker,
+                true,
+                1,
+            );
+            first_value(1).map(|d| d.value() as i64).unwrap_or(0)
+        }
     })
 }

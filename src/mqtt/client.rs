@@ -1,13 +1,11 @@
-//! One MQTT connection: a safe wrapper over a libmosquitto client.
+//! One MQTT connection, as the worker sees it: a libmosquitto session (session.rs) and our own
+//! QoS 0 writer (qos0_writer.rs, ADR-010) on one socket, driven from the worker's loop.
 //!
 //! Invariants:
 //! * libmosquitto runs without threads: the worker drives it with `loop_read`, `loop_write` and
 //!   `loop_misc` from its own WaitEventSet loop (`src/worker/`). Never `mosquitto_loop_start`.
 //! * Callbacks only *record* what happened ([`Event`]s, the last error logged) in a boxed state
-//!   whose address is the client's userdata; they call no PostgreSQL function (a PostgreSQL ERROR
-//!   there would longjmp through libmosquitto's frames) and cannot panic across the C frames
-//!   (each body is wrapped in `catch_unwind`, aborting the process on a bug rather than unwinding
-//!   into C).
+//!   whose address is the client's userdata (callbacks.rs); the client reads it between calls.
 //! * Connecting is asynchronous (`mosquitto_connect_async`): a black-holed host never blocks the
 //!   worker. Host name resolution inside it is not, so the worker calls `connect` for a host
 //!   name on a helper thread (worker/link.rs); a client is `Send` for that.
@@ -15,482 +13,76 @@
 //!   across a reconnect and resend them on its own, out of our sight — including a message that
 //!   makes the broker close the connection every time. The worker resends instead (worker/link.rs),
 //!   so a message is never sent from two places.
-//! * QoS 0 packets of ring records are written by this wrapper itself, several per `send()`, on
+//! * QoS 0 packets of ring records are written by our own writer, several per `send()`, on
 //!   libmosquitto's socket (plain TCP only; ADR-010). The two writers never interleave bytes:
 //!   our buffer is sent only while libmosquitto's queue is empty, and libmosquitto may write
 //!   only while none of our packets is half sent (no PINGREQ then, and no reading while a QoS 2
 //!   message is in flight: its PUBREC makes libmosquitto write a PUBREL). A message for
 //!   libmosquitto first waits for our buffer to be sent (`Handoff::Later`), so messages leave in
-//!   the order they were handed over.
-//! * `Drop` destroys the client (closing the socket).
+//!   the order they were handed over. This file keeps libmosquitto's side of that rule.
+//! * Dropping the client destroys the session (closing the socket) before its callback state.
 //!
-//! Nothing here touches PostgreSQL symbols.
+//! The worker imports everything it needs of `mqtt/` from here. Nothing here touches PostgreSQL
+//! symbols.
 
+pub use super::callbacks::Event;
+pub use super::errors::{reason_string, strerror, ERR_KEEPALIVE};
+pub use super::handoff::{Extra, Handoff};
+pub use super::session::{lib_init, ClientOptions, MQTT_V5};
+
+use super::callbacks::CallbackState;
+use super::errors::{check, connack_string};
+use super::proplist::property_list;
+use super::qos0_writer::Qos0Writer;
+use super::session::{cstring, Session};
 use crate::pure::limits::{publish_packet_size, Beyond, Limits, Verdict};
 use crate::pure::packet;
-use crate::pure::props::{self, Prop};
+use crate::pure::props;
 use libmosquitto_sys as m;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// CONNACK arrived: 0 = accepted, otherwise the refusal code.
-    Connected(i32),
-    /// The connection ended (0 = we asked for it).
-    Disconnected(i32),
-    /// A publish finished: QoS 0 written to the socket, QoS 1 PUBACK, QoS 2 PUBCOMP.
-    /// `reason` is the MQTT 5 reason code (>= 0x80 = refused by the broker).
-    Published { mid: i32, reason: i32 },
-}
-
-#[derive(Default)]
-struct CallbackState {
-    events: Vec<Event>,
-    last_log_error: Option<String>,
-    /// What the last accepting CONNACK allowed.
-    limits: Limits,
-    /// A message's properties were left out because the connection is MQTT 3.1.1 (warned once
-    /// per client: `take_dropped_props`).
-    props_warned: bool,
-    dropped_props: bool,
-    /// Message ids of QoS 2 messages libmosquitto has not finished (their PUBREC makes it write).
-    qos2: Vec<i32>,
-}
-
-/// Send our buffered QoS 0 packets once this many bytes wait (and at the end of every worker
-/// loop iteration, `Client::flush`).
-const FLUSH_AT: usize = 64 * 1024;
-
-/// Take no more QoS 0 messages while this many bytes wait for the socket: the broker is not
-/// reading fast enough, and the messages are better kept in the ring (or, if it stays so, moved
-/// to the outbox) than in the worker's memory.
-const MAX_WAITING: usize = 1024 * 1024;
-
-/// QoS 0 packets the wrapper writes itself, waiting for the socket.
-#[derive(Default)]
-struct Outgoing {
-    buf: Vec<u8>,
-    /// Bytes of `buf` already sent.
-    sent: usize,
-    /// Since when the socket has taken nothing while bytes wait.
-    stalled_since: Option<Instant>,
-    /// A send failed, or the socket took nothing for too long: the connection is over (reported
-    /// as `Event::Disconnected`); nothing more is queued.
-    dead: bool,
-    /// The last flush left bytes waiting: the socket is full (the worker waits for it to take
-    /// more, rather than queueing more or spinning on a message that must wait for them).
-    blocked: bool,
-    /// Part of the buffer has been sent and part waits: a packet may be cut in two on the wire,
-    /// so libmosquitto must not write anything until the rest is out.
-    on_wire: bool,
-}
-
-impl Outgoing {
-    fn waiting(&self) -> usize {
-        self.buf.len() - self.sent
-    }
-
-    fn clear(&mut self) {
-        self.buf.clear();
-        self.sent = 0;
-        self.stalled_since = None;
-        self.blocked = false;
-        self.on_wire = false;
-        if self.buf.capacity() > 4 * MAX_WAITING {
-            self.buf = Vec::new(); // one huge message made it grow: give the memory back
-        }
-    }
-}
-
-/// What a message carries besides topic and payload.
-#[derive(Clone, Copy, Default)]
-pub struct Extra<'a> {
-    /// Encoded MQTT 5 properties (props.rs).
-    pub props: &'a [u8],
-    /// The message id, sent as the user property `pg-mqtt-pub-id`.
-    pub id: Option<&'a CStr>,
-    /// The expiry left, in seconds (replaces the one in `props`).
-    pub expiry_left: Option<u32>,
-    /// The caller counts a QoS 0 message as done once it is queued (ring records): it may be
-    /// written by this wrapper (`Handoff::Queued`). Otherwise (outbox rows, deleted only once
-    /// written) libmosquitto writes it and reports it as `Event::Published`.
-    pub done_when_queued: bool,
-}
-
-/// The id's user property name (props::ID_PROPERTY), NUL-terminated once and for all.
-const ID_NAME: &CStr = c"pg-mqtt-pub-id";
-
-/// A mosquitto property list, freed on drop.
-struct PropList(*mut m::mosquitto_property);
-
-impl Drop for PropList {
-    fn drop(&mut self) {
-        // SAFETY: a list built by mosquitto_property_add_*, or NULL.
-        unsafe { m::mosquitto_property_free_all(&mut self.0) };
-    }
-}
-
-fn cstr(b: &[u8]) -> CString {
-    // PostgreSQL text has no NUL byte; anything else is cut at the first one.
-    CString::new(b.split(|c| *c == 0).next().unwrap_or_default()).unwrap_or_default()
-}
-
-/// Build the PUBLISH properties: the stored ones (expiry replaced by what is left) and the id.
-fn property_list(x: &Extra<'_>) -> Result<PropList, c_int> {
-    let mut list = PropList(std::ptr::null_mut());
-    let id = |p: u8| p as c_int;
-    // SAFETY: each call appends a copy of its arguments to our list.
-    let rc = |r: c_int| if r == 0 { Ok(()) } else { Err(r) };
-    for p in props::decode(x.props) {
-        let Ok(p) = p else { return Err(m::mosq_err_t::MOSQ_ERR_INVAL as c_int) };
-        unsafe {
-            match p {
-                Prop::PayloadFormat(b) => {
-                    rc(m::mosquitto_property_add_byte(&mut list.0, id(props::PAYLOAD_FORMAT), b))?
-                }
-                Prop::MessageExpiry(s) => rc(m::mosquitto_property_add_int32(
-                    &mut list.0,
-                    id(props::MESSAGE_EXPIRY),
-                    x.expiry_left.unwrap_or(s),
-                ))?,
-                Prop::ContentType(v) => {
-                    rc(m::mosquitto_property_add_string(&mut list.0, id(props::CONTENT_TYPE), cstr(v).as_ptr()))?
-                }
-                Prop::ResponseTopic(v) => {
-                    rc(m::mosquitto_property_add_string(&mut list.0, id(props::RESPONSE_TOPIC), cstr(v).as_ptr()))?
-                }
-                Prop::CorrelationData(v) => rc(m::mosquitto_property_add_binary(
-                    &mut list.0,
-                    id(props::CORRELATION_DATA),
-                    v.as_ptr() as *const c_void,
-                    v.len() as u16,
-                ))?,
-                Prop::User(k, v) => rc(m::mosquitto_property_add_string_pair(
-                    &mut list.0,
-                    id(props::USER_PROPERTY),
-                    cstr(k).as_ptr(),
-                    cstr(v).as_ptr(),
-                ))?,
-            }
-        }
-    }
-    if let Some(mid) = x.id {
-        // SAFETY: as above.
-        rc(unsafe {
-            m::mosquitto_property_add_string_pair(&mut list.0, id(props::USER_PROPERTY), ID_NAME.as_ptr(), mid.as_ptr())
-        })?;
-    }
-    Ok(list)
-}
+use std::ffi::{c_char, c_int, c_void};
+use std::time::Duration;
 
 pub struct Client {
-    mosq: *mut m::mosquitto,
+    /// Declared before `state`: fields drop in order, so the libmosquitto object, whose
+    /// callbacks write into `state`, is destroyed first.
+    session: Session,
     state: Box<CallbackState>,
     protocol: i32,
     /// The broker's name in pg_mqtt_pub (for messages).
     broker: String,
     /// QoS 0 packets may be written by us (plain TCP; with TLS libmosquitto owns the session).
     own_qos0: bool,
-    out: Outgoing,
-    /// A socket that takes nothing for this long while our packets wait: the connection is
-    /// treated as lost (libmosquitto's keepalive check cannot run meanwhile, see `loop_misc`).
-    stall_limit: Duration,
-}
-
-/// `ClientOptions::protocol` for MQTT 5 (libmosquitto's MQTT_PROTOCOL_V5).
-pub const MQTT_V5: i32 = 5;
-
-/// How libmosquitto ends a connection that got no answer (no CONNACK, no PINGRESP) within one
-/// keepalive interval (MOSQ_ERR_KEEPALIVE).
-pub const ERR_KEEPALIVE: i32 = m::mosq_err_t::MOSQ_ERR_KEEPALIVE as i32;
-
-/// The largest packet the worker accepts from a broker (announced in CONNECT, MQTT 5).
-pub const MAX_INCOMING_PACKET: u32 = 256 * 1024;
-
-/// Everything needed to create a client.
-pub struct ClientOptions<'a> {
-    /// The broker's name in pg_mqtt_pub (for messages).
-    pub broker: &'a str,
-    pub client_id: &'a str,
-    pub protocol: i32,
-    pub max_inflight: u32,
-    pub username: &'a str,
-    pub password: &'a str,
-    pub use_tls: bool,
-    pub ca_cert: &'a str,
-    pub client_cert: &'a str,
-    pub client_key: &'a str,
-    /// Lowest TLS version: "tlsv1.2" or "tlsv1.3" (libmosquitto disables older ones).
-    pub tls_version: &'a str,
-}
-
-fn opt(s: &CString) -> *const c_char {
-    if s.as_bytes().is_empty() {
-        std::ptr::null()
-    } else {
-        s.as_ptr()
-    }
-}
-
-fn cstring(s: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("value contains a NUL byte: {s:?}"))
-}
-
-fn check(rc: c_int, what: &str) -> Result<(), String> {
-    if rc == m::mosq_err_t::MOSQ_ERR_SUCCESS as c_int {
-        Ok(())
-    } else {
-        Err(format!("{what}: {}", strerror(rc)))
-    }
-}
-
-/// libmosquitto's text for an error code (2.0.11 has none for some codes it returns itself).
-pub fn strerror(rc: c_int) -> String {
-    if rc == ERR_KEEPALIVE {
-        return "no answer from the broker within the keepalive interval".into();
-    }
-    // SAFETY: mosquitto_strerror returns a static string for any input.
-    let s = unsafe { CStr::from_ptr(m::mosquitto_strerror(rc)) }.to_string_lossy().into_owned();
-    if s.starts_with("Unknown error") {
-        format!("libmosquitto error {rc}")
-    } else {
-        s
-    }
-}
-
-/// Human text for an MQTT 5 reason code (CONNACK, PUBACK, DISCONNECT).
-pub fn reason_string(code: c_int) -> String {
-    // SAFETY: returns a static string for any input.
-    unsafe { CStr::from_ptr(m::mosquitto_reason_string(code)) }.to_string_lossy().into_owned()
-}
-
-/// Human text for an MQTT 3.1/3.1.1 CONNACK code.
-pub fn connack_string(code: c_int) -> String {
-    // SAFETY: returns a static string for any input.
-    unsafe { CStr::from_ptr(m::mosquitto_connack_string(code)) }.to_string_lossy().into_owned()
-}
-
-/// Result of handing one message to libmosquitto.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handoff {
-    /// Accepted; for QoS 1/2 libmosquitto owns it until its acknowledgement (`mid`), and resends
-    /// it after a reconnect. QoS 0 is written (or queued for writing) on the socket, reported
-    /// by `Event::Published`.
-    Accepted { mid: i32 },
-    /// QoS 0 with `done_when_queued`: in our buffer for the socket; nothing more to hear of it.
-    Queued,
-    /// Refused before it was queued (beyond the broker's limits, invalid ...): what becomes of it
-    /// and why, in words.
-    Refused { verdict: Verdict, why: String },
-    /// Not now — not connected (libmosquitto does not queue QoS 0), or the socket is still busy
-    /// with the other writer's bytes; try again later.
-    Later,
-}
-
-unsafe fn state<'a>(obj: *mut c_void) -> &'a mut CallbackState {
-    // SAFETY: obj is the Box<CallbackState> address we registered; the client (and so every
-    // callback) is destroyed before the box.
-    unsafe { &mut *(obj as *mut CallbackState) }
-}
-
-/// Run a callback body; a bug must not unwind into libmosquitto's C frames.
-fn no_unwind(f: impl FnOnce()) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-        std::process::abort();
-    }
-}
-
-/// The limits a CONNACK's properties announce (absent ones keep the MQTT defaults).
-///
-/// # Safety
-/// `p` is a property list libmosquitto passed to a callback (or NULL).
-unsafe fn read_limits(p: *const m::mosquitto_property) -> Limits {
-    let mut l = Limits::default();
-    let id = |p: m::mqtt5_property| p as c_int;
-    let (mut b, mut s, mut i) = (0u8, 0u16, 0u32);
-    // SAFETY: the caller's promise; each read only looks at the list.
-    unsafe {
-        if !m::mosquitto_property_read_byte(p, id(m::mqtt5_property::MQTT_PROP_MAXIMUM_QOS), &mut b, false).is_null() {
-            l.max_qos = b;
-        }
-        if !m::mosquitto_property_read_byte(p, id(m::mqtt5_property::MQTT_PROP_RETAIN_AVAILABLE), &mut b, false)
-            .is_null()
-        {
-            l.retain_available = b != 0;
-        }
-        if !m::mosquitto_property_read_int32(p, id(m::mqtt5_property::MQTT_PROP_MAXIMUM_PACKET_SIZE), &mut i, false)
-            .is_null()
-        {
-            l.max_packet_size = i;
-        }
-        if !m::mosquitto_property_read_int16(p, id(m::mqtt5_property::MQTT_PROP_RECEIVE_MAXIMUM), &mut s, false)
-            .is_null()
-        {
-            l.receive_maximum = s;
-        }
-        if !m::mosquitto_property_read_int16(p, id(m::mqtt5_property::MQTT_PROP_TOPIC_ALIAS_MAXIMUM), &mut s, false)
-            .is_null()
-        {
-            l.topic_alias_maximum = s;
-        }
-    }
-    l
-}
-
-unsafe extern "C" fn on_connect(
-    mosq: *mut m::mosquitto,
-    obj: *mut c_void,
-    rc: c_int,
-    _flags: c_int,
-    p: *const m::mosquitto_property,
-) {
-    if rc == 0 {
-        // SAFETY: p is the CONNACK's property list, valid during the callback.
-        let limits = unsafe { read_limits(p) };
-        // SAFETY: see `state`.
-        no_unwind(|| unsafe { state(obj) }.limits = limits);
-        // Connected: stop listening to libmosquitto's log. With a log callback set it formats a
-        // debug line (malloc + vsnprintf) for every packet it sends or receives, which `on_log`
-        // then throws away — about a quarter of the worker's CPU at QoS 0 (bench/README.md,
-        // "CPU per delivered message"). The errors it is kept for (TLS details) come while
-        // connecting; a client lives for one connection, so the next one logs again.
-        // SAFETY: a valid client; the log mutex is not held during this callback.
-        unsafe { m::mosquitto_log_callback_set(mosq, None) };
-    }
-    // SAFETY: see `state`.
-    no_unwind(|| unsafe { state(obj) }.events.push(Event::Connected(rc)));
-}
-
-unsafe extern "C" fn on_disconnect(
-    _: *mut m::mosquitto,
-    obj: *mut c_void,
-    rc: c_int,
-    _p: *const m::mosquitto_property,
-) {
-    // SAFETY: see `state`.
-    no_unwind(|| unsafe { state(obj) }.events.push(Event::Disconnected(rc)));
-}
-
-unsafe extern "C" fn on_publish(
-    _: *mut m::mosquitto,
-    obj: *mut c_void,
-    mid: c_int,
-    reason: c_int,
-    _p: *const m::mosquitto_property,
-) {
-    no_unwind(|| {
-        // SAFETY: see `state`.
-        let st = unsafe { state(obj) };
-        st.qos2.retain(|m| *m != mid);
-        st.events.push(Event::Published { mid, reason });
-    });
-}
-
-unsafe extern "C" fn on_log(_: *mut m::mosquitto, obj: *mut c_void, level: c_int, msg: *const c_char) {
-    if level as u32 & (m::MOSQ_LOG_ERR | m::MOSQ_LOG_WARNING) == 0 || msg.is_null() {
-        return;
-    }
-    // SAFETY: see `state`; msg is a NUL-terminated string valid during the callback.
-    no_unwind(|| unsafe { state(obj).last_log_error = Some(CStr::from_ptr(msg).to_string_lossy().into_owned()) });
+    out: Qos0Writer,
 }
 
 impl Client {
     pub fn new(o: &ClientOptions<'_>) -> Result<Client, String> {
-        let mut st = Box::<CallbackState>::default();
-        let id = cstring(o.client_id)?;
-        // SAFETY: mosquitto_lib_init was called once by the worker; the userdata pointer stays
-        // valid because the Box lives in the returned Client and outlives the mosquitto object.
-        unsafe {
-            let mosq = m::mosquitto_new(id.as_ptr(), true, &mut *st as *mut CallbackState as *mut c_void);
-            if mosq.is_null() {
-                return Err("could not create an MQTT client (out of memory or invalid client id)".into());
-            }
-            let c = Client {
-                mosq,
-                state: st,
-                protocol: o.protocol,
-                broker: o.broker.to_string(),
-                own_qos0: !o.use_tls,
-                out: Outgoing::default(),
-                stall_limit: Duration::from_secs(60),
-            };
-            check(
-                m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_PROTOCOL_VERSION, o.protocol),
-                "protocol version",
-            )?;
-            check(m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_TCP_NODELAY, 1), "TCP_NODELAY")?;
-            check(m::mosquitto_max_inflight_messages_set(mosq, o.max_inflight), "max inflight")?;
-            if !o.username.is_empty() {
-                let u = cstring(o.username)?;
-                let p = cstring(o.password)?;
-                let pp = if o.password.is_empty() { std::ptr::null() } else { p.as_ptr() };
-                check(m::mosquitto_username_pw_set(mosq, u.as_ptr(), pp), "username/password")?;
-            }
-            if o.use_tls {
-                let (ca, cert, key) = (cstring(o.ca_cert)?, cstring(o.client_cert)?, cstring(o.client_key)?);
-                if o.ca_cert.is_empty() {
-                    // no CA file: trust the operating system's store
-                    check(
-                        m::mosquitto_int_option(mosq, m::mosq_opt_t::MOSQ_OPT_TLS_USE_OS_CERTS, 1),
-                        "TLS OS certificates",
-                    )?;
-                }
-                if !o.ca_cert.is_empty() || !o.client_cert.is_empty() {
-                    // libmosquitto checks the files exist here; the server certificate and host
-                    // name are verified during the handshake (tls_insecure stays false).
-                    check(
-                        m::mosquitto_tls_set(mosq, opt(&ca), std::ptr::null(), opt(&cert), opt(&key), None),
-                        "TLS files",
-                    )?;
-                }
-                let v = cstring(if o.tls_version.is_empty() { "tlsv1.2" } else { o.tls_version })?;
-                check(m::mosquitto_tls_opts_set(mosq, 1, v.as_ptr(), std::ptr::null()), "TLS version")?;
-            }
-            m::mosquitto_connect_v5_callback_set(mosq, Some(on_connect));
-            m::mosquitto_disconnect_v5_callback_set(mosq, Some(on_disconnect));
-            m::mosquitto_publish_v5_callback_set(mosq, Some(on_publish));
-            m::mosquitto_log_callback_set(mosq, Some(on_log));
-            Ok(c)
-        }
+        let mut state = Box::<CallbackState>::default();
+        // SAFETY: the box's contents stay at their address when the box moves into the client,
+        // which destroys the session before the box (see `Client`); on an error the session is
+        // gone before `state` drops.
+        let session = unsafe { Session::new(o, &mut *state) }?;
+        Ok(Client {
+            session,
+            state,
+            protocol: o.protocol,
+            broker: o.broker.to_string(),
+            own_qos0: !o.use_tls,
+            out: Qos0Writer::new(),
+        })
     }
 
     /// Start connecting (non-blocking; completion arrives as `Event::Connected`).
     pub fn connect(&mut self, host: &str, port: u16, keepalive: i32) -> Result<(), String> {
         let h = cstring(host)?;
         self.state.last_log_error = None;
-        self.stall_limit = Duration::from_secs(keepalive.max(5) as u64);
+        self.out.set_stall_limit(Duration::from_secs(keepalive.max(5) as u64));
         if self.protocol == MQTT_V5 {
-            self.set_connect_properties(&h, port)?;
+            self.session.set_connect_properties(&h, port)?;
         }
         // SAFETY: valid client; host copied by libmosquitto.
-        let rc = unsafe { m::mosquitto_connect_async(self.mosq, h.as_ptr(), port as c_int, keepalive) };
+        let rc = unsafe { m::mosquitto_connect_async(self.session.ptr(), h.as_ptr(), port as c_int, keepalive) };
         check(rc, "connect").map_err(|e| self.with_log(e))
-    }
-
-    /// The MQTT 5 CONNECT properties: a Maximum Packet Size, so that a broker does not send us
-    /// a packet larger than [`MAX_INCOMING_PACKET`] (libmosquitto would allocate whatever size a
-    /// packet announces, up to 256 MB; the worker never subscribes and expects only
-    /// acknowledgements).
-    ///
-    /// libmosquitto 2.0 has no asynchronous connect that takes CONNECT properties, but
-    /// `mosquitto_connect_bind_v5` stores them on the client *before* it validates its other
-    /// arguments, and the asynchronous connect sends what is stored. Called with an invalid
-    /// keepalive (1 s; 0 or 5..65535 are valid) it stores them and returns MOSQ_ERR_INVAL
-    /// without touching the network. (lib/connect.c, identical from 2.0.0 to 2.0.21.)
-    fn set_connect_properties(&mut self, host: &CStr, port: u16) -> Result<(), String> {
-        let mut props: *mut m::mosquitto_property = std::ptr::null_mut();
-        // SAFETY: a fresh property list, freed below (libmosquitto keeps its own copy).
-        unsafe {
-            let id = m::mqtt5_property::MQTT_PROP_MAXIMUM_PACKET_SIZE as c_int;
-            check(m::mosquitto_property_add_int32(&mut props, id, MAX_INCOMING_PACKET), "CONNECT properties")?;
-            let rc = m::mosquitto_connect_bind_v5(self.mosq, host.as_ptr(), port as c_int, 1, std::ptr::null(), props);
-            m::mosquitto_property_free_all(&mut props);
-            if rc != m::mosq_err_t::MOSQ_ERR_INVAL as c_int {
-                return Err(format!("could not set the CONNECT properties (libmosquitto returned {rc})"));
-            }
-        }
-        Ok(())
     }
 
     /// Append libmosquitto's last logged error (TLS details live only there).
@@ -502,8 +94,7 @@ impl Client {
     }
 
     pub fn socket(&self) -> c_int {
-        // SAFETY: valid client.
-        unsafe { m::mosquitto_socket(self.mosq) }
+        self.session.socket()
     }
 
     /// The TCP connection is established (the broker's address answered; `getpeername` fails
@@ -523,19 +114,14 @@ impl Client {
 
     /// Is there anything to write (libmosquitto's queue or our packets)?
     pub fn want_write(&self) -> bool {
-        self.out.waiting() > 0 || self.lib_wants_write()
-    }
-
-    fn lib_wants_write(&self) -> bool {
-        // SAFETY: valid client.
-        unsafe { m::mosquitto_want_write(self.mosq) }
+        self.out.waiting() > 0 || self.session.wants_write()
     }
 
     /// May libmosquitto read now? Reading makes it write a PUBREL for a PUBREC; while our packets
     /// are half sent, that would land in the middle of one. (Read anyway when no QoS 2 message is
     /// in flight: then nothing it reads makes it write.)
     fn may_read(&self) -> bool {
-        !self.out.on_wire || self.state.qos2.is_empty()
+        !self.out.on_wire() || self.state.qos2.is_empty()
     }
 
     /// Read what the socket has; returns a MOSQ_ERR code (non-zero = connection dropped).
@@ -543,17 +129,15 @@ impl Client {
         if !self.may_read() && !self.flush() {
             return 0;
         }
-        // SAFETY: valid client, main thread.
-        unsafe { m::mosquitto_loop_read(self.mosq, 1) }
+        self.session.loop_read()
     }
 
     /// Write what waits: libmosquitto's queue, then our packets.
     pub fn loop_write(&mut self) {
         if self.out.waiting() > 0 {
             self.flush();
-        } else if self.lib_wants_write() {
-            // SAFETY: valid client, main thread.
-            unsafe { m::mosquitto_loop_write(self.mosq, 1) };
+        } else if self.session.wants_write() {
+            self.session.loop_write();
         }
     }
 
@@ -561,11 +145,10 @@ impl Client {
     /// PINGREQ would land in the middle of one); `flush` watches a socket that takes nothing
     /// instead. (Packets of ours that wait unsent, behind libmosquitto's queue, are no obstacle.)
     pub fn loop_misc(&mut self) -> c_int {
-        if self.out.on_wire {
+        if self.out.on_wire() {
             return 0;
         }
-        // SAFETY: valid client, main thread.
-        unsafe { m::mosquitto_loop_misc(self.mosq) }
+        self.session.loop_misc()
     }
 
     /// Bytes of our own packets waiting for the socket.
@@ -577,75 +160,15 @@ impl Client {
     /// or `MAX_WAITING` bytes wait: take no more messages until it has (the worker waits for the
     /// socket to become writable).
     pub fn busy(&self) -> bool {
-        self.out.blocked || self.out.waiting() >= MAX_WAITING
+        self.out.busy()
     }
 
     /// Send what waits: libmosquitto's queue first (our packets were queued after it), then our
     /// packets, as many per `send()` as the socket takes. True when nothing of ours waits.
     /// A failed `send` ends the connection (`Event::Disconnected`), as does a socket that takes
-    /// nothing for `stall_limit`.
+    /// nothing for the keepalive interval.
     pub fn flush(&mut self) -> bool {
-        if self.out.waiting() == 0 {
-            return true;
-        }
-        let fd = self.socket();
-        if fd < 0 {
-            self.out.clear(); // the connection is gone; QoS 0 is at most once
-            return true;
-        }
-        if self.lib_wants_write() {
-            // SAFETY: valid client, main thread; none of our bytes is on the wire here (we send
-            // only while libmosquitto's queue is empty, and it writes only while none is).
-            unsafe { m::mosquitto_loop_write(self.mosq, 1) };
-            if self.socket() < 0 {
-                self.out.clear(); // it found the connection gone (and reports it)
-                return true;
-            }
-            if self.lib_wants_write() {
-                self.out.blocked = true;
-                return false;
-            }
-        }
-        let before = self.out.sent;
-        while self.out.waiting() > 0 {
-            let rest = &self.out.buf[self.out.sent..];
-            // SAFETY: fd is libmosquitto's connected, non-blocking socket; rest is valid memory.
-            let n = unsafe {
-                libc::send(fd, rest.as_ptr() as *const c_void, rest.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-            };
-            if n >= 0 {
-                self.out.sent += n as usize;
-                self.out.on_wire |= n > 0;
-                continue;
-            }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => break,
-                _ => {
-                    self.out.clear();
-                    self.out.dead = true;
-                    self.state.events.push(Event::Disconnected(m::mosq_err_t::MOSQ_ERR_CONN_LOST as c_int));
-                    return true;
-                }
-            }
-        }
-        if self.out.waiting() == 0 {
-            self.out.clear();
-            return true;
-        }
-        let now = Instant::now();
-        if self.out.sent != before {
-            self.out.stalled_since = None;
-        }
-        let since = *self.out.stalled_since.get_or_insert(now);
-        if now.duration_since(since) >= self.stall_limit {
-            self.out.clear();
-            self.out.dead = true;
-            self.state.events.push(Event::Disconnected(ERR_KEEPALIVE));
-            return true;
-        }
-        self.out.blocked = true;
-        false
+        self.out.flush(&self.session, &mut self.state.events)
     }
 
     /// Hand one message over: QoS 0 of ring records to our own buffer (`Handoff::Queued`),
@@ -668,10 +191,12 @@ impl Client {
             return Handoff::Refused { verdict: Verdict::DeadLetter, why: b.message(&self.broker) };
         }
         if qos == 0 && x.done_when_queued && self.own_qos0 {
-            return self.queue_qos0(topic, payload, retain, v5, x);
+            let id = x.id.map(|i| i.to_bytes());
+            let p = packet::Publish { retain, v5, props: x.props, expiry_left: x.expiry_left, id };
+            return self.out.queue(&self.session, &mut self.state.events, topic, payload, &p);
         }
         // libmosquitto writes this one: our packets, handed over before it, go first.
-        if !self.flush() || self.out.dead {
+        if !self.flush() || self.out.dead() {
             return Handoff::Later;
         }
         let list = if v5 && (!x.props.is_empty() || x.id.is_some()) {
@@ -689,14 +214,14 @@ impl Client {
         // SAFETY: topic is NUL-terminated; libmosquitto copies topic and payload before returning.
         let rc = unsafe {
             m::mosquitto_publish_v5(
-                self.mosq,
+                self.session.ptr(),
                 &mut mid,
                 topic_nul.as_ptr() as *const c_char,
                 payload.len() as c_int,
                 payload.as_ptr() as *const c_void,
                 qos as c_int,
                 retain,
-                list.as_ref().map_or(std::ptr::null(), |l| l.0 as *const _),
+                list.as_ref().map_or(std::ptr::null(), |l| l.as_ptr()),
             )
         };
         drop(list);
@@ -729,43 +254,13 @@ impl Client {
         }
     }
 
-    /// Append a QoS 0 PUBLISH to our buffer; send once enough waits. `Later` while the broker
-    /// is not reading (`MAX_WAITING`) or the connection is gone.
-    fn queue_qos0(&mut self, topic: &[u8], payload: &[u8], retain: bool, v5: bool, x: &Extra<'_>) -> Handoff {
-        if self.out.dead || self.socket() < 0 {
-            return Handoff::Later;
-        }
-        if self.out.waiting() >= MAX_WAITING {
-            self.flush();
-            if self.out.dead || self.out.waiting() >= MAX_WAITING {
-                return Handoff::Later;
-            }
-        }
-        if self.out.sent >= FLUSH_AT {
-            // keep the buffer from growing while the socket takes part of it at a time
-            self.out.buf.drain(..self.out.sent);
-            self.out.sent = 0;
-        }
-        let p =
-            packet::Publish { retain, v5, props: x.props, expiry_left: x.expiry_left, id: x.id.map(|i| i.to_bytes()) };
-        if packet::encode_qos0(&mut self.out.buf, topic, payload, &p).is_err() {
-            let why = "its stored properties cannot be encoded (the outbox or ring record was altered)".to_string();
-            return Handoff::Refused { verdict: Verdict::DeadLetter, why };
-        }
-        if self.out.waiting() >= FLUSH_AT {
-            self.flush();
-        }
-        Handoff::Queued
-    }
-
     /// Ask for a clean DISCONNECT (completion arrives as `Event::Disconnected(0)`). Not while
     /// our packets are still half written (the socket is closed without it then).
     pub fn disconnect(&mut self) {
         if !self.flush() {
             return;
         }
-        // SAFETY: valid client; harmless when not connected.
-        unsafe { m::mosquitto_disconnect(self.mosq) };
+        self.session.disconnect();
     }
 
     /// Say goodbye (DISCONNECT, written if the socket takes it now; never waits) and destroy the
@@ -832,16 +327,3 @@ impl Client {
 // worker/link.rs): it is used by one thread at a time, libmosquitto is built thread-safe, its
 // callbacks run on the thread that calls into it and touch only the client's own state box.
 unsafe impl Send for Client {}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        // SAFETY: we own the client; after this no callback can reference `state`.
-        unsafe { m::mosquitto_destroy(self.mosq) };
-    }
-}
-
-/// Call once per process before creating clients.
-pub fn lib_init() {
-    // SAFETY: plain library initialisation.
-    unsafe { m::mosquitto_lib_init() };
-}

@@ -59,6 +59,7 @@ pub static BROKER_TLS_VERSION: Guc<*mut c_char> = Guc::new(std::ptr::null_mut())
 pub static MAX_BROKERS: Guc<c_int> = Guc::new(8);
 pub static CLIENT_ID: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
 pub static KEEPALIVE_S: Guc<c_int> = Guc::new(60);
+pub static CONNECT_TIMEOUT_S: Guc<c_int> = Guc::new(10);
 pub static PROTOCOL_VERSION: Guc<c_int> = Guc::new(5);
 pub static MAX_INFLIGHT: Guc<c_int> = Guc::new(100);
 
@@ -113,6 +114,19 @@ fn int(name: &CStr, desc: &CStr, v: &Guc<c_int>, min: c_int, max: c_int, ctx: u3
 }
 
 fn string(name: &CStr, desc: &CStr, v: &Guc<*mut c_char>, boot: &'static CStr, ctx: u32, flags: u32) {
+    checked_string(name, desc, v, boot, ctx, flags, None)
+}
+
+/// A string setting with a check hook (pg/guc_checks.rs).
+fn checked_string(
+    name: &CStr,
+    desc: &CStr,
+    v: &Guc<*mut c_char>,
+    boot: &'static CStr,
+    ctx: u32,
+    flags: u32,
+    check: pg::GucStringCheckHook,
+) {
     // SAFETY: as above; guc.c copies the boot value.
     unsafe {
         pg::DefineCustomStringVariable(
@@ -123,7 +137,7 @@ fn string(name: &CStr, desc: &CStr, v: &Guc<*mut c_char>, boot: &'static CStr, c
             boot.as_ptr(),
             ctx,
             flags as c_int,
-            None,
+            check,
             None,
             None,
         )
@@ -178,13 +192,14 @@ pub fn define() {
         GUC_SUPERUSER_ONLY as SECRET, GUC_UNIT_BYTE as BYTES, GUC_UNIT_KB as KB, GUC_UNIT_MS as MS, GUC_UNIT_S as S,
     };
 
-    string(
+    checked_string(
         c"pg_mqtt_pub.broker_host",
         c"Host name or address of the default MQTT broker.",
         &BROKER_HOST,
         c"localhost",
         SIGHUP,
         0,
+        Some(super::guc_checks::check_host),
     );
     int(c"pg_mqtt_pub.broker_port", c"TCP port of the default MQTT broker.", &BROKER_PORT, 1, 65535, SIGHUP, 0);
     string(
@@ -203,46 +218,51 @@ pub fn define() {
         SIGHUP,
         SECRET,
     );
-    string(
+    checked_string(
         c"pg_mqtt_pub.broker_password_file",
         c"File holding the default broker's password (read by the worker at each connect; wins over broker_password).",
         &BROKER_PASSWORD_FILE,
         c"",
         SIGHUP,
         SECRET,
+        Some(super::guc_checks::check_password_file),
     );
     boolean(c"pg_mqtt_pub.broker_use_tls", c"Connect to the default broker with TLS.", &BROKER_USE_TLS, SIGHUP);
-    string(
+    checked_string(
         c"pg_mqtt_pub.broker_ca_cert",
         c"CA certificate file (PEM) that verifies the default broker.",
         &BROKER_CA_CERT,
         c"",
         SIGHUP,
         0,
+        Some(super::guc_checks::check_ca_cert),
     );
-    string(
+    checked_string(
         c"pg_mqtt_pub.broker_client_cert",
         c"Client certificate file (PEM) for mutual TLS with the default broker.",
         &BROKER_CLIENT_CERT,
         c"",
         SIGHUP,
         0,
+        Some(super::guc_checks::check_client_cert),
     );
-    string(
+    checked_string(
         c"pg_mqtt_pub.broker_client_key",
         c"Private key file (PEM) of the client certificate.",
         &BROKER_CLIENT_KEY,
         c"",
         SIGHUP,
         0,
+        Some(super::guc_checks::check_client_key),
     );
-    string(
+    checked_string(
         c"pg_mqtt_pub.broker_tls_version",
         c"Lowest TLS version accepted from the default broker: tlsv1.2 or tlsv1.3.",
         &BROKER_TLS_VERSION,
         c"tlsv1.2",
         SIGHUP,
         0,
+        Some(super::guc_checks::check_tls_version),
     );
     int(
         c"pg_mqtt_pub.max_brokers",
@@ -262,6 +282,15 @@ pub fn define() {
         0,
     );
     int(c"pg_mqtt_pub.keepalive", c"MQTT keepalive interval.", &KEEPALIVE_S, 5, 65535, SIGHUP, S);
+    int(
+        c"pg_mqtt_pub.connect_timeout",
+        c"How long a connection attempt (TCP, TLS handshake and CONNACK) may take before it counts as failed.",
+        &CONNECT_TIMEOUT_S,
+        1,
+        3600,
+        SIGHUP,
+        S,
+    );
     // SAFETY: DefineCustomEnumVariable keeps a pointer to the static option table.
     unsafe {
         pg::DefineCustomEnumVariable(
@@ -446,6 +475,16 @@ pub fn define() {
 
 /// Refuse to start with settings that cannot work (see `check_queue_size`).
 pub fn validate_startup() {
+    // Accepted by their check hooks while preloading (a failing hook would only warn and keep
+    // the default): refused here, as ALTER SYSTEM and a reload refuse them.
+    for r in [
+        crate::pure::settings_rules::host(&BROKER_HOST.string()),
+        crate::pure::settings_rules::tls_version(&BROKER_TLS_VERSION.string()),
+    ] {
+        if let Err(e) = r {
+            PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, e.message).hint(e.hint).raise();
+        }
+    }
     let q = QUEUE_SIZE.get();
     if !crate::pure::ring::is_power_of_two(q as i64) {
         PgError::new(

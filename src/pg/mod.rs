@@ -4,6 +4,7 @@
 pub mod compat;
 pub mod fmgr;
 pub mod guard;
+pub mod guc_checks;
 pub mod gucs;
 pub mod instance;
 pub mod spi;

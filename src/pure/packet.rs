@@ -1,7 +1,7 @@
 //! The QoS 0 PUBLISH packet, byte for byte (pure: tested by `cargo test`).
 //!
 //! The worker writes QoS 0 packets of ring records itself, many per `send()`, on the socket of
-//! the libmosquitto connection (mqtt/client.rs, ADR-010): libmosquitto writes every packet with
+//! the libmosquitto connection (mqtt/qos0_writer.rs, ADR-010): libmosquitto writes every packet with
 //! its own `send()`, wakes a thread we do not run through a socketpair per packet, and rebuilds
 //! the properties as a malloc'd list per message. QoS 1 and 2 stay with libmosquitto, which has
 //! to know their packet ids to match the acknowledgements.

@@ -27,7 +27,7 @@ impl TopicError {
         match self {
             TopicError::Empty => "MQTT topic must not be empty".into(),
             TopicError::TooLong(n) => format!("MQTT topic is too long ({n} bytes)"),
-            _ => format!("invalid MQTT topic \"{}\"", shorten(topic_for_display)),
+            _ => format!("invalid MQTT topic {}", quoted(topic_for_display)),
         }
     }
 
@@ -64,22 +64,28 @@ impl TopicError {
     }
 }
 
-/// Shorten a topic for an error message: a 60 kB topic must not produce a 60 kB error line.
-/// Control characters are shown escaped (`\u{1}`) so the message itself stays printable.
-fn shorten(s: &str) -> String {
+/// A name (topic, broker) for an error message, as SQL would write it: `"a/b"`, or with a
+/// control character an escape string constant you can paste back into SQL, `E'a\x01'`, so the
+/// message itself stays printable. A 60 kB topic must not produce a 60 kB error line: past 80
+/// characters it is cut (`...`).
+pub fn quoted(s: &str) -> String {
     const MAX: usize = 80;
-    let mut out = String::new();
-    for c in s.chars() {
-        if out.len() >= MAX {
+    let escape = s.chars().take(MAX).any(char::is_control);
+    let mut out = String::from(if escape { "E'" } else { "\"" });
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
             out.push_str("...");
             break;
         }
-        if c.is_control() {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
+        match c {
+            '\'' if escape => out.push_str("''"),
+            '\\' if escape => out.push_str("\\\\"),
+            c if c.is_control() && (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
         }
     }
+    out.push(if escape { '\'' } else { '"' });
     out
 }
 
@@ -175,7 +181,9 @@ mod tests {
     #[test]
     fn control_characters_are_escaped_in_messages() {
         let e = validate_topic(b"a\x01b").unwrap_err();
-        assert_eq!(e.message("a\u{1}b"), "invalid MQTT topic \"a\\u{1}b\"");
+        assert_eq!(e.message("a\u{1}b"), "invalid MQTT topic E'a\\x01b'");
+        assert_eq!(quoted("it's\\\u{85}"), "E'it''s\\\\\\u0085'");
+        assert_eq!(quoted("it's"), "\"it's\"");
     }
 
     #[test]

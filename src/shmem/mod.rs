@@ -158,6 +158,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
                 shared.nbrokers = gucs::MAX_BROKERS.get() as u32;
                 for b in shared.brokers() {
                     b.set_mode(Mode::Cold);
+                    b.reset_stats();
                 }
             }
             SHARED.store(base as *mut Shared, Ordering::Release);

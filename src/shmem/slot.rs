@@ -56,6 +56,24 @@ pub struct BrokerShared {
     /// TimestampTz, 0 = never.
     pub last_connected_at: AtomicI64,
     pub last_error_at: AtomicI64,
+    /// When the current problem began (the connection was lost, or the first attempt failed);
+    /// 0 while connected. `mqtt_status().problem` is `last_error` while this is set.
+    pub problem_since: AtomicI64,
+    /// When the worker will try to connect next (TimestampTz; 0: not waiting to retry).
+    pub next_attempt_at: AtomicI64,
+    /// Ring messages the worker has taken for this broker and not yet had acknowledged.
+    pub ring_waiting: AtomicU64,
+    /// COMMIT time of the oldest message in flight (ring or outbox), 0 = none.
+    pub oldest_inflight_at: AtomicI64,
+    /// Recent commit-to-acknowledge latency (µs, pure/latency.rs), -1 = no message recently.
+    pub latency_p50_us: AtomicI64,
+    pub latency_p99_us: AtomicI64,
+    /// When the counters were last reset (server start, broker added, `mqtt_stats_reset()`).
+    pub stats_reset: AtomicI64,
+    /// Set by `mqtt_reconnect()`: the worker connects now and forgets its backoff.
+    pub reconnect_requested: AtomicBool,
+    /// Set by `mqtt_stats_reset()`: the worker forgets its latency histogram too.
+    pub latency_reset_requested: AtomicBool,
     /// What the broker's last CONNACK allowed (`known` false: nothing learnt yet, or the broker
     /// changed since): publishers refuse a message beyond them in their own statement.
     limits_known: AtomicBool,
@@ -97,6 +115,9 @@ impl BrokerShared {
             put(&mut t.host, host);
         });
         self.port.store(port as i32, Ordering::Relaxed);
+        if !self.in_use.load(Ordering::Acquire) {
+            self.reset_stats(); // a broker new to this slot counts from now
+        }
         self.in_use.store(true, Ordering::Release);
     }
 
@@ -139,13 +160,13 @@ impl BrokerShared {
             put(&mut t.host, "");
             put(&mut t.last_error, "");
         });
-        for c in [&self.messages_sent, &self.messages_failed, &self.dead_lettered, &self.messages_expired] {
-            c.store(0, Ordering::Relaxed);
-        }
-        for t in [&self.last_connected_at, &self.last_error_at] {
+        self.reset_stats();
+        for t in [&self.last_connected_at, &self.last_error_at, &self.problem_since, &self.next_attempt_at] {
             t.store(0, Ordering::Relaxed);
         }
         self.inflight.store(0, Ordering::Relaxed);
+        self.ring_waiting.store(0, Ordering::Relaxed);
+        self.oldest_inflight_at.store(0, Ordering::Relaxed);
         self.set_limits(None);
         self.connected.store(false, Ordering::Release);
         self.in_use.store(false, Ordering::Release);
@@ -182,8 +203,35 @@ impl BrokerShared {
     pub fn set_connected(&self, up: bool) {
         if up {
             self.last_connected_at.store(now(), Ordering::Relaxed);
+            self.problem_since.store(0, Ordering::Relaxed);
+            self.next_attempt_at.store(0, Ordering::Relaxed);
+        } else if self.problem_since.load(Ordering::Relaxed) == 0 {
+            self.problem_since.store(now(), Ordering::Relaxed);
         }
         self.connected.store(up, Ordering::Release);
+    }
+
+    /// Counters back to 0 and `stats_reset` to now (shared-memory start, a new broker in the
+    /// slot, `mqtt_stats_reset()` from a backend). The worker only ever adds to the counters
+    /// (`fetch_add`), so a reset racing an increment loses at most that one increment, as
+    /// `pg_stat_statements_reset()` may.
+    pub fn reset_stats(&self) {
+        for c in [&self.messages_sent, &self.messages_failed, &self.dead_lettered, &self.messages_expired] {
+            c.store(0, Ordering::Relaxed);
+        }
+        for p in [&self.latency_p50_us, &self.latency_p99_us] {
+            p.store(-1, Ordering::Relaxed);
+        }
+        self.latency_reset_requested.store(true, Ordering::Release);
+        self.stats_reset.store(now(), Ordering::Relaxed);
+    }
+
+    /// The current problem: what stops delivery now (`None` while connected).
+    pub fn problem(&self, last_error: &str) -> Option<String> {
+        if self.connected.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(if last_error.is_empty() { "not connected yet".into() } else { last_error.into() })
     }
 
     pub fn text(&self) -> (String, String, String) {

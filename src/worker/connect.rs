@@ -37,6 +37,19 @@ pub(super) fn connect_on_helper_thread(
     }
 }
 
+/// The TLS files, checked before libmosquitto gets them: its own error ("Invalid function
+/// arguments provided.") names neither the file nor what the OS said.
+pub(super) fn check_tls_files(cfg: &BrokerConfig) -> Result<(), String> {
+    if !cfg.use_tls {
+        return Ok(());
+    }
+    for (what, path) in [("ca_cert", &cfg.ca_cert), ("client_cert", &cfg.client_cert), ("client_key", &cfg.client_key)]
+    {
+        crate::pure::settings_rules::readable_file(what, path).map_err(|e| e.message)?;
+    }
+    Ok(())
+}
+
 /// The password to log in with: the first line of `password_file` when one is set (read at
 /// each connect, so rotating it needs no SQL and the secret never passes through SQL text or
 /// the server log), else the inline one.
@@ -44,6 +57,7 @@ pub(super) fn read_password(cfg: &BrokerConfig) -> Result<String, String> {
     if cfg.password_file.is_empty() {
         return Ok(cfg.password.clone());
     }
+    crate::pure::settings_rules::readable_file("password_file", &cfg.password_file).map_err(|e| e.message)?;
     std::fs::read_to_string(&cfg.password_file)
         .map(|s| s.lines().next().unwrap_or("").to_string())
         .map_err(|e| format!("cannot read password_file \"{}\": {e}", cfg.password_file))
@@ -98,7 +112,7 @@ impl Worker {
             Some(_) => Ok(()), // still connecting
             None => {
                 let id = k.client_id();
-                let password = match read_password(&k.cfg) {
+                let password = match check_tls_files(&k.cfg).and_then(|()| read_password(&k.cfg)) {
                     Ok(p) => p,
                     Err(e) => return self.fail(l, e),
                 };

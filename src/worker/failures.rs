@@ -27,6 +27,7 @@ impl Worker {
     fn message_expired(&mut self, l: usize, what: Inflight, why: String) {
         let k = &mut self.links[l];
         k.status.messages_expired.fetch_add(1, Ordering::Relaxed);
+        k.report.expired();
         if gucs::DEAD_LETTER_EXPIRED.get() {
             return self.record_failure(l, what, why, 0, 1);
         }

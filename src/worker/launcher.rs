@@ -51,8 +51,7 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
         let mut restart_delay = Duration::from_secs(1);
         loop {
             if shutdown_requested() {
-                // SAFETY: exits the process.
-                crate::pg::compat::proc_exit(1);
+                crate::pg::compat::proc_exit(shutdown_exit_code());
             }
             take_reload();
             if !database_exists(&db) {
@@ -114,7 +113,7 @@ pub(super) fn supervise_worker() {
             // SAFETY: handle is valid; then exit.
             unsafe {
                 pg::TerminateBackgroundWorker(handle);
-                crate::pg::compat::proc_exit(1);
+                crate::pg::compat::proc_exit(shutdown_exit_code());
             }
         }
         take_reload();

@@ -82,6 +82,8 @@ pub(super) struct Link {
     /// Removed from the catalog: the slot is released once the scan has passed this ring head
     /// (every record published to it has been seen and dead-lettered).
     pub(super) removed_at: Option<u64>,
+    /// Latency, oldest message in flight, outage and expiry lines (report.rs).
+    pub(super) report: Report,
 }
 
 impl Link {
@@ -112,6 +114,7 @@ impl Link {
             limits: Limits::default(),
             tcp_up: false,
             removed_at: None,
+            report: Report::new(),
         }
     }
 
@@ -137,8 +140,10 @@ impl Link {
         self.cold() || (self.backlog.is_empty() && self.window_open())
     }
 
-    pub(super) fn note_sent(&mut self, mid: i32, what: Inflight) {
+    /// A QoS 1/2 message handed over (`at`: its COMMIT time, µs, for the latency).
+    pub(super) fn note_sent(&mut self, mid: i32, what: Inflight, at: i64) {
         self.window.sent(mid, what, Instant::now());
+        self.report.sent(mid, at, matches!(what, Inflight::Ring(_)));
     }
 
     pub(super) fn client_id(&self) -> String {
@@ -199,6 +204,7 @@ impl Link {
                 self.limits = self.client.as_ref().map(|c| c.limits()).unwrap_or_default();
                 self.status.set_limits(Some((self.limits, self.cfg.protocol == MQTT_V5)));
                 self.status.set_connected(true);
+                self.report.connected();
                 guard::log(
                     Level::LOG,
                     format!(
@@ -225,6 +231,7 @@ impl Link {
             Event::Disconnected(_) => Outcome::Nothing,
             Event::Published { mid, reason } => {
                 let Some(what) = self.window.acknowledged(mid, Instant::now()) else { return Outcome::Nothing };
+                self.report.acknowledged(mid, reason < 0x80);
                 if reason >= 0x80 {
                     self.refused_here = true;
                     let text = crate::mqtt::client::reason_string(reason).to_lowercase();
@@ -278,9 +285,11 @@ impl Link {
     }
 
     /// How long a connection may take to be accepted (TCP, TLS and CONNACK).
+    /// `pg_mqtt_pub.connect_timeout`: a broker that accepts TCP but never answers CONNECT (an
+    /// MQTT 3.1.1-only broker sent MQTT 5, a TLS port spoken to in plain text) is explained in
+    /// seconds, not after a keepalive interval (when libmosquitto itself would give up).
     pub(super) fn connect_timeout(&self) -> Duration {
-        // libmosquitto gives up after one keepalive interval without a CONNACK; ours is a backstop.
-        Duration::from_secs(self.cfg.keepalive.max(10) as u64)
+        Duration::from_secs(gucs::CONNECT_TIMEOUT_S.get().max(1) as u64)
     }
 
     fn disconnect_reason(&self, rc: i32) -> String {
@@ -360,6 +369,7 @@ impl Worker {
         let k = &mut self.links[l];
         k.status.set_connected(false);
         k.status.set_error(&why);
+        k.report.connection_lost();
         self.drop_client(l, false);
         self.schedule_retry(l);
     }
@@ -373,6 +383,7 @@ impl Worker {
         let k = &mut self.links[l];
         k.status.set_connected(false);
         k.status.set_error(&why);
+        k.report.connection_lost();
         if was_connected {
             guard::log(Level::WARNING, format!("pg_mqtt_pub: lost connection to broker \"{}\": {why}", k.cfg.name));
             // Reconnect at once only after a connection that stayed up, or that ended after the
@@ -425,6 +436,7 @@ impl Worker {
         let k = &mut self.links[l];
         k.fetched.clear();
         k.drain_after = None;
+        k.report.forget_inflight();
         k.status.inflight.store(0, Ordering::Relaxed);
     }
 

@@ -49,6 +49,7 @@ mod launcher;
 mod link;
 mod outbox_drain;
 mod process;
+mod report;
 mod ring_scan;
 mod shutdown;
 mod waiter;
@@ -56,6 +57,7 @@ mod waiter;
 pub use launcher::register_launcher;
 use link::{ConnState, Inflight, Link};
 use process::*;
+use report::Report;
 use waiter::Waiter;
 
 const LIB: &str = "pg_mqtt_pub";
@@ -232,6 +234,7 @@ impl Worker {
             let mut more = self.deliver_ring();
             more |= self.deliver_outboxes();
             self.settle_links();
+            self.report();
             self.wait(more);
         }
     }

@@ -69,11 +69,12 @@ impl Worker {
             // done_when_queued: false — a row is deleted once libmosquitto has written it.
             let x = Extra { props: &row.props, id: row.message_id.as_deref(), expiry_left, done_when_queued: false };
             match c.publish(&row.topic_nul, &row.payload, row.qos, row.retain, &x) {
-                Handoff::Accepted { mid } => k.note_sent(mid, what),
+                Handoff::Accepted { mid } => k.note_sent(mid, what, row.created_at),
                 Handoff::Refused { verdict, why } => self.message_failed(l, what, verdict, why),
                 Handoff::Queued => {
                     // (not asked for above; if it were, queued is as good as written for QoS 0)
                     k.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    k.report.written(row.created_at);
                     k.to_delete.push(outbox::Delivered { tid: row.tid, id: row.id });
                 }
                 Handoff::Later => {

@@ -18,11 +18,40 @@ pub(super) fn precise_naps() {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
 }
 
+/// Who sent the SIGTERM (0: nobody yet).
+static TERM_SENDER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// SIGTERM: note the sender, then PostgreSQL's own handler (flag, latch).
+extern "C" fn on_sigterm(sig: c_int, info: *mut libc::siginfo_t, _ctx: *mut std::ffi::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; an atomic store and
+    // PostgreSQL's async-signal-safe handler are all that runs here.
+    unsafe {
+        if !info.is_null() {
+            TERM_SENDER.store((*info).si_pid(), std::sync::atomic::Ordering::Relaxed);
+        }
+        sigterm_handler(sig);
+    }
+}
+
+/// The exit code for a requested shutdown: 0 when the postmaster asked (the server is stopping
+/// or restarting: nothing to report, and "exited with exit code 1" in the log would look like a
+/// failure), 1 otherwise (pg_terminate_backend: a static worker exiting with 1 is restarted).
+pub(super) fn shutdown_exit_code() -> c_int {
+    // SAFETY: plain read of a PostgreSQL global.
+    let postmaster = unsafe { pg::PostmasterPid };
+    (TERM_SENDER.load(std::sync::atomic::Ordering::Relaxed) != postmaster) as c_int
+}
+
 pub(super) fn install_signals() {
-    // SAFETY: standard background-worker setup, before signals are unblocked.
+    // SAFETY: standard background-worker setup, before signals are unblocked; the SIGTERM
+    // handler is installed as pqsignal would (SA_RESTART, empty mask) plus SA_SIGINFO.
     unsafe {
         crate::pg::compat::pqsignal(libc::SIGHUP, Some(sighup_handler));
-        crate::pg::compat::pqsignal(libc::SIGTERM, Some(sigterm_handler));
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_sigterm as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(libc::SIGTERM, &act, std::ptr::null_mut());
         // A broker closing the socket must not kill the worker.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         pg::BackgroundWorkerUnblockSignals();

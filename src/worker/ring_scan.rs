@@ -210,9 +210,10 @@ impl Worker {
         let (qos, h) = (r.qos, c.publish(r.topic_nul, r.payload, r.qos, r.retain, &x));
         match h {
             Handoff::Later => return None,
-            Handoff::Accepted { mid } if qos > 0 => k.note_sent(mid, Inflight::Ring(pos)),
+            Handoff::Accepted { mid } if qos > 0 => k.note_sent(mid, Inflight::Ring(pos), r.at),
             Handoff::Accepted { .. } | Handoff::Queued => {
                 k.status.messages_sent.fetch_add(1, Ordering::Relaxed);
+                k.report.written(r.at);
                 return Some(true);
             }
             Handoff::Refused { verdict, why } => failed.push((l, pos, verdict, why)),

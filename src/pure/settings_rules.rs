@@ -1,0 +1,125 @@
+//! The rules a broker's connection settings follow, in one place: the `pg_mqtt_pub.broker_*`
+//! settings (their check hooks, pg/guc_checks.rs), `mqtt_broker_add()` (backend/broker_add.rs and
+//! the SQL checks of the 1.4 script, which word them the same way) and the worker at connect time
+//! (a file that disappeared since) all say the same thing about the same mistake.
+//!
+//! No PostgreSQL calls: `cargo test` runs it. Files are opened as the server's operating-system
+//! user (every backend and the worker are that user), so "readable here" is what the worker finds.
+
+use std::io::ErrorKind;
+
+/// A value that breaks a rule: message, hint (and for files, what the OS said).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub message: String,
+    pub hint: &'static str,
+    pub kind: Problem,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Problem {
+    /// 22023
+    BadValue,
+    /// 58P01
+    NoSuchFile,
+    /// 42501
+    NotAllowed,
+    /// 58030
+    Io,
+}
+
+/// A host name or address, without scheme or port (the SQL rule `^[A-Za-z0-9._:\[\]-]{1,253}$`).
+pub fn host(h: &str) -> Result<(), Invalid> {
+    let ok = (1..=253).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:[]-".contains(&b));
+    if ok {
+        return Ok(());
+    }
+    Err(Invalid {
+        message: format!("invalid host {}", crate::pure::topic::quoted(h)),
+        hint: "Pass a host name or an IPv4/IPv6 address, without scheme or port (e.g. 'mqtt.example.com').",
+        kind: Problem::BadValue,
+    })
+}
+
+/// The lowest TLS version accepted.
+pub fn tls_version(v: &str) -> Result<(), Invalid> {
+    if v == "tlsv1.2" || v == "tlsv1.3" {
+        return Ok(());
+    }
+    Err(Invalid {
+        message: format!("invalid tls_version {}", crate::pure::topic::quoted(v)),
+        hint: "Pass 'tlsv1.2' (TLS 1.2 or newer) or 'tlsv1.3'.",
+        kind: Problem::BadValue,
+    })
+}
+
+/// A file the worker will read (`what`: "ca_cert", "password_file", ...): an absolute path to a
+/// regular file this process can open. Empty means "not set" and is fine.
+pub fn readable_file(what: &str, path: &str) -> Result<(), Invalid> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    if !path.starts_with('/') {
+        return Err(Invalid {
+            message: format!("{what} must be an absolute path, not {}", crate::pure::topic::quoted(path)),
+            hint: "Pass e.g. '/etc/postgresql/mqtt/ca.pem', a file the server can read.",
+            kind: Problem::BadValue,
+        });
+    }
+    let opened = std::fs::File::open(path).and_then(|f| f.metadata());
+    let err = match opened {
+        Ok(m) if m.is_file() => return Ok(()),
+        Ok(_) => return Err(file_error(what, path, "it is not a regular file".into(), Problem::BadValue)),
+        Err(e) => e,
+    };
+    let kind = match err.kind() {
+        ErrorKind::NotFound => Problem::NoSuchFile,
+        ErrorKind::PermissionDenied => Problem::NotAllowed,
+        _ => Problem::Io,
+    };
+    Err(file_error(what, path, os_text(&err), kind))
+}
+
+fn file_error(what: &str, path: &str, why: String, kind: Problem) -> Invalid {
+    Invalid {
+        message: format!("could not open {what} file \"{path}\": {why}"),
+        hint: "The server reads this file as its operating-system user: check the path and that user's rights to it.",
+        kind,
+    }
+}
+
+/// What the OS said, as PostgreSQL words it ("No such file or directory"), without Rust's
+/// " (os error 2)".
+fn os_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_versions() {
+        assert!(host("mqtt.example.com").is_ok());
+        assert!(host("[::1]").is_ok());
+        assert!(host("").is_err());
+        assert_eq!(host("mqtt://x").unwrap_err().message, "invalid host \"mqtt://x\"");
+        assert!(tls_version("tlsv1.3").is_ok());
+        assert_eq!(tls_version("tlsv1.1").unwrap_err().message, "invalid tls_version \"tlsv1.1\"");
+    }
+
+    #[test]
+    fn files_name_themselves_and_the_os_error() {
+        assert!(readable_file("ca_cert", "").is_ok());
+        let e = readable_file("ca_cert", "/nonexistent.pem").unwrap_err();
+        assert_eq!(e.message, "could not open ca_cert file \"/nonexistent.pem\": No such file or directory");
+        assert_eq!(e.kind, Problem::NoSuchFile);
+        assert_eq!(readable_file("ca_cert", "x.pem").unwrap_err().kind, Problem::BadValue);
+        assert_eq!(readable_file("ca_cert", "/").unwrap_err().kind, Problem::BadValue);
+        assert!(readable_file("ca_cert", "/etc/hostname").is_ok());
+    }
+}

@@ -173,7 +173,10 @@ def test_exporter_metrics_follow_sent_messages_an_outage_and_a_dead_letter():
             m = exporter.wait(lambda m: m["connected"] == 1 and m["outbox_pending"] == 0, "connected with an empty outbox")
             assert [x.payload.decode() for x in sub.wait_for("prom/outage", k)] == [f"o{i}" for i in range(k)]
             m = exporter.wait(lambda m: m["hot"] == 1 and m["messages_sent"] >= sent0 + n + k, "hot, outbox messages counted")
-            assert m["problem"] == 0 and m["outbox_oldest_age_seconds"] == 0 and m["dead_lettered"] == 0
+            assert m["problem"] == 0 and m["problem_since_timestamp_seconds"] == 0 and m["connected_since_timestamp_seconds"] > 0
+            assert m["outbox_oldest_age_seconds"] == 0 and m["dead_lettered"] == 0
+            exporter.wait(lambda m: m["oldest_waiting_age_seconds"] == 0 and m["inflight"] == 0 and m["ring_waiting"] == 0,
+                          "nothing waiting any more")
 
             # a message the broker refuses (ACL) is dead-lettered at the first attempt
             publish(c, DB, [("prom/denied/x", "no", 1, False)])

@@ -96,7 +96,10 @@ class Exporter:
         def check():
             m = self.metrics()
             return m if m and pred(m) else None
-        return wait_until(check, timeout, what, interval=0.2)
+        try:
+            return wait_until(check, timeout, what, interval=0.2)
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\nlast scrape: {self.metrics()}\nexporter log (end):\n{self.log_text()[-3000:]}") from None
 
     def log_text(self):
         with open(self.log, errors="replace") as f:

@@ -29,6 +29,33 @@ fi
 # The Debian package may start a cluster and a broker of its own on the default ports;
 # ours use other ports, so they do not interfere.
 
+# Prometheus (tests/test_prometheus.py): Debian's postgres exporter, run by the test against its
+# cluster, and promtool (package prometheus) for contrib/prometheus/alerts.yml. Only when the
+# tests to run include it. Installing must neither start nor enable their services: a
+# policy-rc.d denies starts during the install (unless one is already there), and the boot-time
+# links the packages make are removed again.
+if [[ -z "${TESTS:-}" || "$TESTS" == *test_prometheus.py* || "$TESTS" == tests ]]; then
+  prom=()
+  for p in prometheus-postgres-exporter prometheus; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || prom+=("$p")
+  done
+  if ((${#prom[@]})); then
+    echo "== installing: ${prom[*]} (services neither started nor enabled)"
+    own_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${prom[@]}" >/dev/null ||
+      { [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
+    [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
+    for p in "${prom[@]}"; do
+      deb-systemd-helper disable "$p.service" >/dev/null 2>&1 || true
+      update-rc.d "$p" disable >/dev/null 2>&1 || true
+    done
+  fi
+fi
+
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
 
 if ! python3 -c "import paho.mqtt, psycopg, pytest" 2>/dev/null; then

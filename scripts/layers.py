@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The module layering of src/ (README "Layout", src/lib.rs): a module imports only from its own
+"""The module layering of src/ (docs/development.md, src/lib.rs): a module imports only from its own
 folder or from lower layers, and no two modules import each other in a circle. Fails listing
 every offending `crate::` path. Run by scripts/test-one.sh."""
 import glob

@@ -13,7 +13,7 @@ port show up as `connected = false` with a
 `last_error` that says why, with reconnects spaced by the backoff and no file-descriptor leak;
 brokers can be added and removed while publishing; passwords are readable by nobody but the
 superuser and never logged; a role without grants can neither publish nor manage brokers, and
-with the README's GRANT it can publish.
+with the GRANT of docs/privileges.md it can publish.
 """
 import os
 import signal

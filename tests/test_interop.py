@@ -44,7 +44,7 @@ def test_mqttools_maximum_qos_0_refuses_at_once_and_at_call_time():
     # First pointed at a port where nothing listens: the messages wait in the outbox, published
     # before anyone knew the broker's limits. mqttools 0.50 reads a user property as one string
     # instead of a name/value pair and then calls the PUBLISH malformed: the message id (a user
-    # property) must be off for it (README "Broker limits"; last_error says so when it happens).
+    # property) must be off for it (docs/reference.md "Broker limits"; last_error says so when it happens).
     with scene("mqttools", port(), mqtt_port, DB, "interop/#", broker=ForeignBroker("mqttools", mqtt_port),
                subscriber=dict(login=False), worker_port=port(),
                settings=dict(pg_mqtt_pub__poison_max_attempts=5, pg_mqtt_pub__message_id="off")) as (_, s, c):

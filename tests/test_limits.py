@@ -1,5 +1,5 @@
 """The limits an MQTT 5 broker announces in its CONNACK (here mosquitto's: Maximum QoS, Retain
-Available, Maximum Packet Size, Receive Maximum), honoured as README "Broker limits" says."""
+Available, Maximum Packet Size, Receive Maximum), honoured as docs/reference.md "Broker limits" says."""
 import signal
 import time
 

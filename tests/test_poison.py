@@ -136,7 +136,7 @@ def test_oversized_message_is_dead_lettered_without_reconnect_loop(env):
     assert s.matching("poison/big/") == []
     # Reconnects as the broker saw them: no loop. mosquitto 2.0.11 refuses with 0x95 and keeps
     # the connection (one reconnect per attempt at most); 2.0.21 closes it, and a drop is charged
-    # to a message only once it is alone in flight: at most two per attempt (README, "Poison").
+    # to a message only once it is alone in flight: at most two per attempt (docs/reference.md, "Dead letters").
     with open(b.log, errors="replace") as f:
         f.seek(broker_log_start)
         reconnects = sum(1 for line in f if "New client connected" in line and "as pg_mqtt_pub" in line)

@@ -1,5 +1,5 @@
 """MQTT 5 message properties, message ids and message expiry, as an MQTT 5 subscriber (paho)
-receives them (issue #15; README "Message properties")."""
+receives them (issue #15; docs/reference.md "Message properties and message ids")."""
 import signal
 import time
 

@@ -14,7 +14,7 @@ Proves, against a real cluster, broker and subscriber:
   UTF-8 bytes and are stored exactly in the outbox, hot and cold (route 4);
 * a broker password given inline never reaches the log, also when mqtt_broker_add fails; a
   password_file works and is refused to roles that may not read server files;
-* a database owner who is not a superuser dumps the database the way the README says.
+* a database owner who is not a superuser dumps the database the way docs/backups.md says.
 """
 import os
 import subprocess

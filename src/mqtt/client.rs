@@ -178,7 +178,7 @@ impl Client {
         let topic = &topic_nul[..topic_nul.len() - 1];
         let v5 = self.protocol == MQTT_V5;
         // MQTT 3.1.1 has no properties: they are not sent (the caller was refused at call time
-        // when the broker's protocol was known; README "Message properties").
+        // when the broker's protocol was known; docs/reference.md "Message properties and message ids").
         if !v5 && !self.state.props_warned && props::any_explicit(x.props) {
             self.state.props_warned = true;
             self.state.dropped_props = true;

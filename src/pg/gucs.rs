@@ -4,7 +4,7 @@
 //! `PGC_POSTMASTER`; what the worker uses to talk to a broker reloads on SIGHUP (the worker
 //! reconnects when it changes); what describes one caller's transaction is `PGC_USERSET`;
 //! a limit that protects the server from one session is `PGC_SUSET`.
-//! The README's settings table mirrors this file.
+//! docs/settings.md documents every one of them (tests/test_docs.py checks it against pg_settings).
 //!
 //! Values live in statics that PostgreSQL writes (the GUC machinery holds pointers to them);
 //! they are read only from the main thread of a backend or worker.
@@ -281,7 +281,15 @@ pub fn define() {
         SIGHUP,
         0,
     );
-    int(c"pg_mqtt_pub.keepalive", c"MQTT keepalive interval.", &KEEPALIVE_S, 5, 65535, SIGHUP, S);
+    int(
+        c"pg_mqtt_pub.keepalive",
+        c"MQTT keepalive interval of the broker default (named brokers: mqtt_broker_add).",
+        &KEEPALIVE_S,
+        5,
+        65535,
+        SIGHUP,
+        S,
+    );
     int(
         c"pg_mqtt_pub.connect_timeout",
         c"How long a connection attempt (TCP, TLS handshake and CONNACK) may take before it counts as failed.",
@@ -391,7 +399,7 @@ pub fn define() {
     );
     int(
         c"pg_mqtt_pub.max_message_size",
-        c"Largest topic + payload accepted by the publish functions.",
+        c"Largest message (topic + MQTT 5 properties + payload) accepted by the publish functions.",
         &MAX_MESSAGE_SIZE,
         1024,
         256 * 1024 * 1024,

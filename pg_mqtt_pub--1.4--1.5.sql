@@ -249,6 +249,7 @@ BEGIN
         content_type, message_expiry, response_topic, correlation_data, user_properties, payload_format);
 END
 $$;
+-- mqtt_pub's name only forwards (the check and its hint are in one place).
 CREATE OR REPLACE FUNCTION mqtt_pub.mqtt_publish_json(
     topic            text,
     data             text,
@@ -262,22 +263,7 @@ CREATE OR REPLACE FUNCTION mqtt_pub.mqtt_publish_json(
     user_properties  text[]   DEFAULT NULL,
     payload_format   integer  DEFAULT NULL
 ) RETURNS boolean
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    j pg_catalog.json;
-    msg text;
-    det text;
-BEGIN
-    BEGIN
-        j := data::pg_catalog.json;
-    EXCEPTION WHEN invalid_text_representation THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
-        RAISE EXCEPTION '%', msg USING ERRCODE = 'invalid_text_representation', DETAIL = det,
-            HINT = 'mqtt_publish_json() takes JSON text such as ''{"temperature": 21.5}''; publish other text with mqtt_publish().';
-    END;
-    RETURN mqtt_pub.mqtt_publish_json(topic, j, qos, retain, broker,
-        content_type, message_expiry, response_topic, correlation_data, user_properties, payload_format);
-END
-$$;
+AS $$ SELECT @extschema@.mqtt_publish_json(topic, data, qos, retain, broker,
+    content_type, message_expiry, response_topic, correlation_data, user_properties, payload_format) $$;

@@ -55,12 +55,30 @@ def test_nothing_is_discarded_silently_by_drop_or_replay():
             assert "mqtt_pub.mqtt_discard()" in e.diag.message_hint
         assert c.sql("SELECT count(*) FROM pg_extension WHERE extname = 'pg_mqtt_pub'", dbname="opsdrop")[0][0] == 1
 
+        # a DROP whose snapshot predates a commit still counts it (REPEATABLE READ; outside review)
+        with c.connect("opsdrop", autocommit=False) as a:
+            a.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            a.execute("SELECT 1 FROM pg_class LIMIT 1")  # the snapshot
+            c.sql("SELECT mqtt_publish('drop/a', '3', 1)", dbname="opsdrop")
+            wait_until(lambda: c.sql("SELECT count(*) FROM mqtt_pub.outbox WHERE broker = 'default'", dbname="opsdrop")[0][0] == 3,
+                       20, "the third message in the outbox")
+            with pytest.raises(psycopg.errors.ObjectInUse) as e:
+                a.execute("DROP EXTENSION pg_mqtt_pub")
+            assert "3 undelivered messages" in e.value.diag.message_detail
+            a.rollback()
+        # nor does renaming the schema (or a table) first let a DROP through
+        with c.connect("opsdrop", autocommit=False) as a:
+            a.execute("ALTER SCHEMA mqtt_pub RENAME TO mqtt_old")
+            with pytest.raises(psycopg.errors.ObjectInUse):
+                a.execute("DROP EXTENSION pg_mqtt_pub")
+            a.rollback()
+
         # discarding is explicit, checked and logged
         e = error_of(c, "opsdrop", "SELECT mqtt_pub.mqtt_discard('nope')")
         assert e.sqlstate == "42704"
         assert c.sql("SELECT mqtt_pub.mqtt_discard('deadb')", dbname="opsdrop")[0][0] == 1
-        assert c.sql("SELECT mqtt_pub.mqtt_discard()", dbname="opsdrop")[0][0] == 2
-        wait_until(lambda: "discarded 2 undelivered message(s) and 0 dead letter(s) of every broker" in c.log_text(), 10,
+        assert c.sql("SELECT mqtt_pub.mqtt_discard()", dbname="opsdrop")[0][0] == 3
+        wait_until(lambda: "discarded 3 undelivered message(s) and 0 dead letter(s) of every broker" in c.log_text(), 10,
                    "the discard logged")
         c.sql("DROP EXTENSION pg_mqtt_pub", dbname="opsdrop")
 
@@ -180,6 +198,18 @@ def test_every_connection_failure_names_its_cause():
                 assert text in e.diag.message_detail, e.diag.message_detail
                 assert e.diag.message_hint
             os.unlink(secret)
+            # a FIFO is refused at once (opening it would wait for a writer, uninterruptibly)
+            fifo_dir = tempfile.mkdtemp()
+            os.chmod(fifo_dir, 0o755)
+            fifo = os.path.join(fifo_dir, "fifo")
+            os.mkfifo(fifo, 0o666)
+            started = time.time()
+            e = error_of(c, "opscause", "SELECT mqtt_broker_add('cloud', 'mqtt.example.com', 8883, use_tls => true, "
+                                        "ca_cert => %s)", (fifo,))
+            assert e.sqlstate == "22023" and "not a regular file" in str(e), e
+            e = error_of(c, "opscause", f"ALTER SYSTEM SET pg_mqtt_pub.broker_ca_cert = '{fifo}'")
+            assert e.sqlstate == "22023" and "not a regular file" in e.diag.message_detail, e
+            assert time.time() - started < 10
 
             # bad JSON text gets a hint; control characters come back as SQL writes them
             e = error_of(c, "opscause", "SELECT mqtt_publish_json('a/b', 'not json')")

@@ -11,13 +11,19 @@
 //! table the hook is called for is still there, and the other one is either still there too or
 //! was empty (else its own call would have refused). So each call counts the tables that exist.
 //!
-//! The hook runs in every backend for every DROP of anything: it returns at once unless a
-//! relation of schema `mqtt_pub` named `outbox` or `dead_letters` is being dropped.
+//! The tables are recognised by what they are, not by name (a renamed schema or table must not
+//! slip through): a table belonging to the extension (pg_depend, deptype `e`) with a `payload`
+//! column. Rows are counted with the latest snapshot: the DROP holds the table's
+//! AccessExclusiveLock by now, so that snapshot sees every committed row, while the statement's
+//! own snapshot (REPEATABLE READ, or one taken before waiting for a prepared transaction's lock)
+//! could predate a commit.
+//!
+//! The hook runs in every backend for every DROP of anything: for an unrelated relation it costs
+//! an extension lookup and a syscache probe.
 
 use crate::pg::guard::{guard, Code, PgError};
 use crate::pg::spi::{self, pinned, with_spi, Rights};
 use pgrx_pg_sys as pg;
-use std::ffi::CStr;
 
 static mut PREV_HOOK: pg::object_access_hook_type = None;
 
@@ -48,29 +54,23 @@ unsafe extern "C-unwind" fn on_object_access(
     guard(|| check(objectId));
 }
 
-/// `(outbox, dead_letters)` relation ids, `InvalidOid` for one that does not exist (any more).
-fn our_tables() -> (pg::Oid, pg::Oid) {
-    // SAFETY: syscache lookups; the caller is inside a transaction (a DROP).
+/// Is `relid` one of the extension's message tables (a member table with a `payload` column)?
+fn is_message_table(relid: pg::Oid) -> bool {
+    // SAFETY: catalog lookups inside the DROP's transaction.
     unsafe {
-        let ns = pg::get_namespace_oid(c"mqtt_pub".as_ptr(), true);
-        if ns == pg::InvalidOid {
-            return (pg::InvalidOid, pg::InvalidOid);
-        }
-        let rel = |name: &CStr| pg::get_relname_relid(name.as_ptr(), ns);
-        (rel(c"outbox"), rel(c"dead_letters"))
+        let ext = pg::get_extension_oid(c"pg_mqtt_pub".as_ptr(), true);
+        ext != pg::InvalidOid
+            && pg::getExtensionOfObject(pg::RelationRelationId, relid) == ext
+            && pg::get_attnum(relid, c"payload".as_ptr()) != pg::InvalidAttrNumber as i16
     }
 }
 
 fn check(relid: pg::Oid) {
     // SAFETY: plain read of a PostgreSQL global.
-    if unsafe { pg::IsBinaryUpgrade } {
+    if unsafe { pg::IsBinaryUpgrade } || relid == pg::InvalidOid || !is_message_table(relid) {
         return;
     }
-    let (outbox, dead) = our_tables();
-    if relid == pg::InvalidOid || (relid != outbox && relid != dead) {
-        return;
-    }
-    let (pending, dead_letters, by_broker) = count(outbox != pg::InvalidOid, dead != pg::InvalidOid);
+    let (pending, dead_letters, by_broker) = count(relid);
     let in_memory = if pending == 0 && dead_letters == 0 { wait_for_ring() } else { 0 };
     if pending == 0 && dead_letters == 0 && in_memory == 0 {
         return;
@@ -105,40 +105,62 @@ fn plural(n: i64) -> &'static str {
     }
 }
 
-/// Undelivered outbox rows, dead letters, and the outbox rows per broker ("broker "a": 2, ...").
-/// As the tables' owner (whoever drops them by cascade may not be able to read them), path pinned.
-fn count(outbox: bool, dead: bool) -> (i64, i64, String) {
-    if !outbox && !dead {
-        return (0, 0, String::new());
-    }
+/// Undelivered outbox rows, dead letters, and the outbox rows per broker ("broker "a": 2, ..."),
+/// of the extension's message tables that still exist (the one being dropped among them), found
+/// by membership and told apart by their columns. As the owner of the table being dropped
+/// (whoever drops it by cascade may not be able to read it), path pinned, latest snapshot.
+fn count(relid: pg::Oid) -> (i64, i64, String) {
     with_spi(|| {
-        pinned(Rights::Owner, || {
-            let scalar = |sql: &str| {
-                // SAFETY: inside SPI and the pinned scope.
-                unsafe {
-                    spi::execute(sql, &[], true, 1);
-                    spi::first_value(1).map(|d| d.value() as i64).unwrap_or(0)
-                }
-            };
-            let pending = if outbox { scalar("SELECT pg_catalog.count(*) FROM mqtt_pub.outbox") } else { 0 };
-            let dead_letters = if dead { scalar("SELECT pg_catalog.count(*) FROM mqtt_pub.dead_letters") } else { 0 };
-            let mut by_broker = Vec::new();
-            if pending > 0 {
-                // SAFETY: as above; texts copied out before SPI_finish.
-                unsafe {
-                    spi::execute(
-                        "SELECT pg_catalog.format('broker \"%s\": %s', o.broker, pg_catalog.count(*)) \
-                         FROM mqtt_pub.outbox o GROUP BY o.broker ORDER BY o.broker",
-                        &[],
-                        true,
-                        10,
-                    );
-                    for r in 0..spi::processed() as usize {
-                        by_broker.extend(spi::text_at(r, 1));
+        pinned(Rights::OwnerOf(relid), || {
+            // SAFETY: inside SPI and the pinned scope; the snapshot is popped below, or by the
+            // abort on ERROR; texts are copied out before SPI_finish.
+            unsafe {
+                pg::PushActiveSnapshot(pg::GetLatestSnapshot());
+                spi::execute(
+                    "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, \
+                     EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid \
+                             AND a.attname OPERATOR(pg_catalog.=) 'dead_lettered_at'::pg_catalog.name AND NOT a.attisdropped) \
+                     FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.objid \
+                     WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+                       AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass \
+                       AND d.refobjid OPERATOR(pg_catalog.=) (SELECT e.oid FROM pg_catalog.pg_extension e \
+                                                             WHERE e.extname OPERATOR(pg_catalog.=) 'pg_mqtt_pub'::pg_catalog.name) \
+                       AND d.deptype OPERATOR(pg_catalog.=) 'e'::pg_catalog.\"char\" \
+                       AND c.relkind OPERATOR(pg_catalog.=) 'r'::pg_catalog.\"char\" \
+                       AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid \
+                                   AND a.attname OPERATOR(pg_catalog.=) 'payload'::pg_catalog.name AND NOT a.attisdropped)",
+                    &[],
+                    true,
+                    0,
+                );
+                let tables: Vec<(String, bool)> = (0..spi::processed() as usize)
+                    .filter_map(|r| Some((spi::text_at(r, 1)?, spi::value(r, 2)?.value() != 0)))
+                    .collect();
+                let (mut pending, mut dead_letters, mut by_broker) = (0, 0, Vec::new());
+                for (table, dead) in tables {
+                    spi::execute(&format!("SELECT pg_catalog.count(*) FROM {table}"), &[], true, 1);
+                    let n = spi::first_value(1).map(|d| d.value() as i64).unwrap_or(0);
+                    if dead {
+                        dead_letters += n;
+                        continue;
+                    }
+                    pending += n;
+                    if n > 0 {
+                        spi::execute(
+                            &format!(
+                                "SELECT pg_catalog.format('broker \"%s\": %s', o.broker, pg_catalog.count(*)) \
+                                 FROM {table} o GROUP BY o.broker ORDER BY o.broker"
+                            ),
+                            &[],
+                            true,
+                            10,
+                        );
+                        by_broker.extend((0..spi::processed() as usize).filter_map(|r| spi::text_at(r, 1)));
                     }
                 }
+                pg::PopActiveSnapshot();
+                (pending, dead_letters, by_broker.join(", "))
             }
-            (pending, dead_letters, by_broker.join(", "))
         })
     })
 }

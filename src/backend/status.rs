@@ -200,10 +200,11 @@ pub unsafe extern "C-unwind" fn mqtt_stats_reset(fcinfo: pg::FunctionCallInfo) -
     guard(|| {
         // SAFETY: fcinfo is valid for this call.
         let args = unsafe { Args::new(fcinfo) };
-        for (_, b) in chosen(args.opt_bytes(0)) {
-            b.reset_stats();
-        }
         // SAFETY: plain call.
-        pg::Datum::from(unsafe { pg::GetCurrentTimestamp() })
+        let at = unsafe { pg::GetCurrentTimestamp() };
+        for (_, b) in chosen(args.opt_bytes(0)) {
+            b.reset_stats_at(at);
+        }
+        pg::Datum::from(at)
     })
 }

@@ -4,8 +4,10 @@
 //!
 //! At server start a failing check hook would only produce a WARNING and silently keep the
 //! default, so there host and TLS version are accepted and `validate_startup` (gucs.rs) refuses to
-//! start with the same message. Files are not checked at start (a secret volume may be mounted
-//! later; the worker names the file in `mqtt_status().problem` until it can read it).
+//! start with the same message. Files are checked only inside a transaction — `ALTER SYSTEM` —
+//! never by the postmaster or at a reload: a path on a hung network file system would stop the
+//! postmaster from accepting connections. At a reload (and at start: a secret volume may be
+//! mounted later) the worker names an unreadable file in `mqtt_status().problem` and its log.
 
 use crate::pure::settings_rules::{self, Invalid};
 use pgrx_pg_sys as pg;
@@ -39,6 +41,13 @@ fn starting() -> bool {
     unsafe { pg::process_shared_preload_libraries_in_progress }
 }
 
+/// Files are looked at only by a statement (`ALTER SYSTEM`), never in the postmaster or at a
+/// reload (both outside any transaction).
+fn in_statement() -> bool {
+    // SAFETY: plain calls on the main thread.
+    unsafe { pg::IsUnderPostmaster && pg::IsTransactionState() }
+}
+
 /// One check hook per rule; `$rule` gets the value.
 macro_rules! string_check {
     ($name:ident, $at_start:expr, $rule:expr) => {
@@ -62,7 +71,23 @@ macro_rules! string_check {
 
 string_check!(check_host, false, settings_rules::host);
 string_check!(check_tls_version, false, settings_rules::tls_version);
-string_check!(check_ca_cert, false, |v: &str| settings_rules::readable_file("ca_cert", v));
-string_check!(check_client_cert, false, |v: &str| settings_rules::readable_file("client_cert", v));
-string_check!(check_client_key, false, |v: &str| settings_rules::readable_file("client_key", v));
-string_check!(check_password_file, false, |v: &str| settings_rules::readable_file("password_file", v));
+string_check!(check_ca_cert, false, |v: &str| if in_statement() {
+    settings_rules::readable_file("ca_cert", v)
+} else {
+    Ok(())
+});
+string_check!(check_client_cert, false, |v: &str| if in_statement() {
+    settings_rules::readable_file("client_cert", v)
+} else {
+    Ok(())
+});
+string_check!(check_client_key, false, |v: &str| if in_statement() {
+    settings_rules::readable_file("client_key", v)
+} else {
+    Ok(())
+});
+string_check!(check_password_file, false, |v: &str| if in_statement() {
+    settings_rules::readable_file("password_file", v)
+} else {
+    Ok(())
+});

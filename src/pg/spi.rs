@@ -17,9 +17,7 @@
 //!
 //! Everything here may raise an ERROR; callers run inside the FFI guard (`guard.rs`).
 
-use crate::pure::backend_local::BackendLocal;
 use pgrx_pg_sys as pg;
-use std::cell::Cell;
 use std::ffi::{c_char, CStr, CString};
 
 /// Whose privileges a statement runs with.
@@ -32,6 +30,9 @@ pub enum Rights {
     Restricted,
     /// The owner of `mqtt_pub.outbox`, as a security-restricted operation.
     Owner,
+    /// The owner of this relation, as a security-restricted operation (the DROP guard: the
+    /// relation may be renamed, or `mqtt_pub.outbox` gone already).
+    OwnerOf(pg::Oid),
 }
 
 /// Run `f` connected to SPI, with an active snapshot.
@@ -82,6 +83,9 @@ pub fn pinned<R>(rights: Rights, f: impl FnOnce() -> R) -> R {
             Rights::Owner => {
                 pg::SetUserIdAndSecContext(outbox_owner(), restricted | pg::SECURITY_LOCAL_USERID_CHANGE as i32)
             }
+            Rights::OwnerOf(relid) => {
+                pg::SetUserIdAndSecContext(owner_of(relid), restricted | pg::SECURITY_LOCAL_USERID_CHANGE as i32)
+            }
         }
         let r = f();
         if rights != Rights::Caller {
@@ -92,32 +96,42 @@ pub fn pinned<R>(rights: Rights, f: impl FnOnce() -> R) -> R {
     }
 }
 
-static OWNER: BackendLocal<Cell<pg::Oid>> = BackendLocal::new(Cell::new(pg::InvalidOid));
-
 /// The owner of `mqtt_pub.outbox`, from the relation cache (no SQL, no name lookup in any path).
+/// Looked up each time (a relcache hit): a cached owner would outlive `DROP EXTENSION` and a
+/// `CREATE EXTENSION` by another role in the same session.
 fn outbox_owner() -> pg::Oid {
-    if OWNER.get() != pg::InvalidOid {
-        return OWNER.get();
-    }
-    // SAFETY: catalog lookups inside a transaction; the relation is opened and closed here.
-    let owner = unsafe {
+    // SAFETY: catalog lookups inside a transaction.
+    let relid = unsafe {
         let ns = pg::get_namespace_oid(c"mqtt_pub".as_ptr(), false);
-        let relid = pg::get_relname_relid(c"outbox".as_ptr(), ns);
-        if relid == pg::InvalidOid {
+        pg::get_relname_relid(c"outbox".as_ptr(), ns)
+    };
+    if relid == pg::InvalidOid {
+        crate::pg::guard::PgError::new(
+            crate::pg::guard::Code::ERRCODE_UNDEFINED_TABLE,
+            "mqtt_pub.outbox does not exist",
+        )
+        .hint("Run CREATE EXTENSION pg_mqtt_pub in this database.")
+        .raise();
+    }
+    owner_of(relid)
+}
+
+/// A relation's owner, from the relation cache.
+fn owner_of(relid: pg::Oid) -> pg::Oid {
+    // SAFETY: the relation is opened (it exists: callers found it) and closed here.
+    unsafe {
+        let rel = pg::RelationIdGetRelation(relid);
+        if rel.is_null() {
             crate::pg::guard::PgError::new(
                 crate::pg::guard::Code::ERRCODE_UNDEFINED_TABLE,
-                "mqtt_pub.outbox does not exist",
+                format!("relation {relid} does not exist"),
             )
-            .hint("Run CREATE EXTENSION pg_mqtt_pub in this database.")
             .raise();
         }
-        let rel = pg::RelationIdGetRelation(relid);
         let owner = (*(*rel).rd_rel).relowner;
         pg::RelationClose(rel);
         owner
-    };
-    OWNER.set(owner);
-    owner
+    }
 }
 
 /// Run `sql` with parameters `$1..` (type, value) inside SPI and the pinned scope. Returns the

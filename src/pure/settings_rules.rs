@@ -66,7 +66,15 @@ pub fn readable_file(what: &str, path: &str) -> Result<(), Invalid> {
             kind: Problem::BadValue,
         });
     }
-    let opened = std::fs::File::open(path).and_then(|f| f.metadata());
+    // stat() first: open() of a FIFO would wait for a writer, uninterruptibly. The open itself is
+    // non-blocking too, and the descriptor is checked again (the path may change in between).
+    let opened = std::fs::metadata(path).and_then(|m| {
+        if !m.is_file() {
+            return Ok(m);
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?.metadata()
+    });
     let err = match opened {
         Ok(m) if m.is_file() => return Ok(()),
         Ok(_) => return Err(file_error(what, path, "it is not a regular file".into(), Problem::BadValue)),
@@ -121,5 +129,13 @@ mod tests {
         assert_eq!(readable_file("ca_cert", "x.pem").unwrap_err().kind, Problem::BadValue);
         assert_eq!(readable_file("ca_cert", "/").unwrap_err().kind, Problem::BadValue);
         assert!(readable_file("ca_cert", "/etc/hostname").is_ok());
+        // a FIFO is refused at once, not waited on
+        let fifo = std::env::temp_dir().join(format!("pgmp-fifo-{}", std::process::id()));
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: plain mkfifo on a fresh path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = readable_file("ca_cert", fifo.to_str().unwrap()).unwrap_err();
+        let _ = std::fs::remove_file(&fifo);
+        assert!(e.message.ends_with("it is not a regular file"), "{}", e.message);
     }
 }

@@ -216,6 +216,11 @@ impl BrokerShared {
     /// (`fetch_add`), so a reset racing an increment loses at most that one increment, as
     /// `pg_stat_statements_reset()` may.
     pub fn reset_stats(&self) {
+        self.reset_stats_at(now());
+    }
+
+    /// `reset_stats` with the reset time given (one time for all brokers of one call).
+    pub fn reset_stats_at(&self, at: i64) {
         for c in [&self.messages_sent, &self.messages_failed, &self.dead_lettered, &self.messages_expired] {
             c.store(0, Ordering::Relaxed);
         }
@@ -223,7 +228,7 @@ impl BrokerShared {
             p.store(-1, Ordering::Relaxed);
         }
         self.latency_reset_requested.store(true, Ordering::Release);
-        self.stats_reset.store(now(), Ordering::Relaxed);
+        self.stats_reset.store(at, Ordering::Relaxed);
     }
 
     /// The current problem: what stops delivery now (`None` while connected).

@@ -41,7 +41,7 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                 let n = |v: u64| pg::Datum::from(if live { v as i64 } else { 0 });
                 let ts = |v: i64| (pg::Datum::from(v), !live || v == 0);
                 let mode = if !live || b.is_cold() { "cold" } else { "hot" };
-                let backlog = crate::data::outbox::backlog(&name);
+                let backlog = crate::data::backlog::backlog(&name);
                 let (pending, oldest) = (backlog.pending, backlog.oldest_age);
                 let cols: [(pg::Datum, bool); 15] = [
                     (text_datum(&name), false),
@@ -100,7 +100,7 @@ fn now_columns(
     live: bool,
     host: &str,
     last_error: &str,
-    backlog: &crate::data::outbox::Backlog,
+    backlog: &crate::data::backlog::Backlog,
 ) -> [(pg::Datum, bool); 11] {
     let load = |a: &std::sync::atomic::AtomicI64| if live { a.load(Ordering::Relaxed) } else { 0 };
     let ts = |v: i64| (pg::Datum::from(v), v == 0);

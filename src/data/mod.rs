@@ -1,5 +1,6 @@
 //! Data access: the extension's tables, through `pg::spi` only.
 
+pub mod backlog;
 pub mod catalog;
 pub mod outbox;
 pub mod outbox_size;

@@ -144,7 +144,7 @@ impl Worker {
     fn log_back(&mut self, l: usize) {
         let Some(after) = self.links[l].report.back_after.take() else { return };
         let name = self.links[l].cfg.name.clone();
-        let waiting = self.with_outbox(|| outbox::waiting(&name)).unwrap_or(0);
+        let waiting = self.with_outbox(|| crate::data::backlog::waiting(&name)).unwrap_or(0);
         let k = &self.links[l];
         guard::log(
             Level::LOG,

@@ -29,10 +29,10 @@
 //! | `pure/` | logic without PostgreSQL, unit-tested by `cargo test` | `ring` (the ring's memory protocol), `scanlog` (the worker's scanned records, release point, stepped-over reservations), `window` (a connection's in-flight window: probe mode, ack timeout), `pending` (a transaction's messages and savepoint marks), `topic` (topic and QoS rules), `envelope` (the change-event JSON), `backoff`, `identity` (the default client id), `limits` (a broker's CONNACK limits, how a refusal is treated), `props` (MQTT 5 properties as stored and sent, message ids, expiry), `backend_local` (`BackendLocal<T>`) |
 //! | `mqtt/` | the MQTT client | `client` (one connection as the worker sees it), `session` (the libmosquitto object, its options and TLS), `callbacks` (they only record), `qos0_writer` (our own QoS 0 writer, ADR-010), `proplist`, `handoff`, `errors` (see `mqtt/mod.rs`) |
 //! | `pg/` | PostgreSQL glue | `guard` (the FFI error boundary), `compat` (15–18 differences), `fmgr` (SQL-callable plumbing, encodings), `spi` (the one place that runs SQL: pinned path, owner rights restricted), `gucs` (every setting), `instance` (who this cluster is: client and message ids) |
-//! | `shmem/` | shared memory | `mod` (segment, LWLocks, wake-up protocol), `slot` (a broker's mode and counters) |
-//! | `data/` | data access | `catalog` (`mqtt_pub.brokers`, name → slot), `outbox` (the SQL on the outbox and dead letters) |
-//! | `backend/` | what a backend runs | `txn` (COMMIT / ABORT / PREPARE / savepoints: ring or outbox), `publish` (`mqtt_publish` & co.), `properties` (their MQTT 5 property arguments, `mqtt_pub.mqtt_properties()`), `trigger` and `resultset` (the compiled triggers), `setup` (the trigger helpers), `status` (`mqtt_status()`) |
-//! | `worker/` | the background workers | the launcher and the worker's loop, one file per concern (see `worker/mod.rs`) |
+//! | `shmem/` | shared memory | `mod` (segment, a share per database, LWLocks, wake-up protocol), `directory` (which database owns which share, ADR-012), `slot` (a broker's mode and counters) |
+//! | `data/` | data access | `catalog` (`mqtt_pub.brokers`, name → slot), `outbox` (the SQL on the outbox and dead letters), `backlog`, `outbox_size`, `installation` (whose outbox this is: template copies) |
+//! | `backend/` | what a backend runs | `txn` (COMMIT / ABORT / PREPARE / savepoints: ring or outbox), `publish` (`mqtt_publish` & co.), `properties` (their MQTT 5 property arguments, `mqtt_pub.mqtt_properties()`), `trigger` and `resultset` (the compiled triggers), `setup` (the trigger helpers), `status` (`mqtt_status()`), `databases` (`mqtt_announce()`, `mqtt_status_all()`), `database_hooks` (DROP / RENAME / copy of a publishing database), `drop_guard` |
+//! | `worker/` | the background workers | the launcher (a worker per publishing database) and the worker's loop, one file per concern (see `worker/mod.rs`) |
 //!
 //! Modules that call PostgreSQL are compiled only into the extension (`not(test)`): a test
 //! binary cannot link PostgreSQL's symbols.
@@ -72,6 +72,7 @@ pub unsafe extern "C-unwind" fn _PG_init() {
         shmem::install_hooks();
         backend::txn::register_callbacks();
         backend::drop_guard::install();
+        backend::database_hooks::install();
         // pg_upgrade runs both servers in binary-upgrade mode: no worker may deliver (and delete
         // outbox rows) while the catalog is being restored.
         // SAFETY: plain read of a PostgreSQL global.

@@ -21,6 +21,7 @@ EXPECTED_ROWS = [
     "QoS 0: CPU worker with properties",
     "latency floor p50: bare client, same broker and subscriber", "latency p50 above the floor (pg_mqtt_pub's share)",
     "cost mqtt_publish / pg_notify, delivery paused",
+    "1 database publishing", "10 databases publishing at once",
 ]
 
 

@@ -189,6 +189,7 @@ def test_every_column_is_documented(scene):
         "mqtt_pub.outbox": "docs/reference.md", "mqtt_pub.dead_letters": "docs/reference.md",
         "mqtt_pub.triggers": "docs/reference.md", "mqtt_pub.broker_list": "docs/reference.md",
         "mqtt_pub.outbox_summary": "docs/monitoring.md", "mqtt_pub.dead_letter_summary": "docs/monitoring.md",
+        "mqtt_pub.installed_in": "docs/reference.md",
     }
     wrong = []
     relations = {r for (r,) in runner.cluster.sql(
@@ -207,6 +208,10 @@ def test_every_column_is_documented(scene):
                               "WHERE oid = 'mqtt_pub.mqtt_status'::regproc", dbname=DB)
     text = section(doc("docs/monitoring.md"), "`mqtt_status()`")
     wrong += [f"mqtt_status().{c}: not in docs/monitoring.md's mqtt_status() section" for (c,) in cols if f"`{c}`" not in text]
+    cols = runner.cluster.sql("SELECT unnest(proargnames) FROM pg_catalog.pg_proc "
+                              "WHERE oid = 'mqtt_pub.mqtt_status_all'::regproc", dbname=DB)
+    text = section(doc("docs/monitoring.md"), "`mqtt_pub.mqtt_status_all()`")
+    wrong += [f"mqtt_status_all().{c}: not in its docs/monitoring.md section" for (c,) in cols if f"`{c}`" not in text]
     assert not wrong, "\n".join(wrong)
 
 

@@ -44,14 +44,16 @@ unsafe extern "C-unwind" fn on_object_access(
     subId: std::ffi::c_int,
     arg: *mut std::ffi::c_void,
 ) {
-    // SAFETY: the previous hook, with the arguments we were given.
-    if let Some(prev) = unsafe { PREV_HOOK } {
-        unsafe { prev(access, classId, objectId, subId, arg) };
-    }
-    if access != pg::ObjectAccessType::OAT_DROP || classId != pg::RelationRelationId || subId != 0 {
-        return;
-    }
-    guard(|| check(objectId));
+    guard(|| {
+        // SAFETY: the previous hook, with the arguments we were given (inside the guard: an
+        // ERROR it raises is re-thrown, never unwound through this frame).
+        if let Some(prev) = unsafe { PREV_HOOK } {
+            unsafe { prev(access, classId, objectId, subId, arg) };
+        }
+        if access == pg::ObjectAccessType::OAT_DROP && classId == pg::RelationRelationId && subId == 0 {
+            check(objectId);
+        }
+    });
 }
 
 /// Is `relid` one of the extension's message tables (a member table with a `payload` column)?

@@ -2,6 +2,8 @@
 //! triggers and their helpers, `mqtt_status()`.
 
 pub mod broker_add;
+pub mod database_hooks;
+pub mod databases;
 pub mod drop_guard;
 pub mod properties;
 pub mod publish;

@@ -21,38 +21,11 @@ use crate::shmem;
 use pgrx_pg_sys as pg;
 use std::cell::Cell;
 
-static IN_WORKER_DB: BackendLocal<Cell<Option<bool>>> = BackendLocal::new(Cell::new(None));
-
-fn current_database() -> String {
-    // SAFETY: MyDatabaseId is set in any backend that runs SQL; get_database_name pallocs.
-    unsafe {
-        let p = pg::get_database_name(pg::MyDatabaseId);
-        if p.is_null() {
-            return String::new();
-        }
-        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-    }
-}
-
 /// Publishing is possible here: preloaded, in the worker's database, not a standby.
 pub fn require_publishable() {
+    // Claims this database's share the first time, or says why it cannot (not preloaded,
+    // pg_mqtt_pub.database names another database, max_databases reached).
     shmem::require_shared();
-    let ok = match IN_WORKER_DB.get() {
-        Some(v) => v,
-        None => {
-            let v = current_database() == gucs::DATABASE.string();
-            IN_WORKER_DB.set(Some(v));
-            v
-        }
-    };
-    if !ok {
-        let db = gucs::DATABASE.string();
-        let here = current_database();
-        PgError::new(Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("pg_mqtt_pub publishes only from database \"{db}\""))
-            .detail(format!("This session is connected to \"{here}\"; pg_mqtt_pub.database names the one database whose background worker delivers messages."))
-            .hint(format!("Connect to \"{db}\", or set pg_mqtt_pub.database = '{here}' in postgresql.conf and restart."))
-            .raise();
-    }
     // Once a backend has seen recovery end it can never see it again (PostgreSQL caches the
     // same fact), so the call is skipped after that.
     static PRIMARY: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));

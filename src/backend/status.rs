@@ -133,7 +133,7 @@ fn load_u(a: &std::sync::atomic::AtomicU64, live: bool) -> i64 {
 }
 
 /// `now() - at` as an interval datum (in the current memory context).
-fn interval_since(at: i64) -> pg::Datum {
+pub(crate) fn interval_since(at: i64) -> pg::Datum {
     // SAFETY: GetCurrentTransactionStartTimestamp is what now() returns; the Interval is
     // palloc'd in the current (the function's) memory context and fully initialised.
     unsafe {

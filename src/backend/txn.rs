@@ -106,7 +106,8 @@ impl Stamp {
     /// add per transaction.
     fn take(n: usize) -> Stamp {
         let first_id = if gucs::MESSAGE_ID.get() {
-            shmem::require_shared().message_ids.fetch_add(n as u64, Ordering::Relaxed) + 1
+            shmem::require_shared();
+            shmem::directory().expect("preloaded").message_ids.fetch_add(n as u64, Ordering::Relaxed) + 1
         } else {
             0
         };
@@ -204,7 +205,15 @@ fn register_cold_locked(p: &mut Pending, b: u16, force: bool) -> bool {
 }
 
 fn register_cold(p: &mut Pending, b: u16, force: bool) -> bool {
-    shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || register_cold_locked(p, b, force))
+    loop {
+        shmem::require_shared();
+        let r = shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            shmem::current_is_mine().then(|| register_cold_locked(p, b, force))
+        });
+        if let Some(cold) = r {
+            return cold;
+        }
+    }
 }
 
 /// Drop this transaction's cold-writer registrations (transaction end).
@@ -377,7 +386,8 @@ fn pre_commit() {
     if p.msgs.is_empty() {
         return;
     }
-    let ring = shmem::ring();
+    shmem::require_shared();
+    let mut ring = shmem::ring();
     let durable = gucs::DURABLE.get();
     let timeout = Duration::from_millis(gucs::PUBLISH_TIMEOUT_MS.get() as u64);
     let start = Instant::now();
@@ -388,10 +398,15 @@ fn pre_commit() {
         Done,
         Full,
         TooBig,
+        /// The database's share was given back meanwhile (directory.rs): claim again.
+        Moved,
     }
     loop {
         // Decide every broker's path and reserve, atomically with respect to mode changes.
         let done = shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            if !shmem::current_is_mine() {
+                return Step::Moved;
+            }
             let mut hot = 0u32;
             for &b in &brokers {
                 if !register_cold_locked(p, b, durable || spill) {
@@ -421,6 +436,10 @@ fn pre_commit() {
             Step::TooBig => spill = true,
             Step::Full if start.elapsed() >= timeout => spill = true,
             Step::Full => wait_for_space(),
+            Step::Moved => {
+                shmem::require_shared();
+                ring = shmem::ring();
+            }
         }
     }
     for &b in &brokers {

@@ -2,5 +2,6 @@
 
 pub mod backlog;
 pub mod catalog;
+pub mod installation;
 pub mod outbox;
 pub mod outbox_size;

@@ -58,3 +58,18 @@ pub unsafe fn qualified_name_list(s: *const c_char) -> *mut pg::List {
         return pg::stringToQualifiedNameList(s, std::ptr::null_mut());
     }
 }
+
+/// The name of the database this process is connected to ('' if none).
+pub fn current_database() -> String {
+    // SAFETY: MyDatabaseId is set once connected; get_database_name pallocs (or returns NULL).
+    unsafe {
+        if pg::MyDatabaseId == pg::InvalidOid {
+            return String::new();
+        }
+        let p = pg::get_database_name(pg::MyDatabaseId);
+        if p.is_null() {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}

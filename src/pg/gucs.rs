@@ -65,6 +65,7 @@ pub static MAX_INFLIGHT: Guc<c_int> = Guc::new(100);
 
 pub static QUEUE_SIZE: Guc<c_int> = Guc::new(65536);
 pub static DATABASE: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
+pub static MAX_DATABASES: Guc<c_int> = Guc::new(8);
 pub static RECONNECT_INTERVAL_MS: Guc<c_int> = Guc::new(5000);
 pub static PUBLISH_TIMEOUT_MS: Guc<c_int> = Guc::new(100);
 pub static WORKER_POLL_INTERVAL_MS: Guc<c_int> = Guc::new(10);
@@ -329,7 +330,7 @@ pub fn define() {
     unsafe {
         pg::DefineCustomIntVariable(
             c"pg_mqtt_pub.queue_size".as_ptr(),
-            c"Slots (512 bytes each) in the shared-memory ring; a power of two.".as_ptr(),
+            c"Slots (512 bytes each) of the shared-memory rings, divided among max_databases; a power of two.".as_ptr(),
             std::ptr::null(),
             QUEUE_SIZE.ptr(),
             65536,
@@ -344,9 +345,18 @@ pub fn define() {
     }
     string(
         c"pg_mqtt_pub.database",
-        c"Database the background worker connects to; the extension is used there.",
+        c"Restricts publishing to this one database ('' = every database in which the extension exists).",
         &DATABASE,
-        c"postgres",
+        c"",
+        POSTMASTER,
+        0,
+    );
+    int(
+        c"pg_mqtt_pub.max_databases",
+        c"Databases that can publish at once (each takes a share of queue_size and a background worker).",
+        &MAX_DATABASES,
+        1,
+        1024,
         POSTMASTER,
         0,
     );
@@ -501,6 +511,15 @@ pub fn validate_startup() {
         )
         .detail("pg_mqtt_pub.queue_size must be a power of two.")
         .hint("Use a value such as 16384, 65536 or 262144.")
+        .raise();
+    }
+    let shares = if DATABASE.string().is_empty() { MAX_DATABASES.get() as i64 } else { 1 };
+    if (q as i64) / shares < 16 {
+        PgError::new(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("pg_mqtt_pub.queue_size = {q} leaves fewer than 16 slots for each of pg_mqtt_pub.max_databases = {shares}"),
+        )
+        .hint("Raise pg_mqtt_pub.queue_size or lower pg_mqtt_pub.max_databases.")
         .raise();
     }
 }

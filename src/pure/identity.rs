@@ -26,13 +26,35 @@ pub fn instance_hash(host: &[u8], data_dir: &[u8], port: i32) -> u32 {
     fnv1a(&[host, data_dir, port.to_string().as_bytes()])
 }
 
-/// `pg_mqtt_pub-<system identifier>-<instance>` for the default broker, with `-<name>` for a
-/// named one.
-pub fn default_client_id(system_id: u64, host: &[u8], data_dir: &[u8], port: i32, broker: Option<&str>) -> String {
+/// Which database and broker a client id is for.
+#[derive(Clone, Copy)]
+pub struct Whose<'a> {
+    /// The database's oid: every database of a cluster has its own worker and connections
+    /// (ADR-012), and two of them must never take over each other's session.
+    pub database: u32,
+    /// `None` for the broker `default`.
+    pub broker: Option<&'a str>,
+}
+
+/// `pg_mqtt_pub-<system identifier>-<instance>-db<oid>` for the default broker, with `-<name>`
+/// for a named one.
+pub fn default_client_id(system_id: u64, host: &[u8], data_dir: &[u8], port: i32, whose: Whose<'_>) -> String {
     let instance = instance_hash(host, data_dir, port);
-    match broker {
-        None => format!("pg_mqtt_pub-{system_id}-{instance:08x}"),
-        Some(name) => format!("pg_mqtt_pub-{system_id}-{instance:08x}-{name}"),
+    let db = whose.database;
+    match whose.broker {
+        None => format!("pg_mqtt_pub-{system_id}-{instance:08x}-db{db}"),
+        Some(name) => format!("pg_mqtt_pub-{system_id}-{instance:08x}-db{db}-{name}"),
+    }
+}
+
+/// The client id of the broker `default` when `pg_mqtt_pub.client_id` is set: as written when
+/// one database publishes (`restricted`), else with `-db<oid>` so the databases' workers do not
+/// take over each other's session.
+pub fn configured_client_id(configured: &str, restricted: bool, database: u32) -> String {
+    if restricted {
+        configured.to_string()
+    } else {
+        format!("{configured}-db{database}")
     }
 }
 
@@ -40,30 +62,38 @@ pub fn default_client_id(system_id: u64, host: &[u8], data_dir: &[u8], port: i32
 mod tests {
     use super::*;
 
+    const W: Whose<'static> = Whose { database: 5, broker: None };
+
+    #[test]
+    fn databases_differ() {
+        let a = default_client_id(7, b"db1", b"/d", 5432, Whose { database: 5, broker: None });
+        let b = default_client_id(7, b"db1", b"/d", 5432, Whose { database: 6, broker: None });
+        assert_ne!(a, b);
+        assert!(a.ends_with("-db5"), "{a}");
+        assert_eq!(configured_client_id("plant", true, 5), "plant");
+        assert_eq!(configured_client_id("plant", false, 5), "plant-db5");
+    }
+
     #[test]
     fn stable_for_one_cluster() {
-        let a = default_client_id(7, b"db1", b"/var/lib/postgresql/15/main", 5432, None);
-        assert_eq!(a, default_client_id(7, b"db1", b"/var/lib/postgresql/15/main", 5432, None));
-        assert!(a.starts_with("pg_mqtt_pub-7-") && a.len() == "pg_mqtt_pub-7-".len() + 8, "{a}");
+        let a = default_client_id(7, b"db1", b"/var/lib/postgresql/15/main", 5432, W);
+        assert_eq!(a, default_client_id(7, b"db1", b"/var/lib/postgresql/15/main", 5432, W));
+        assert!(a.starts_with("pg_mqtt_pub-7-") && a.len() == "pg_mqtt_pub-7-".len() + 8 + "-db5".len(), "{a}");
         assert_eq!(
-            default_client_id(7, b"db1", b"/d", 5432, Some("cloud")),
-            format!("{}-cloud", default_client_id(7, b"db1", b"/d", 5432, None))
+            default_client_id(7, b"db1", b"/d", 5432, Whose { database: 5, broker: Some("cloud") }),
+            format!("{}-cloud", default_client_id(7, b"db1", b"/d", 5432, W))
         );
     }
 
     #[test]
     fn clones_of_one_base_backup_differ() {
-        let primary = default_client_id(7, b"db1", b"/data/a", 5432, None);
-        assert_ne!(primary, default_client_id(7, b"db1", b"/data/b", 5432, None), "same host, other directory");
+        let primary = default_client_id(7, b"db1", b"/data/a", 5432, W);
+        assert_ne!(primary, default_client_id(7, b"db1", b"/data/b", 5432, W), "same host, other directory");
+        assert_ne!(primary, default_client_id(7, b"db1", b"/data/a", 5433, W), "same host and directory, other port");
+        assert_ne!(primary, default_client_id(7, b"db2", b"/data/a", 5432, W), "another host");
         assert_ne!(
-            primary,
-            default_client_id(7, b"db1", b"/data/a", 5433, None),
-            "same host and directory, other port"
-        );
-        assert_ne!(primary, default_client_id(7, b"db2", b"/data/a", 5432, None), "another host");
-        assert_ne!(
-            default_client_id(7, b"ab", b"c", 1, None),
-            default_client_id(7, b"a", b"bc", 1, None),
+            default_client_id(7, b"ab", b"c", 1, W),
+            default_client_id(7, b"a", b"bc", 1, W),
             "parts are separated"
         );
     }

@@ -100,6 +100,15 @@ pub fn is_power_of_two(n: i64) -> bool {
     n > 0 && (n & (n - 1)) == 0
 }
 
+/// The largest power of two not above `n` (0 for 0): a database's share of `queue_size`.
+pub fn floor_power_of_two(n: u64) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        1 << (63 - n.leading_zeros())
+    }
+}
+
 /// A message as a producer hands it to the ring.
 #[derive(Clone, Copy, Debug)]
 pub struct MessageRef<'a> {
@@ -464,6 +473,18 @@ impl Ring {
     /// Only the single consumer may call this, with `tail <= pos <= head` on a record boundary.
     pub unsafe fn release_to(&self, pos: u64) {
         self.ctl().tail.store(pos, Ordering::Release);
+    }
+
+    /// Empty the ring, whatever it holds (a dropped database's share being given back).
+    ///
+    /// # Safety
+    /// Nobody may produce into or consume from the ring meanwhile (the caller holds the lock
+    /// producers reserve under, and the consumer is gone).
+    pub unsafe fn clear(&self) {
+        let c = self.ctl();
+        c.head.store(0, Ordering::Release);
+        c.tail.store(0, Ordering::Release);
+        c.promised.store(0, Ordering::Release);
     }
 }
 

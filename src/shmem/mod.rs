@@ -1,16 +1,27 @@
 //! Shared memory: what lives there, how it is sized, created and attached.
 //!
-//! One named segment, "pg_mqtt_pub", sized once at postmaster start from `queue_size`:
+//! One named segment, "pg_mqtt_pub", sized once at postmaster start (ADR-012):
 //! ```text
-//!   Shared   worker latch/pid/sleeping flag, broker generation
-//!   max_brokers × BrokerShared: per-broker mode, counters, status text (status.rs)
-//!   Ring     control block + queue_size × 512-byte slots (ring.rs)
+//!   Directory       the launcher's latch, message ids, how many database shares there are
+//!   max_databases × a database's share:
+//!       Shared      the database it belongs to (0: free), its worker's latch/pid/sleeping flag,
+//!                   broker generation, outbox size
+//!       max_brokers × BrokerShared: per-broker mode, counters, status text (slot.rs)
+//!       Ring        control block + share × 512-byte slots (ring.rs)
 //! ```
+//! Every database that publishes claims a share the first time one of its backends needs it
+//! (`require_shared`), and keeps it until its extension is gone or the database is dropped
+//! (the launcher gives it back, directory.rs). A database's backends and its worker only ever
+//! touch their own share: its ring, its broker slots, its ring lock. So a database that fills
+//! its ring, or whose broker is down, changes nothing for another one.
+//!
 //! Locks (one named LWLock tranche, "pg_mqtt_pub"):
-//! * `RING_LOCK` serialises producers' reservations (a few loads and stores; never held across
-//!   anything that allocates, logs or can fail).
-//! * `STATUS_LOCK` protects the text fields of the broker status (host, last error); counters are
-//!   atomics and need no lock.
+//! * `DIRECTORY_LOCK` serialises claiming and giving back shares (rare).
+//! * `STATUS_LOCK` protects the text fields of every broker status (host, last error); counters
+//!   are atomics and need no lock. One for all databases: the cluster-wide status reads them all.
+//! * `RING_LOCK` — one per share — serialises its producers' reservations (a few loads and
+//!   stores; never held across anything that allocates, logs or can fail). `with_lock(RING_LOCK)`
+//!   takes the lock of this process's own database.
 //!
 //! Wake-ups follow the "sleeping flag" protocol so a busy worker costs producers nothing:
 //! the worker sets `worker_sleeping`, re-checks the ring, then waits on its latch; a producer
@@ -26,34 +37,70 @@ use crate::pg::guard::{Code, PgError};
 use crate::pg::gucs;
 use crate::pure::ring::{self, Ring};
 use pgrx_pg_sys as pg;
-use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 
+mod directory;
 mod slot;
+pub use directory::{claim_for_launcher, of_database, release, request_leave, ReleaseOutcome};
 pub use slot::{broker, BrokerShared, Mode};
 
-/// Shared state, or the "not preloaded" ERROR with the hint that fixes it.
+/// Shared state of this database, or the ERROR that says why there is none (not preloaded,
+/// restricted to another database, every share taken). Claims a share the first time.
 pub fn require_shared() -> &'static Shared {
-    shared().unwrap_or_else(|| {
+    if directory().is_none() {
         PgError::new(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "pg_mqtt_pub must be loaded via shared_preload_libraries",
         )
         .hint("Add pg_mqtt_pub to shared_preload_libraries in postgresql.conf and restart PostgreSQL.")
         .raise()
-    })
+    }
+    shared().unwrap_or_else(directory::claim_for_backend)
 }
 
 /// The most brokers `pg_mqtt_pub.max_brokers` may ask for (per-transaction bookkeeping in
 /// txn.rs uses fixed arrays and u32 bit sets of this size). Slot 0 is `default`.
 pub const MAX_BROKERS: usize = crate::pure::pending::MAX_BROKERS;
 
-pub const RING_LOCK: usize = 0;
+pub const DIRECTORY_LOCK: usize = 0;
 pub const STATUS_LOCK: usize = 1;
-const NUM_LOCKS: i32 = 2;
+/// The ring lock of this process's database (each share has its own, after the two above).
+pub const RING_LOCK: usize = 2;
 const NAME: &std::ffi::CStr = c"pg_mqtt_pub";
 
+/// The head of the segment: what all databases share.
+#[repr(C)]
+pub struct Directory {
+    /// The launcher's latch: set when a database claims a share (its worker should start).
+    pub launcher_latch: AtomicPtr<pg::Latch>,
+    /// Message ids handed out since the server started, in every database (props.rs: the id is
+    /// this run's instance part and a sequence number; 0 means "no id").
+    pub message_ids: AtomicU64,
+    /// Bumped by every claim and release: the launcher looks at the shares again.
+    pub changes: AtomicU64,
+    ndb: u32,
+    share_slots: u64,
+}
+
+/// One database's share (see the module doc).
 #[repr(C)]
 pub struct Shared {
+    /// The database this share belongs to; 0 while free. Changed only under `DIRECTORY_LOCK`
+    /// and this share's ring lock (directory.rs).
+    pub dboid: AtomicU32,
+    index: u32,
+    /// Set by a backend about to drop, rename or copy this database (directory.rs): the worker
+    /// saves its ring to the outbox and exits, so the command does not find it connected.
+    pub leave_requested: AtomicBool,
+    /// Set by the worker when it exits because the extension is gone and nothing is left to
+    /// deliver: the launcher gives the share back.
+    pub idle_exit: AtomicBool,
+    /// When the share was claimed (µs, PostgreSQL time). The claim may come from a transaction
+    /// that has not committed its database yet (CREATE DATABASE ... TEMPLATE, database_hooks.rs):
+    /// the launcher gives a young share of a database it cannot see a few seconds.
+    pub claimed_at: AtomicI64,
     pub worker_latch: AtomicPtr<pg::Latch>,
     pub worker_pid: AtomicI32,
     pub worker_sleeping: AtomicBool,
@@ -65,9 +112,6 @@ pub struct Shared {
     /// Bumped when a transaction that changed `mqtt_pub.brokers` commits: backends refresh their
     /// name → slot cache (catalog.rs), the worker reloads the catalog.
     pub broker_generation: AtomicU64,
-    /// Message ids handed out since the server started (props.rs: the id is this run's instance
-    /// part and a sequence number; 0 means "no id").
-    pub message_ids: AtomicU64,
     /// Bytes (topic + payload + properties) in `mqtt_pub.outbox`, for `max_outbox_size`: added
     /// by a publisher's COMMIT and the worker's inserts, taken off by the worker's deletes, and
     /// set from a scan by the worker now and then (data/outbox_size.rs). Approximate.
@@ -90,15 +134,54 @@ impl Shared {
             std::slice::from_raw_parts(first, self.nbrokers as usize)
         }
     }
+
+    pub fn index(&self) -> usize {
+        self.index as usize
+    }
+
+    pub fn ring(&self) -> Ring {
+        ring_of(self.index())
+    }
+
+    /// Run `f` holding this share's ring lock (for whoever is not of this database: the
+    /// launcher, a backend of another database asking its worker to leave).
+    pub fn with_ring_lock<R>(&self, f: impl FnOnce() -> R) -> R {
+        lock_index(2 + self.index(), pg::LWLockMode::LW_EXCLUSIVE, f)
+    }
+
+    /// A share taken by a database, back to the state of a fresh start: every broker cold and
+    /// unused, nothing counted. Only for a share nobody uses (directory.rs, under its locks).
+    fn reset(&self) {
+        self.leave_requested.store(false, Ordering::Relaxed);
+        self.idle_exit.store(false, Ordering::Relaxed);
+        self.worker_latch.store(std::ptr::null_mut(), Ordering::Relaxed);
+        self.worker_pid.store(0, Ordering::Relaxed);
+        self.worker_sleeping.store(false, Ordering::Relaxed);
+        self.worker_napping.store(0, Ordering::Relaxed);
+        self.outbox_dirty.store(true, Ordering::Relaxed);
+        self.broker_generation.fetch_add(1, Ordering::Relaxed);
+        for v in [&self.outbox_bytes, &self.outbox_reserved, &self.outbox_measured_at] {
+            v.store(0, Ordering::Relaxed);
+        }
+        for b in self.brokers() {
+            b.clear();
+        }
+    }
 }
 
 // Process-local pointers into the segment, set by the startup hook (inherited across fork).
-static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
-static RING_MEM: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+static BASE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static LOCKS: AtomicPtr<pg::LWLockPadded> = AtomicPtr::new(std::ptr::null_mut());
+/// This process's share, as index + 1 (0: none looked up yet). A cache: `shared()` checks that
+/// the share still belongs to this database before using it.
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
 
 static mut PREV_REQUEST_HOOK: pg::shmem_request_hook_type = None;
 static mut PREV_STARTUP_HOOK: pg::shmem_startup_hook_type = None;
+
+fn directory_size() -> usize {
+    std::mem::size_of::<Directory>().next_multiple_of(ring::SLOT)
+}
 
 fn shared_size() -> usize {
     const _: () = assert!(std::mem::size_of::<Shared>().is_multiple_of(std::mem::align_of::<BrokerShared>()));
@@ -106,9 +189,29 @@ fn shared_size() -> usize {
         .next_multiple_of(ring::SLOT)
 }
 
+/// How many databases get a share: `max_databases`, or 1 when `pg_mqtt_pub.database` restricts
+/// publishing to one (a configuration from before 1.6 keeps its memory and its ring).
+pub fn share_count() -> usize {
+    if gucs::DATABASE.string().is_empty() {
+        gucs::MAX_DATABASES.get() as usize
+    } else {
+        1
+    }
+}
+
+/// Ring slots of each share: `queue_size` divided among the shares, rounded down to a power of
+/// two (the ring maps positions with a mask).
+pub fn share_slots() -> u64 {
+    crate::pure::ring::floor_power_of_two(gucs::QUEUE_SIZE.get() as u64 / share_count() as u64)
+}
+
+fn stride() -> usize {
+    shared_size() + ring::shmem_size(share_slots())
+}
+
 /// Total bytes requested from the postmaster.
 pub fn segment_size() -> usize {
-    shared_size() + ring::shmem_size(gucs::QUEUE_SIZE.get() as u64)
+    directory_size() + share_count() * stride()
 }
 
 /// Install the shmem hooks; called from `_PG_init` while preloading.
@@ -130,7 +233,7 @@ unsafe extern "C-unwind" fn shmem_request() {
                 prev();
             }
             pg::RequestAddinShmemSpace(segment_size());
-            pg::RequestNamedLWLockTranche(NAME.as_ptr(), NUM_LOCKS);
+            pg::RequestNamedLWLockTranche(NAME.as_ptr(), 2 + share_count() as i32);
         }
     })
 }
@@ -147,52 +250,113 @@ unsafe extern "C-unwind" fn shmem_startup() {
             pg::LWLockAcquire(init_lock, pg::LWLockMode::LW_EXCLUSIVE);
             let mut found = false;
             let base = pg::ShmemInitStruct(NAME.as_ptr(), segment_size(), &mut found) as *mut u8;
-            let ring_mem = base.add(shared_size());
             if !found {
-                std::ptr::write_bytes(base, 0, shared_size());
-                Ring::init(ring_mem, gucs::QUEUE_SIZE.get() as u64);
-                // Every broker starts cold: after a restart the outbox may hold messages that
-                // must go out before anything new; the worker turns a broker hot once it has
-                // drained them.
-                let shared = &mut *(base as *mut Shared);
-                shared.nbrokers = gucs::MAX_BROKERS.get() as u32;
-                for b in shared.brokers() {
-                    b.set_mode(Mode::Cold);
-                    b.reset_stats();
+                std::ptr::write_bytes(base, 0, directory_size());
+                let dir = &mut *(base as *mut Directory);
+                dir.ndb = share_count() as u32;
+                dir.share_slots = share_slots();
+                for i in 0..share_count() {
+                    let at = base.add(directory_size() + i * stride());
+                    std::ptr::write_bytes(at, 0, shared_size());
+                    Ring::init(at.add(shared_size()), share_slots());
+                    let s = &mut *(at as *mut Shared);
+                    s.index = i as u32;
+                    s.nbrokers = gucs::MAX_BROKERS.get() as u32;
+                    s.reset();
                 }
             }
-            SHARED.store(base as *mut Shared, Ordering::Release);
-            RING_MEM.store(ring_mem, Ordering::Release);
+            BASE.store(base, Ordering::Release);
             LOCKS.store(pg::GetNamedLWLockTranche(NAME.as_ptr()), Ordering::Release);
             pg::LWLockRelease(init_lock);
         }
     })
 }
 
-/// The shared state, or `None` when the library was not preloaded.
+/// The directory, or `None` when the library was not preloaded.
+pub fn directory() -> Option<&'static Directory> {
+    let p = BASE.load(Ordering::Acquire);
+    // SAFETY: once set, the segment stays mapped for the life of the process.
+    (!p.is_null()).then(|| unsafe { &*(p as *const Directory) })
+}
+
+/// Share `i` (< `shares().len()`).
+fn share(i: usize) -> &'static Shared {
+    let base = BASE.load(Ordering::Acquire);
+    assert!(!base.is_null(), "pg_mqtt_pub shared memory is not attached");
+    // SAFETY: the startup hook laid out `ndb` shares at this stride.
+    unsafe { &*(base.add(directory_size() + i * stride()) as *const Shared) }
+}
+
+/// Every share, free or taken.
+pub fn shares() -> impl Iterator<Item = &'static Shared> {
+    let n = directory().map_or(0, |d| d.ndb as usize);
+    (0..n).map(share)
+}
+
+fn ring_of(i: usize) -> Ring {
+    let base = BASE.load(Ordering::Acquire);
+    assert!(!base.is_null(), "pg_mqtt_pub shared memory is not attached");
+    // SAFETY: Ring::init set this share's ring up in the startup hook.
+    unsafe { Ring::attach(base.add(directory_size() + i * stride() + shared_size())) }
+}
+
+fn my_database() -> u32 {
+    // SAFETY: plain read of a PostgreSQL global (InvalidOid before a database is chosen).
+    unsafe { pg::MyDatabaseId }.to_u32()
+}
+
+/// This database's share, or `None` when the library was not preloaded or the database has
+/// none (yet). A cached index, checked against the share's owner on every call (one load).
 pub fn shared() -> Option<&'static Shared> {
-    let p = SHARED.load(Ordering::Acquire);
-    // SAFETY: once set, the pointer stays valid for the life of the process.
-    (!p.is_null()).then(|| unsafe { &*p })
+    directory()?;
+    let me = my_database();
+    if me == 0 {
+        return None;
+    }
+    let cached = CURRENT.load(Ordering::Relaxed);
+    if cached > 0 && share(cached - 1).dboid.load(Ordering::Acquire) == me {
+        return Some(share(cached - 1));
+    }
+    let s = shares().find(|s| s.dboid.load(Ordering::Acquire) == me)?;
+    CURRENT.store(s.index() + 1, Ordering::Relaxed);
+    Some(s)
 }
 
-/// The ring. Only call after `shared()` returned `Some`.
+/// Does the share this process uses still belong to its database? (Under the ring lock: a
+/// promise or cold registration made after this returned true keeps the share from being given
+/// back, directory.rs.)
+pub fn current_is_mine() -> bool {
+    let cur = CURRENT.load(Ordering::Relaxed);
+    cur > 0 && share(cur - 1).dboid.load(Ordering::Acquire) == my_database()
+}
+
+/// This database's ring. Only call after `shared()` or `require_shared()` returned a share.
 pub fn ring() -> Ring {
-    let p = RING_MEM.load(Ordering::Acquire);
-    assert!(!p.is_null(), "pg_mqtt_pub shared memory is not attached");
-    // SAFETY: `p` was set up by Ring::init in the startup hook.
-    unsafe { Ring::attach(p) }
+    let cur = CURRENT.load(Ordering::Relaxed);
+    assert!(cur > 0, "pg_mqtt_pub: no shared-memory share for this database");
+    ring_of(cur - 1)
 }
 
-/// Run `f` holding LWLock `which` in `mode`. Keep `f` short. Should it raise an ERROR, the lock
-/// is released by the transaction abort (LWLockReleaseAll), not here.
+/// Run `f` holding LWLock `which` in `mode` (`RING_LOCK`: this database's). Keep `f` short.
+/// Should it raise an ERROR, the lock is released by the transaction abort (LWLockReleaseAll).
 pub fn with_lock<R>(which: usize, mode: pg::LWLockMode::Type, f: impl FnOnce() -> R) -> R {
+    let index = if which == RING_LOCK {
+        let cur = CURRENT.load(Ordering::Relaxed);
+        assert!(cur > 0, "pg_mqtt_pub: no shared-memory share for this database");
+        2 + cur - 1
+    } else {
+        which
+    };
+    lock_index(index, mode, f)
+}
+
+fn lock_index<R>(index: usize, mode: pg::LWLockMode::Type, f: impl FnOnce() -> R) -> R {
     let locks = LOCKS.load(Ordering::Acquire);
     assert!(!locks.is_null(), "pg_mqtt_pub locks are not attached");
-    // SAFETY: `which` < NUM_LOCKS; the tranche lives in shared memory. If `f` panicked the lock
-    // would be released by LWLockReleaseAll during abort, but `f` is kept trivial by contract.
+    // SAFETY: `index` < 2 + share_count(); the tranche lives in shared memory. If `f` panicked
+    // the lock would be released by LWLockReleaseAll during abort, but `f` is kept trivial.
     unsafe {
-        let lock = &mut (*locks.add(which)).lock as *mut pg::LWLock;
+        let lock = &mut (*locks.add(index)).lock as *mut pg::LWLock;
         pg::LWLockAcquire(lock, mode);
         let r = f();
         pg::LWLockRelease(lock);
@@ -265,10 +429,18 @@ fn futex_wake(word: &AtomicU32) {
 
 /// Wake the worker whether or not it sleeps (rare events: catalog changes).
 pub fn wake_worker_always() {
-    let Some(s) = shared() else { return };
-    let latch = s.worker_latch.load(Ordering::Acquire);
-    if !latch.is_null() {
-        // SAFETY: as in wake_worker.
-        unsafe { pg::SetLatch(latch) };
+    if let Some(s) = shared() {
+        s.wake_always();
+    }
+}
+
+impl Shared {
+    /// Set this share's worker's latch (from any process).
+    pub fn wake_always(&self) {
+        let latch = self.worker_latch.load(Ordering::Acquire);
+        if !latch.is_null() {
+            // SAFETY: as in wake_worker.
+            unsafe { pg::SetLatch(latch) };
+        }
     }
 }

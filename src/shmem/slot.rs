@@ -121,6 +121,33 @@ impl BrokerShared {
         self.in_use.store(true, Ordering::Release);
     }
 
+    /// A fresh slot: cold, unused, nothing counted, no text. Without locks: only for a share
+    /// nobody uses (shared-memory start, or a share changing hands under its locks).
+    pub(super) fn clear(&self) {
+        self.set_mode(Mode::Cold);
+        // SAFETY: nobody reads or writes this slot meanwhile (see above).
+        let t = unsafe { &mut *self.text.get() };
+        put(&mut t.name, "");
+        put(&mut t.host, "");
+        put(&mut t.last_error, "");
+        for t in [&self.last_connected_at, &self.last_error_at, &self.problem_since, &self.next_attempt_at] {
+            t.store(0, Ordering::Relaxed);
+        }
+        for c in [&self.inflight, &self.cold_writers] {
+            c.store(0, Ordering::Relaxed);
+        }
+        for c in [&self.cold_epoch, &self.flip_head, &self.ring_waiting] {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.oldest_inflight_at.store(0, Ordering::Relaxed);
+        self.port.store(0, Ordering::Relaxed);
+        self.set_limits(None);
+        self.reconnect_requested.store(false, Ordering::Relaxed);
+        self.connected.store(false, Ordering::Relaxed);
+        self.in_use.store(false, Ordering::Relaxed);
+        self.reset_stats();
+    }
+
     /// Worker: record an error a human should see in `mqtt_status().last_error`.
     pub fn set_error(&self, msg: &str) {
         with_lock(STATUS_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {

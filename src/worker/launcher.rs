@@ -1,24 +1,46 @@
 //! The launcher: a static background worker connected to no database (shared catalogs only).
-//! It waits until `pg_mqtt_pub.database` exists, then starts the publishing worker as a dynamic
-//! background worker and supervises it: restarts it after it exits (1 s, doubling up to 30 s if
-//! it keeps dying young). This is why a missing database never makes anything crash-loop.
-//! Like PostgreSQL's logical replication launcher, it lives apart from the worker it starts.
+//! It starts one publishing worker per database that has a share of shared memory (ADR-012),
+//! as dynamic background workers, and supervises them: restarts one after it exits (1 s,
+//! doubling up to 30 s if it keeps dying young), gives a share back when its database was
+//! dropped or its extension is gone, and keeps the list of publishing databases in a file so
+//! that after a restart their workers start before anyone publishes.
+//!
+//! Discovery: a backend that needs its database's share claims it and sets our latch
+//! (shmem/directory.rs); `CREATE EXTENSION` does so in its script. Nothing probes databases:
+//! with 1,000 databases that never publish, the launcher reads `pg_database` only when one of
+//! its own databases needs a worker started or has lost one.
+//! Like PostgreSQL's logical replication launcher, it lives apart from the workers it starts.
 
 use super::*;
+use crate::shmem::{ReleaseOutcome, Shared};
+
+/// The publishing databases (their oids, one a line), in the data directory: written at every
+/// change, read at start. It travels with a base backup, so a promoted clone starts its workers.
+const DATABASES_FILE: &str = "pg_mqtt_pub.databases";
+
+/// How long a worker that was asked to leave (DROP / RENAME / CREATE DATABASE ... TEMPLATE) stays
+/// away: the command runs meanwhile; a worker starting while it holds its lock waits for it.
+const LEAVE_HOLD: Duration = Duration::from_secs(2);
+
+/// How often a database that refuses connections (or is a template) is looked at again.
+const REFUSED_RECHECK: Duration = Duration::from_secs(10);
 
 pub(super) fn fill(dst: &mut [std::ffi::c_char], s: &str) {
-    let n = s.len().min(dst.len() - 1);
+    let mut n = s.len().min(dst.len() - 1);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
     for (d, b) in dst.iter_mut().zip(s.as_bytes()[..n].iter()) {
         *d = *b as std::ffi::c_char;
     }
     dst[n] = 0;
 }
 
-pub(super) fn worker_struct(name: &str, function: &str, flags: u32, restart: i32) -> pg::BackgroundWorker {
+pub(super) fn worker_struct(name: &str, kind: &str, function: &str, flags: u32, restart: i32) -> pg::BackgroundWorker {
     // SAFETY: BackgroundWorker is plain C data; all-zero is a valid starting point.
     let mut w: pg::BackgroundWorker = unsafe { std::mem::zeroed() };
     fill(&mut w.bgw_name, name);
-    fill(&mut w.bgw_type, name);
+    fill(&mut w.bgw_type, kind);
     fill(&mut w.bgw_library_name, LIB);
     fill(&mut w.bgw_function_name, function);
     w.bgw_flags = flags as c_int;
@@ -31,12 +53,45 @@ pub(super) fn worker_struct(name: &str, function: &str, flags: u32, restart: i32
 pub fn register_launcher() {
     let mut w = worker_struct(
         "pg_mqtt_pub launcher",
+        "pg_mqtt_pub launcher",
         "pg_mqtt_pub_launcher_main",
         pg::BGWORKER_SHMEM_ACCESS | pg::BGWORKER_BACKEND_DATABASE_CONNECTION,
         5,
     );
     // SAFETY: called from _PG_init in the postmaster.
     unsafe { pg::RegisterBackgroundWorker(&mut w) };
+}
+
+/// A database as `pg_database` describes it.
+struct DbRow {
+    oid: u32,
+    name: String,
+    /// Connections allowed and not a template (a template's worker would block every CREATE
+    /// DATABASE copying it; `datallowconn = false` keeps everyone out, us too).
+    accepts: bool,
+}
+
+/// The launcher's view of one share's worker.
+struct Supervised {
+    dboid: u32,
+    handle: Option<*mut pg::BackgroundWorkerHandle>,
+    started: Instant,
+    next_start: Instant,
+    delay: Duration,
+    refused_logged: bool,
+}
+
+impl Supervised {
+    fn new(dboid: u32) -> Supervised {
+        Supervised {
+            dboid,
+            handle: None,
+            started: Instant::now(),
+            next_start: Instant::now(),
+            delay: Duration::from_secs(1),
+            refused_logged: false,
+        }
+    }
 }
 
 /// Launcher entry point.
@@ -46,50 +101,174 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
         install_signals();
         // SAFETY: connect to no database: only shared catalogs are needed here.
         unsafe { pg::BackgroundWorkerInitializeConnection(std::ptr::null(), std::ptr::null(), 0) };
-        let db = gucs::DATABASE.string();
-        let mut waiting_logged = false;
-        let mut restart_delay = Duration::from_secs(1);
+        let dir = crate::shmem::directory().expect("preloaded");
+        // SAFETY: our PGPROC latch, valid until we exit; forgotten at exit.
+        unsafe {
+            dir.launcher_latch.store(pg::MyLatch, Ordering::Release);
+            pg::on_shmem_exit(Some(forget_launcher_latch), pg::Datum::from(0usize));
+        }
+        let only = gucs::DATABASE.string();
+        if !only.is_empty() {
+            guard::log(
+                Level::LOG,
+                format!("pg_mqtt_pub: publishing is restricted to database \"{only}\" (pg_mqtt_pub.database); set it to '' to let every database publish"),
+            );
+        }
+        claim_known_databases(&only);
+        let mut supervised: Vec<Option<Supervised>> = crate::shmem::shares().map(|_| None).collect();
+        let mut written = u64::MAX;
         loop {
             if shutdown_requested() {
+                for s in supervised.iter().flatten() {
+                    if let Some(h) = s.handle {
+                        // SAFETY: a handle from RegisterDynamicBackgroundWorker.
+                        unsafe { pg::TerminateBackgroundWorker(h) };
+                    }
+                }
                 crate::pg::compat::proc_exit(shutdown_exit_code());
             }
             take_reload();
-            if !database_exists(&db) {
-                if !waiting_logged {
-                    guard::log(
-                        Level::LOG,
-                        format!("pg_mqtt_pub: waiting for database \"{db}\" (pg_mqtt_pub.database) to be created"),
-                    );
-                    waiting_logged = true;
+            let changes = dir.changes.load(Ordering::Acquire);
+            let mut catalog: Option<Vec<DbRow>> = None;
+            let mut soonest = Duration::from_secs(1);
+            for (share, sup) in crate::shmem::shares().zip(supervised.iter_mut()) {
+                if let Some(wait) = supervise(share, sup, &mut catalog) {
+                    soonest = soonest.min(wait);
                 }
-                nap(1000);
-                continue;
             }
-            waiting_logged = false;
-            let started = Instant::now();
-            supervise_worker();
-            // Restart quickly after a long healthy run, back off if it keeps dying young.
-            restart_delay = if started.elapsed() > Duration::from_secs(60) {
-                Duration::from_secs(1)
-            } else {
-                (restart_delay * 2).min(Duration::from_secs(30))
-            };
-            let until = Instant::now() + restart_delay;
-            while Instant::now() < until && !shutdown_requested() {
-                nap(100);
+            if changes != written {
+                written = changes;
+                save_databases();
             }
+            nap(soonest.as_millis().max(10) as i64);
         }
     })
 }
 
-/// Start the worker and wait until it stops (or we are told to stop).
-pub(super) fn supervise_worker() {
+unsafe extern "C-unwind" fn forget_launcher_latch(_code: c_int, _arg: pg::Datum) {
+    if let Some(d) = crate::shmem::directory() {
+        d.launcher_latch.store(std::ptr::null_mut(), Ordering::Release);
+    }
+}
+
+/// One share, one round: start its worker when due, notice when it stopped, give the share back
+/// when its database is gone. Returns how soon it wants another look.
+fn supervise(
+    share: &'static Shared,
+    slot: &mut Option<Supervised>,
+    catalog: &mut Option<Vec<DbRow>>,
+) -> Option<Duration> {
+    let dboid = share.dboid.load(Ordering::Acquire);
+    if dboid == 0 {
+        *slot = None;
+        return None;
+    }
+    if slot.as_ref().is_none_or(|s| s.dboid != dboid) {
+        *slot = Some(Supervised::new(dboid));
+    }
+    let sup = slot.as_mut().expect("set above");
+    if let Some(h) = sup.handle {
+        let mut pid: pg::pid_t = 0;
+        // SAFETY: a handle from RegisterDynamicBackgroundWorker.
+        let st = unsafe { pg::GetBackgroundWorkerPid(h, &mut pid) };
+        if st != pg::BgwHandleStatus::BGWH_STOPPED && st != pg::BgwHandleStatus::BGWH_POSTMASTER_DIED {
+            return None;
+        }
+        sup.handle = None;
+        return Some(worker_stopped(share, sup));
+    }
+    let pid = share.worker_pid.load(Ordering::Acquire);
+    // SAFETY: signal 0 only asks whether the process exists.
+    if pid != 0 && unsafe { libc::kill(pid, 0) } == 0 {
+        // A worker started by a launcher before us (it exited with an ERROR): let it run.
+        return Some(Duration::from_secs(1));
+    }
+    let now = Instant::now();
+    if now < sup.next_start {
+        return Some(sup.next_start - now);
+    }
+    let rows = catalog.get_or_insert_with(databases);
+    match rows.iter().find(|r| r.oid == dboid) {
+        None if young(share) => {
+            sup.next_start = now + Duration::from_secs(1);
+            Some(Duration::from_secs(1))
+        }
+        None => {
+            if let ReleaseOutcome::Released { lost } = crate::shmem::release(share, true) {
+                let why = if lost > 0 {
+                    format!("; {lost} ring slots of messages committed there were discarded with it")
+                } else {
+                    String::new()
+                };
+                guard::log(Level::LOG, format!("pg_mqtt_pub: database {dboid} was dropped, its share is free{why}"));
+            }
+            *slot = None;
+            None
+        }
+        Some(r) if !r.accepts => {
+            if !sup.refused_logged {
+                guard::log(
+                    Level::LOG,
+                    format!(
+                        "pg_mqtt_pub: database \"{}\" does not accept connections (datallowconn = false) or is a template; its worker starts once it does",
+                        r.name
+                    ),
+                );
+                sup.refused_logged = true;
+            }
+            sup.next_start = now + REFUSED_RECHECK;
+            Some(REFUSED_RECHECK)
+        }
+        Some(r) => {
+            sup.refused_logged = false;
+            let name = r.name.clone();
+            start_worker(share, sup, &name);
+            None
+        }
+    }
+}
+
+/// Claimed moments ago: its database may not be committed yet (see `Shared::claimed_at`).
+fn young(share: &Shared) -> bool {
+    // SAFETY: plain call.
+    let now = unsafe { pg::GetCurrentTimestamp() };
+    now - share.claimed_at.load(Ordering::Relaxed) < 10_000_000
+}
+
+/// The worker of `share` has stopped: why, and when to start it again.
+fn worker_stopped(share: &'static Shared, sup: &mut Supervised) -> Duration {
+    if share.idle_exit.swap(false, Ordering::AcqRel) {
+        if let ReleaseOutcome::Released { .. } = crate::shmem::release(share, false) {
+            return Duration::ZERO;
+        }
+        // A publisher came in between: start again at once.
+        sup.next_start = Instant::now();
+        return Duration::ZERO;
+    }
+    if share.leave_requested.swap(false, Ordering::AcqRel) {
+        sup.next_start = Instant::now() + LEAVE_HOLD;
+        sup.delay = Duration::from_secs(1);
+        return LEAVE_HOLD;
+    }
+    // Restart quickly after a long healthy run, back off if it keeps dying young.
+    sup.delay = if sup.started.elapsed() > Duration::from_secs(60) {
+        Duration::from_secs(1)
+    } else {
+        (sup.delay * 2).min(Duration::from_secs(30))
+    };
+    sup.next_start = Instant::now() + sup.delay;
+    sup.delay
+}
+
+fn start_worker(share: &'static Shared, sup: &mut Supervised, dbname: &str) {
     let mut w = worker_struct(
+        &format!("pg_mqtt_pub worker {dbname}"),
         "pg_mqtt_pub worker",
         "pg_mqtt_pub_worker_main",
         pg::BGWORKER_SHMEM_ACCESS | pg::BGWORKER_BACKEND_DATABASE_CONNECTION,
         pg::BGW_NEVER_RESTART,
     );
+    w.bgw_main_arg = pg::Datum::from(share.index());
     // SAFETY: MyProcPid is ours; the postmaster signals us when the worker changes state.
     w.bgw_notify_pid = unsafe { pg::MyProcPid };
     let mut handle: *mut pg::BackgroundWorkerHandle = std::ptr::null_mut();
@@ -97,41 +276,26 @@ pub(super) fn supervise_worker() {
     if !unsafe { pg::RegisterDynamicBackgroundWorker(&mut w, &mut handle) } {
         guard::log(
             Level::WARNING,
-            "pg_mqtt_pub: could not start the worker: no background worker slot free; raise max_worker_processes",
+            format!("pg_mqtt_pub: could not start the worker of database \"{dbname}\": no background worker slot free; raise max_worker_processes"),
         );
-        nap(5000);
+        sup.next_start = Instant::now() + Duration::from_secs(5);
         return;
     }
-    loop {
-        let mut pid: pg::pid_t = 0;
-        // SAFETY: handle from RegisterDynamicBackgroundWorker.
-        let st = unsafe { pg::GetBackgroundWorkerPid(handle, &mut pid) };
-        if st == pg::BgwHandleStatus::BGWH_STOPPED || st == pg::BgwHandleStatus::BGWH_POSTMASTER_DIED {
-            return;
-        }
-        if shutdown_requested() {
-            // SAFETY: handle is valid; then exit.
-            unsafe {
-                pg::TerminateBackgroundWorker(handle);
-                crate::pg::compat::proc_exit(shutdown_exit_code());
-            }
-        }
-        take_reload();
-        nap(1000);
-    }
+    sup.handle = Some(handle);
+    sup.started = Instant::now();
 }
 
-/// Does the database exist? A heap scan of pg_database, as the autovacuum launcher does: an
-/// index lookup would need pg_class, which a process without a database cannot read.
-pub(super) fn database_exists(name: &str) -> bool {
+/// Every database, from a heap scan of pg_database, as the autovacuum launcher does: an index
+/// lookup would need pg_class, which a process without a database cannot read.
+fn databases() -> Vec<DbRow> {
     in_transaction(|| {
+        let mut rows = Vec::new();
         // SAFETY: pg_database is a shared catalog; the scan runs inside a transaction with a
         // snapshot, and each tuple's fixed part is read as FormData_pg_database (GETSTRUCT).
         unsafe {
             pg::GetTransactionSnapshot();
             let rel = pg::table_open(pg::DatabaseRelationId, pg::AccessShareLock as i32);
             let scan = pg::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
-            let mut found = false;
             loop {
                 let tup = pg::heap_getnext(scan, pg::ScanDirection::ForwardScanDirection);
                 if tup.is_null() {
@@ -139,15 +303,58 @@ pub(super) fn database_exists(name: &str) -> bool {
                 }
                 let hdr = (*tup).t_data;
                 let form = (hdr as *const u8).add((*hdr).t_hoff as usize) as *const pg::FormData_pg_database;
-                let datname = std::ffi::CStr::from_ptr((*form).datname.data.as_ptr());
-                if datname.to_bytes() == name.as_bytes() {
-                    found = true;
-                    break;
-                }
+                let name = std::ffi::CStr::from_ptr((*form).datname.data.as_ptr()).to_string_lossy().into_owned();
+                // datconnlimit -2: a database whose DROP was interrupted (invalid).
+                let accepts = (*form).datallowconn && !(*form).datistemplate && (*form).datconnlimit != -2;
+                rows.push(DbRow { oid: (*form).oid.to_u32(), name, accepts });
             }
             pg::heap_endscan(scan);
             pg::table_close(rel, pg::AccessShareLock as i32);
-            found
         }
+        rows
     })
+}
+
+/// At start: claim a share for every database that published before (the file), so that their
+/// workers deliver what waits in their outboxes before anyone publishes again. Without the file
+/// (the first start of this version) the database the single worker used to serve is taken:
+/// `pg_mqtt_pub.database`, or `postgres`, its old default.
+fn claim_known_databases(only: &str) {
+    let rows = databases();
+    let wanted: Vec<u32> = match std::fs::read_to_string(DATABASES_FILE) {
+        Ok(text) => text.lines().filter_map(|l| l.trim().parse().ok()).collect(),
+        Err(_) => {
+            let old = if only.is_empty() { "postgres" } else { only };
+            rows.iter().filter(|r| r.name == old).map(|r| r.oid).collect()
+        }
+    };
+    for oid in wanted {
+        let Some(row) = rows.iter().find(|r| r.oid == oid) else { continue };
+        if !only.is_empty() && row.name != only {
+            continue;
+        }
+        if !crate::shmem::claim_for_launcher(oid) {
+            guard::log(
+                Level::WARNING,
+                format!("pg_mqtt_pub: no share left for database \"{}\"; raise pg_mqtt_pub.max_databases", row.name),
+            );
+        }
+    }
+}
+
+/// Write the publishing databases' oids (atomically: a new file renamed over the old one).
+fn save_databases() {
+    let oids: Vec<String> = crate::shmem::shares()
+        .map(|s| s.dboid.load(Ordering::Acquire))
+        .filter(|&o| o != 0)
+        .map(|o| o.to_string())
+        .collect();
+    let tmp = format!("{DATABASES_FILE}.tmp");
+    let body = oids.join("\n") + "\n";
+    let r = std::fs::write(&tmp, body)
+        .and_then(|_| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, DATABASES_FILE));
+    if let Err(e) = r {
+        guard::log(Level::WARNING, format!("pg_mqtt_pub: could not write \"{DATABASES_FILE}\": {e}"));
+    }
 }

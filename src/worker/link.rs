@@ -147,12 +147,22 @@ impl Link {
     }
 
     pub(super) fn client_id(&self) -> String {
+        // SAFETY: plain read of a PostgreSQL global (the worker is connected).
+        let database = unsafe { pg::MyDatabaseId }.to_u32();
         if !self.cfg.client_id.is_empty() {
-            return self.cfg.client_id.clone();
+            // A named broker's id is its own database's row; the setting is every database's.
+            let restricted = self.slot != 0 || !gucs::DATABASE.string().is_empty();
+            return crate::pure::identity::configured_client_id(&self.cfg.client_id, restricted, database);
         }
         let (sys, host, dir, port) = crate::pg::instance::facts();
-        let name = (self.slot != 0).then_some(self.cfg.name.as_str());
-        crate::pure::identity::default_client_id(sys, &host, &dir, port, name)
+        let broker = (self.slot != 0).then_some(self.cfg.name.as_str());
+        crate::pure::identity::default_client_id(
+            sys,
+            &host,
+            &dir,
+            port,
+            crate::pure::identity::Whose { database, broker },
+        )
     }
 
     pub(super) fn service_socket(&mut self, readable: bool, writable: bool) {

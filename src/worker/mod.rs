@@ -1,9 +1,9 @@
 //! The background workers: a launcher (`launcher.rs`), and the worker that publishes.
 //!
-//! **Worker** (dynamic, started by the launcher). Connects to `pg_mqtt_pub.database`. While the
-//! extension is not installed there it idles (checking once a second); once it is, it connects
-//! to every broker and runs the loop in [`Worker::run`]. After `DROP EXTENSION` it delivers what
-//! is left in the ring and goes idle again.
+//! **Worker** (dynamic, started by the launcher): one per publishing database (ADR-012),
+//! connected to it, using only that database's share of shared memory. Once the extension is
+//! there it connects to every broker and runs the loop in [`Worker::run`]. After `DROP
+//! EXTENSION` it delivers what is left in the ring and exits; the launcher gives the share back.
 //!
 //! One file per concern, all of them parts of one `Worker` (the loop owns all state):
 //! | file | concern |
@@ -102,26 +102,45 @@ const LINGER: Duration = Duration::from_millis(2);
 
 const LINGER_NAP: Duration = Duration::from_micros(200);
 
+/// How long a worker stays once the extension is gone from its database (a DROP and CREATE
+/// EXTENSION in quick succession should not stop and start it).
+const IDLE_EXIT_AFTER: Duration = Duration::from_secs(5);
+
 /// How often the worker re-reads the broker catalog without being told (COMMIT PREPARED of a
 /// catalog change, or a change made with triggers disabled).
 const CATALOG_RECHECK: Duration = Duration::from_secs(10);
 
-/// Worker entry point.
+/// Worker entry point; `arg` is the index of its database's share (launcher.rs).
 #[no_mangle]
-pub unsafe extern "C-unwind" fn pg_mqtt_pub_worker_main(_arg: pg::Datum) {
+pub unsafe extern "C-unwind" fn pg_mqtt_pub_worker_main(arg: pg::Datum) {
     guard(|| {
         install_signals();
         precise_naps();
-        let db = CString::new(gucs::DATABASE.string()).unwrap_or_default();
+        let index = arg.value();
+        let Some(dboid) = crate::shmem::shares().nth(index).map(|s| s.dboid.load(Ordering::Acquire)) else {
+            crate::pg::compat::proc_exit(0)
+        };
+        if dboid == 0 {
+            crate::pg::compat::proc_exit(0); // given back before we started
+        }
         // SAFETY: standard connection; FATAL if the database vanished meanwhile (the launcher
-        // then waits for it again).
-        unsafe { pg::BackgroundWorkerInitializeConnection(db.as_ptr(), std::ptr::null(), 0) };
+        // then finds it gone and gives the share back).
+        unsafe { pg::BackgroundWorkerInitializeConnectionByOid(pg::Oid::from(dboid), pg::InvalidOid, 0) };
         pin_session_settings();
-        let s = crate::shmem::require_shared();
+        log_with_database();
+        let Some(s) = shmem::shared().filter(|s| s.index() == index) else {
+            crate::pg::compat::proc_exit(0) // the share changed hands while we connected
+        };
+        // One worker per database: a launcher restarted after an ERROR does not know the
+        // workers its predecessor started (it waits for them, launcher.rs); this is the backstop.
+        // SAFETY: plain read of a PostgreSQL global.
+        let me = unsafe { pg::MyProcPid };
+        if s.worker_pid.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            crate::pg::compat::proc_exit(0);
+        }
         // SAFETY: MyLatch is our PGPROC latch, in shared memory, valid until we exit.
         unsafe {
             s.worker_latch.store(pg::MyLatch, Ordering::Release);
-            s.worker_pid.store(pg::MyProcPid, Ordering::Release);
             pg::on_shmem_exit(Some(forget_latch), pg::Datum::from(0usize));
         }
         crate::mqtt::client::lib_init();
@@ -168,6 +187,8 @@ struct Worker {
     last_work: Instant,
     /// How many records the scan hands over per unit of time (which nap to take).
     pace: crate::pure::pace::Pace,
+    /// Since when the extension has been found missing (see `maybe_exit_idle`).
+    absent_since: Option<Instant>,
 }
 
 impl Worker {
@@ -205,6 +226,7 @@ impl Worker {
             next_catalog_check: Instant::now(),
             last_work: Instant::now(),
             pace: crate::pure::pace::Pace::new(Instant::now()),
+            absent_since: None,
         };
         w.index_links();
         w
@@ -243,6 +265,13 @@ impl Worker {
         if shutdown_requested() {
             self.shutdown();
         }
+        if crate::shmem::require_shared().leave_requested.load(Ordering::Acquire) {
+            guard::log(
+                Level::LOG,
+                "pg_mqtt_pub worker: leaving, so that DROP, RENAME or a copy of this database can run",
+            );
+            self.shutdown();
+        }
         if take_reload() {
             self.reloaded();
         }
@@ -262,9 +291,17 @@ impl Worker {
                 };
                 guard::log(Level::LOG, format!("pg_mqtt_pub worker: {msg}"));
                 self.next_catalog_check = Instant::now();
+                if self.ext_present {
+                    self.adopt_copied_outbox();
+                }
             }
             let every = if self.ext_present { 10 } else { 1 };
             self.next_ext_check = Instant::now() + Duration::from_secs(every);
+            if self.ext_present {
+                self.absent_since = None;
+            } else {
+                self.maybe_exit_idle();
+            }
         }
         self.maybe_sync_catalog();
         for l in &mut self.links {
@@ -331,6 +368,35 @@ impl Worker {
             guard::log(Level::LOG, "pg_mqtt_pub worker: extension not installed; idle");
         }
         r
+    }
+
+    /// A database copied with CREATE DATABASE ... TEMPLATE has the template's outbox: its
+    /// messages go to the dead letters, not to the brokers a second time (data/installation.rs).
+    fn adopt_copied_outbox(&mut self) {
+        // SAFETY: plain read of a PostgreSQL global.
+        let me = unsafe { pg::MyDatabaseId }.to_u32();
+        if let Some(Some(a)) = self.with_outbox(|| crate::data::installation::adopt(me)) {
+            guard::log(
+                Level::LOG,
+                format!(
+                    "pg_mqtt_pub worker: this database was copied from database {} (CREATE DATABASE ... TEMPLATE); its {} copied outbox messages were moved to mqtt_pub.dead_letters instead of being sent again",
+                    a.from, a.moved
+                ),
+            );
+        }
+    }
+
+    /// The extension has been gone from this database for a while and nothing of it is left
+    /// in the ring or in flight: exit, and let the launcher give the share back (ADR-012).
+    /// (It comes back with the next `CREATE EXTENSION` or publish.)
+    fn maybe_exit_idle(&mut self) {
+        let since = *self.absent_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < IDLE_EXIT_AFTER || self.active() {
+            return;
+        }
+        guard::log(Level::LOG, "pg_mqtt_pub worker: the extension is not installed in this database; exiting");
+        crate::shmem::require_shared().idle_exit.store(true, Ordering::Release);
+        crate::pg::compat::proc_exit(0)
     }
 
     /// Is there anything for broker connections to do?

@@ -213,3 +213,36 @@ pub(super) fn pin_session_settings() {
             .raise();
     }
 }
+
+extern "C" {
+    // Variadic, so not in the generated bindings; `errcontext()` is this macro's expansion.
+    fn errcontext_msg(fmt: *const std::ffi::c_char, ...) -> c_int;
+}
+
+/// Every line the worker logs says which database it publishes for (`CONTEXT: pg_mqtt_pub
+/// worker for database "x"`): with a worker per database, "lost connection to broker "b""
+/// alone does not say whose broker it is.
+pub(super) fn log_with_database() {
+    let name = in_transaction(crate::pg::compat::current_database);
+    let text = CString::new(format!("pg_mqtt_pub worker for database \"{name}\"")).unwrap_or_default();
+    let text = Box::leak(text.into_boxed_c_str());
+    let cb = Box::leak(Box::new(pg::ErrorContextCallback {
+        previous: std::ptr::null_mut(),
+        callback: Some(database_context),
+        arg: text.as_ptr() as *mut std::ffi::c_void,
+    }));
+    // SAFETY: the callback and its text live until the process exits; the worker's outermost
+    // frame installs it, so every report the process makes runs it.
+    unsafe {
+        cb.previous = pg::error_context_stack;
+        pg::error_context_stack = cb;
+    }
+}
+
+unsafe extern "C-unwind" fn database_context(arg: *mut std::ffi::c_void) {
+    // SAFETY: called by errfinish while a report is being made; `arg` is our NUL-terminated text.
+    unsafe {
+        pg::set_errcontext_domain(std::ptr::null());
+        errcontext_msg(c"%s".as_ptr(), arg as *const std::ffi::c_char);
+    }
+}

@@ -1,0 +1,233 @@
+"""Every database of a cluster publishes (issue #27, ADR-012): a worker per database, started
+without a list or a restart; each database with its own brokers, ring share, status and client
+id; DROP / RENAME / CREATE DATABASE ... TEMPLATE / ALLOW_CONNECTIONS and a restart do what a DBA
+expects; past pg_mqtt_pub.max_databases a clear error. What subscribers receive is checked
+exactly."""
+import re
+import signal
+import subprocess
+import time
+
+import psycopg
+import pytest
+
+from harness import PGBIN, Broker, Cluster, Subscriber, as_postgres, port, wait_status, wait_until
+
+
+def every_database(name, pg_port, broker_port, **extra):
+    """A cluster where every database publishes (pg_mqtt_pub.database = ''), three at most, each
+    with a ring share of 256 slots."""
+    conf = {
+        "pg_mqtt_pub.database": "''",
+        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
+        "pg_mqtt_pub.broker_port": broker_port,
+        "pg_mqtt_pub.reconnect_interval_ms": 200,
+        "pg_mqtt_pub.max_databases": 3,
+        "pg_mqtt_pub.queue_size": 1024,
+    }
+    conf.update(extra)
+    return Cluster(name, pg_port, conf).start()
+
+
+def workers(c):
+    """{database: pid} of the running pg_mqtt_pub workers (read from postgres, which does not
+    publish: looking does not start anything)."""
+    return dict(c.sql("SELECT datname, pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub worker'"))
+
+
+def publish(c, db, topics, broker="default", qos=1):
+    with c.connect(db) as q:
+        for t in topics:
+            q.execute("SELECT mqtt_publish(%s, %s, %s, broker := %s)", (t, t, qos, broker))
+
+
+def received(sub, prefix, n):
+    """The topics of exactly the messages under `prefix` (after waiting for n of them)."""
+    return sorted(m.topic for m in sub.wait_for(prefix, n))
+
+
+def count(c, db, query):
+    return c.sql(query, dbname=db)[0][0]
+
+
+def test_every_database_publishes_with_its_own_worker_brokers_and_ring():
+    b0, ta, tb = (Broker(f"dbs-{n}", port()).start() for n in ("default", "ta", "tb"))
+    sub0, suba, subb = Subscriber(b0.port), Subscriber(ta.port), Subscriber(tb.port)
+    c = every_database("dbs", port(), b0.port)
+    try:
+        for db in ("alpha", "beta"):
+            c.sql(f"CREATE DATABASE {db}")
+            c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=db)
+        # CREATE EXTENSION starts the database's worker: no list, no restart, no publish
+        wait_until(lambda: set(workers(c)) == {"alpha", "beta"}, 10, "a worker for each database")
+        for db in ("alpha", "beta"):
+            wait_status(c, db, lambda s: s["connected"], "connected")
+
+        # two client ids with the database in them; neither takes the other's session over
+        oids = dict(c.sql("SELECT datname, oid FROM pg_database WHERE datname IN ('alpha', 'beta')"))
+        ids = set(re.findall(r"New client connected from \S+ as (pg_mqtt_pub-\S+) ", open(b0.log).read()))
+        assert {i.rsplit("-", 1)[1] for i in ids} == {f"db{oids['alpha']}", f"db{oids['beta']}"}, ids
+        time.sleep(1)
+        assert "already connected" not in open(b0.log).read()
+
+        # each database has its own brokers: the same name, another broker
+        c.sql(f"SELECT mqtt_broker_add('t', '127.0.0.1', {ta.port})", dbname="alpha")
+        c.sql(f"SELECT mqtt_broker_add('t', '127.0.0.1', {tb.port})", dbname="beta")
+        for db in ("alpha", "beta"):
+            wait_status(c, db, lambda s: s["connected"] and s["delivery_mode"] == "hot", "hot", broker="t")
+        for db in ("alpha", "beta"):
+            publish(c, db, [f"{db}/d/{i:02}" for i in range(20)])
+            publish(c, db, [f"{db}/t/{i:02}" for i in range(20)], broker="t")
+        for db in ("alpha", "beta"):
+            assert received(sub0, f"{db}/", 20) == [f"{db}/d/{i:02}" for i in range(20)]
+        assert received(suba, "", 20) == [f"alpha/t/{i:02}" for i in range(20)]
+        assert received(subb, "", 20) == [f"beta/t/{i:02}" for i in range(20)]
+
+        # mqtt_status(): this database's brokers; mqtt_status_all(): every database's
+        assert [r[0] for r in c.sql("SELECT broker_name FROM mqtt_status() ORDER BY 1", dbname="beta")] == ["default", "t"]
+        rows = c.sql("SELECT database, broker_name, connected, worker_pid FROM mqtt_pub.mqtt_status_all() ORDER BY 1, 2", dbname="alpha")
+        pids = workers(c)
+        assert rows == [("alpha", "default", True, pids["alpha"]), ("alpha", "t", True, pids["alpha"]),
+                        ("beta", "default", True, pids["beta"]), ("beta", "t", True, pids["beta"])]
+
+        # alpha's broker t stops answering: alpha's share of the ring fills and its t goes cold;
+        # beta, on the same cluster at the same time, delivers at once and stays hot
+        ta.kill(signal.SIGSTOP)
+        try:
+            publish(c, "alpha", [f"alpha/stuck/{i:03}" for i in range(400)], broker="t")
+            wait_status(c, "alpha", lambda s: s["delivery_mode"] == "cold", "cold", broker="t")
+            publish(c, "beta", [f"beta/free/{i:03}" for i in range(300)], broker="t")
+            assert received(subb, "beta/free/", 300) == [f"beta/free/{i:03}" for i in range(300)]
+            assert c.sql("SELECT delivery_mode FROM mqtt_pub.mqtt_status_all() WHERE database = 'beta' AND broker_name = 't'",
+                         dbname="beta") == [("hot",)]
+            publish(c, "alpha", ["alpha/d/late"])  # alpha's other broker is not held up either
+            assert received(sub0, "alpha/d/late", 1) == ["alpha/d/late"]
+        finally:
+            ta.kill(signal.SIGCONT)
+        # nothing of alpha's is lost (QoS 1: at least once)
+        got = suba.wait_for("alpha/stuck/", 400, timeout=60)
+        assert {m.topic for m in got} == {f"alpha/stuck/{i:03}" for i in range(400)}
+
+        # a dump of alpha restored into another database of the cluster (a staging copy): its
+        # trigger publishes from there, through that database's own worker
+        c.sql("CREATE TABLE orders (id int PRIMARY KEY, item text)", dbname="alpha")
+        c.sql("SELECT mqtt_trigger_event_setup('orders', 'orders')", dbname="alpha")
+        c.sql("CREATE DATABASE staging")
+        dump = as_postgres([f"{PGBIN}/pg_dump", "-h", "127.0.0.1", "-p", str(c.port), "-U", "postgres", "alpha"],
+                           capture_output=True).stdout
+        as_postgres([f"{PGBIN}/psql", "-h", "127.0.0.1", "-p", str(c.port), "-U", "postgres", "-d", "staging",
+                     "-v", "ON_ERROR_STOP=1", "-q"], input=dump, capture_output=True)
+        wait_until(lambda: "staging" in workers(c), 10, "the restored copy's worker")
+        c.sql("INSERT INTO orders VALUES (1, 'from staging')", dbname="staging")
+        (m,) = sub0.wait_for("orders/", 1)
+        assert b"from staging" in m.payload
+        wait_status(c, "staging", lambda s: s["messages_sent"] == 1, "counted in staging")
+
+        # a fourth database is one too many (max_databases = 3): a clear error ...
+        c.sql("CREATE DATABASE delta")
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded) as e:
+            c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="delta")
+        assert "max_databases" in str(e.value) and "max_databases" in e.value.diag.message_hint
+        # ... until a database stops publishing: its share is given back
+        c.sql("DROP EXTENSION pg_mqtt_pub CASCADE", dbname="staging")
+        wait_until(lambda: "staging" not in workers(c), 30, "staging's worker leaving")
+        wait_until(lambda: try_create(c, "delta"), 30, "a share for delta")
+        wait_until(lambda: "delta" in workers(c), 10, "delta's worker")
+        publish(c, "delta", ["delta/d/1"])
+        assert received(sub0, "delta/", 1) == ["delta/d/1"]
+        assert "exited with exit code" not in c.log_text()
+    finally:
+        for s in (sub0, suba, subb):
+            s.close()
+        c.stop_if_running()
+        for b in (b0, ta, tb):
+            b.stop_if_running()
+
+
+def try_create(c, db):
+    try:
+        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=db)
+        return True
+    except psycopg.errors.ConfigurationLimitExceeded:
+        return False
+
+
+def test_drop_rename_copy_refuse_connections_and_restart():
+    b0 = Broker("dbcmd-default", port()).start()
+    sub0 = Subscriber(b0.port)
+    later_port = port()
+    later = Broker("dbcmd-later", later_port)
+    sub_later = None
+    c = every_database("dbcmd", port(), b0.port)
+    try:
+        c.sql("CREATE DATABASE prod")
+        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="prod")
+        wait_status(c, "prod", lambda s: s["connected"], "connected")
+        # three messages that wait in prod's outbox: their broker is not there yet
+        c.sql(f"SELECT mqtt_broker_add('later', '127.0.0.1', {later_port})", dbname="prod")
+        publish(c, "prod", [f"prod/later/{i}" for i in range(3)], broker="later")
+        wait_status(c, "prod", lambda s: s["outbox_pending"] == 3, "3 waiting", broker="later")
+
+        # a copy made from it (the worker leaves for the command: without that it fails with
+        # "source database is being accessed by other users"); its own worker starts at once and
+        # moves the copied messages to its dead letters instead of sending them a second time
+        c.sql("CREATE DATABASE copy TEMPLATE prod")
+        wait_until(lambda: "copy" in workers(c) and "prod" in workers(c), 15, "workers for prod and the copy")
+        wait_until(lambda: count(c, "copy", "SELECT count(*) FROM mqtt_pub.dead_letters") == 3, 15, "copied messages dead-lettered")
+        assert count(c, "copy", "SELECT count(*) FROM mqtt_pub.outbox") == 0
+        assert count(c, "prod", "SELECT count(*) FROM mqtt_pub.outbox") == 3
+        assert "copied from database" in c.log_text()
+
+        # the broker comes: prod's three arrive, and only once (the copy sent none of them)
+        later.start(gated=True)
+        sub_later = Subscriber(later_port)
+        if not sub_later.subscribed.wait(20):
+            raise TimeoutError("subscriber")
+        later.open_gate()
+        assert received(sub_later, "prod/later/", 3) == [f"prod/later/{i}" for i in range(3)]
+        time.sleep(1)
+        assert len(sub_later.matching("")) == 3
+
+        # RENAME: the worker leaves for the command and comes back under the new name
+        c.sql("ALTER DATABASE copy RENAME TO copy2")
+        wait_until(lambda: "copy2" in workers(c), 15, "the renamed database's worker")
+        publish(c, "copy2", ["copy2/d/1"])
+        assert received(sub0, "copy2/", 1) == ["copy2/d/1"]
+
+        # a database that refuses connections gets no worker until it accepts them again
+        c.sql("ALTER DATABASE copy2 WITH ALLOW_CONNECTIONS false")
+        c.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'copy2' AND backend_type = 'pg_mqtt_pub worker'")
+        wait_until(lambda: 'database "copy2" does not accept connections' in c.log_text(), 20, "the launcher saying so")
+        time.sleep(2)
+        assert "copy2" not in workers(c)
+        c.sql("ALTER DATABASE copy2 WITH ALLOW_CONNECTIONS true")
+        wait_until(lambda: "copy2" in workers(c), 30, "the worker back")
+
+        # DROP DATABASE without FORCE: the worker leaves when asked, the share is given back
+        c.sql("DROP DATABASE copy2")
+        wait_until(lambda: [r for r in c.sql("SELECT database FROM mqtt_pub.mqtt_status_all()", dbname="prod")
+                            if r[0] != "prod"] == [], 15, "the dropped database's share given back")
+        assert "copy2" not in workers(c)
+
+        # a restart: prod's worker starts before anyone publishes there and delivers what waited
+        later.kill()
+        sub_later.close()
+        sub_later = None
+        wait_status(c, "prod", lambda s: not s["connected"], "later down", broker="later")
+        publish(c, "prod", [f"prod/restart/{i}" for i in range(2)], broker="later")
+        c.stop()
+        later = Broker("dbcmd-later2", later_port).start(gated=True)
+        sub_later = Subscriber(later_port)
+        if not sub_later.subscribed.wait(20):
+            raise TimeoutError("subscriber")
+        later.open_gate()
+        c.start()
+        wait_until(lambda: "prod" in workers(c), 15, "prod's worker, with nobody publishing there")
+        assert received(sub_later, "prod/restart/", 2) == [f"prod/restart/{i}" for i in range(2)]
+    finally:
+        sub0.close()
+        if sub_later:
+            sub_later.close()
+        c.stop_if_running()
+        b0.stop_if_running()
+        later.stop_if_running()

@@ -35,10 +35,12 @@ DRAIN_COUNT = 10_000 if SMOKE else 100_000
 RESULTS = os.environ.get("BENCH_RESULTS", os.path.join(OUT, "results.json"))
 PAYLOAD = 64
 # BENCH_SECTIONS=trigger,concurrency,... runs a subset (default: all)
-SECTIONS = set(os.environ.get("BENCH_SECTIONS", "trigger,rowcost,concurrency,e2e,cpu,latency,drain,memory").split(","))
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "trigger,rowcost,concurrency,e2e,cpu,latency,drain,memory,databases").split(","))
 ROWCOST_ROUNDS = 2 if SMOKE else 5
 ROWCOST_BATCHES = 3 if SMOKE else 20  # 1,000-row INSERT ... SELECT statements per variant and round
 CPU_COUNT = int(os.environ.get("BENCH_CPU_COUNT", "10000" if SMOKE else "200000"))
+DATABASES = 10
+DB_COUNT = 20_000 if SMOKE else 200_000  # messages per run of the databases section
 results = {"machine": {}, "rows": {}}
 
 
@@ -437,6 +439,57 @@ def memory(c):
     row("shared memory at default settings (<= 64 MB)", size / 2**20, "MB")
 
 
+def databases():
+    """Section 9: ten databases publishing at once against one, on a cluster of its own where
+    every database publishes (max_databases = 10, each with a share of the ring). Every message
+    is QoS 1, 64 bytes, in transactions of 1,000, until one subscriber has them all."""
+    print(f"\n9. databases: {DB_COUNT:,} QoS 1 messages from 1 database, then from {DATABASES} at once")
+    pg_port, = ports(1)
+    c = Cluster("bench-dbs", pg_port, {
+        "pg_mqtt_pub.database": "''",
+        "pg_mqtt_pub.max_databases": DATABASES,
+        "pg_mqtt_pub.queue_size": 131072,
+        "max_worker_processes": DATABASES + 4,
+        "pg_mqtt_pub.broker_host": "'127.0.0.1'",
+        "pg_mqtt_pub.broker_port": BROKER_PORT,
+        "max_connections": 50,
+        "shared_buffers": "'256MB'",
+        "synchronous_commit": "off",
+    }).start()
+    try:
+        names = [f"bench_db{i}" for i in range(DATABASES)]
+        for db in names:
+            c.sql(f"CREATE DATABASE {db}")
+            c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=db)
+        for db in names:
+            wait_until(lambda: c.sql("SELECT delivery_mode FROM mqtt_status()", dbname=db)[0][0] == "hot", 30, f"{db} hot")
+
+        def run(dbs, tag):
+            sub = count_subscriber(f"bench/{tag}/#", 1, DB_COUNT)
+            per = DB_COUNT // len(dbs)
+
+            def one(db):
+                with c.connect(db) as conn:
+                    conn.execute("SET pg_mqtt_pub.publish_timeout_ms = 60000")
+                    for _ in range(per // 1000):
+                        conn.execute(f"SELECT mqtt_publish('bench/{tag}/{db}', repeat('p', {PAYLOAD}), 1) FROM generate_series(1, 1000)")
+            t0 = time.time()
+            threads = [threading.Thread(target=one, args=(db,)) for db in dbs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            sub.wait(600)
+            return DB_COUNT / (time.time() - t0)
+
+        one_db = run(names[:1], "one")
+        ten = run(names, "ten")
+        row("1 database publishing", one_db, "msg/s")
+        row(f"{DATABASES} databases publishing at once", ten, "msg/s", f"ratio {ten / one_db:.2f} (measured, no target)")
+    finally:
+        c.stop()
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     machine()
@@ -484,8 +537,15 @@ def main():
         if "e2e" in SECTIONS:
             row("worker private memory after 200k messages", rss_200k, "MB")
             row("worker private memory at the end (400k+ msgs)", worker_rss(c), "MB")
-    finally:
+    except BaseException:
         c.stop()
+        broker.stop()
+        raise
+    c.stop()
+    try:
+        if "databases" in SECTIONS:
+            databases()
+    finally:
         broker.stop()
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=2, default=str)

@@ -56,7 +56,7 @@ unsafe extern "C-unwind" fn process_utility(
         // SAFETY: as above.
         if copy_publishes {
             if let Some(new) = unsafe { created_database(pstmt) } {
-                crate::shmem::claim_for_launcher(new);
+                crate::shmem::claim_for_launcher(new, false);
             }
         }
     })

@@ -86,9 +86,19 @@ pub(super) fn claim_for_backend() -> &'static Shared {
     }
 }
 
-/// The launcher, at start: claim shares for the databases that published before the restart.
-pub fn claim_for_launcher(dboid: u32) -> bool {
-    claim(dboid).is_some()
+/// Claim a share for `dboid` on someone else's behalf: the launcher at start (the databases that
+/// published before the restart), or a `CREATE DATABASE ... TEMPLATE` of a publishing database.
+/// `guess`: nobody knows the extension is there (the launcher's first start without its file);
+/// the worker then leaves at once if it is not, instead of waiting for a `CREATE EXTENSION` that
+/// may be committing.
+pub fn claim_for_launcher(dboid: u32, guess: bool) -> bool {
+    match claim(dboid) {
+        Some(s) => {
+            s.guess.store(guess, Ordering::Release);
+            true
+        }
+        None => false,
+    }
 }
 
 pub enum ReleaseOutcome {

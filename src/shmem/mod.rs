@@ -82,6 +82,10 @@ pub struct Directory {
     pub changes: AtomicU64,
     ndb: u32,
     share_slots: u64,
+    /// Bytes from one share to the next, and from a share to its ring: computed once at start
+    /// (from settings that cannot change), so that finding a share costs no setting lookup.
+    stride: usize,
+    ring_offset: usize,
 }
 
 /// One database's share (see the module doc).
@@ -101,6 +105,8 @@ pub struct Shared {
     /// that has not committed its database yet (CREATE DATABASE ... TEMPLATE, database_hooks.rs):
     /// the launcher gives a young share of a database it cannot see a few seconds.
     pub claimed_at: AtomicI64,
+    /// Claimed on a guess (`claim_for_launcher`): the worker leaves at once without the extension.
+    pub guess: AtomicBool,
     pub worker_latch: AtomicPtr<pg::Latch>,
     pub worker_pid: AtomicI32,
     pub worker_sleeping: AtomicBool,
@@ -154,6 +160,7 @@ impl Shared {
     fn reset(&self) {
         self.leave_requested.store(false, Ordering::Relaxed);
         self.idle_exit.store(false, Ordering::Relaxed);
+        self.guess.store(false, Ordering::Relaxed);
         self.worker_latch.store(std::ptr::null_mut(), Ordering::Relaxed);
         self.worker_pid.store(0, Ordering::Relaxed);
         self.worker_sleeping.store(false, Ordering::Relaxed);
@@ -255,6 +262,8 @@ unsafe extern "C-unwind" fn shmem_startup() {
                 let dir = &mut *(base as *mut Directory);
                 dir.ndb = share_count() as u32;
                 dir.share_slots = share_slots();
+                dir.stride = stride();
+                dir.ring_offset = shared_size();
                 for i in 0..share_count() {
                     let at = base.add(directory_size() + i * stride());
                     std::ptr::write_bytes(at, 0, shared_size());
@@ -279,12 +288,21 @@ pub fn directory() -> Option<&'static Directory> {
     (!p.is_null()).then(|| unsafe { &*(p as *const Directory) })
 }
 
-/// Share `i` (< `shares().len()`).
-fn share(i: usize) -> &'static Shared {
+/// Where share `i` (< `shares().len()`) starts.
+fn share_at(i: usize) -> (*mut u8, &'static Directory) {
     let base = BASE.load(Ordering::Acquire);
     assert!(!base.is_null(), "pg_mqtt_pub shared memory is not attached");
-    // SAFETY: the startup hook laid out `ndb` shares at this stride.
-    unsafe { &*(base.add(directory_size() + i * stride()) as *const Shared) }
+    // SAFETY: the startup hook laid out the directory, then `ndb` shares at `stride`.
+    unsafe {
+        let dir = &*(base as *const Directory);
+        (base.add(directory_size() + i * dir.stride), dir)
+    }
+}
+
+/// Share `i` (< `shares().len()`).
+fn share(i: usize) -> &'static Shared {
+    // SAFETY: a share's first bytes are its `Shared`, set up by the startup hook.
+    unsafe { &*(share_at(i).0 as *const Shared) }
 }
 
 /// Every share, free or taken.
@@ -294,10 +312,9 @@ pub fn shares() -> impl Iterator<Item = &'static Shared> {
 }
 
 fn ring_of(i: usize) -> Ring {
-    let base = BASE.load(Ordering::Acquire);
-    assert!(!base.is_null(), "pg_mqtt_pub shared memory is not attached");
+    let (at, dir) = share_at(i);
     // SAFETY: Ring::init set this share's ring up in the startup hook.
-    unsafe { Ring::attach(base.add(directory_size() + i * stride() + shared_size())) }
+    unsafe { Ring::attach(at.add(dir.ring_offset)) }
 }
 
 fn my_database() -> u32 {

@@ -321,11 +321,11 @@ fn databases() -> Vec<DbRow> {
 /// `pg_mqtt_pub.database`, or `postgres`, its old default.
 fn claim_known_databases(only: &str) {
     let rows = databases();
-    let wanted: Vec<u32> = match std::fs::read_to_string(DATABASES_FILE) {
-        Ok(text) => text.lines().filter_map(|l| l.trim().parse().ok()).collect(),
+    let (wanted, guess): (Vec<u32>, bool) = match std::fs::read_to_string(DATABASES_FILE) {
+        Ok(text) => (text.lines().filter_map(|l| l.trim().parse().ok()).collect(), false),
         Err(_) => {
             let old = if only.is_empty() { "postgres" } else { only };
-            rows.iter().filter(|r| r.name == old).map(|r| r.oid).collect()
+            (rows.iter().filter(|r| r.name == old).map(|r| r.oid).collect(), true)
         }
     };
     for oid in wanted {
@@ -333,7 +333,7 @@ fn claim_known_databases(only: &str) {
         if !only.is_empty() && row.name != only {
             continue;
         }
-        if !crate::shmem::claim_for_launcher(oid) {
+        if !crate::shmem::claim_for_launcher(oid, guess) {
             guard::log(
                 Level::WARNING,
                 format!("pg_mqtt_pub: no share left for database \"{}\"; raise pg_mqtt_pub.max_databases", row.name),

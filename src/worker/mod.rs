@@ -299,6 +299,7 @@ impl Worker {
             self.next_ext_check = Instant::now() + Duration::from_secs(every);
             if self.ext_present {
                 self.absent_since = None;
+                crate::shmem::require_shared().guess.store(false, Ordering::Release);
             } else {
                 self.maybe_exit_idle();
             }
@@ -391,7 +392,8 @@ impl Worker {
     /// (It comes back with the next `CREATE EXTENSION` or publish.)
     fn maybe_exit_idle(&mut self) {
         let since = *self.absent_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < IDLE_EXIT_AFTER || self.active() {
+        let guess = crate::shmem::require_shared().guess.swap(false, Ordering::AcqRel);
+        if (since.elapsed() < IDLE_EXIT_AFTER && !guess) || self.active() {
             return;
         }
         guard::log(Level::LOG, "pg_mqtt_pub worker: the extension is not installed in this database; exiting");

@@ -6,6 +6,7 @@ exactly."""
 import re
 import signal
 import subprocess
+import threading
 import time
 
 import psycopg
@@ -44,6 +45,30 @@ def publish(c, db, topics, broker="default", qos=1):
 def received(sub, prefix, n):
     """The topics of exactly the messages under `prefix` (after waiting for n of them)."""
     return sorted(m.topic for m in sub.wait_for(prefix, n))
+
+
+def reload(c, setting, value, shown):
+    """ALTER SYSTEM SET (value None: RESET), then wait until a new session shows `shown` (the
+    postmaster takes a reload in asynchronously)."""
+    c.sql(f"ALTER SYSTEM SET {setting} = {value}" if value is not None else f"ALTER SYSTEM RESET {setting}")
+    c.sql("SELECT pg_reload_conf()")
+    wait_until(lambda: c.sql(f"SHOW {setting}") == [(shown,)], 10, f"{setting} = {shown!r}")
+
+
+def commits_wait(c):
+    """Does a commit that wrote WAL wait for a synchronous standby now? (Whether one is configured
+    is taken in by the checkpointer, after the reload.) A probe INSERT into table `probe`,
+    cancelled if it waits."""
+    with c.connect() as probe:
+        pid = probe.execute("SELECT pg_backend_pid()").fetchone()[0]
+        t = threading.Thread(target=lambda: probe.execute("INSERT INTO probe VALUES (1)"))
+        t.start()
+        t.join(0.5)
+        waits = t.is_alive()
+        if waits:
+            c.sql("SELECT pg_cancel_backend(%s)", (pid,))
+            t.join(10)
+        return waits
 
 
 def count(c, db, query):
@@ -102,11 +127,67 @@ def test_every_database_publishes_with_its_own_worker_brokers_and_ring():
                          dbname="beta") == [("hot",)]
             publish(c, "alpha", ["alpha/d/late"])  # alpha's other broker is not held up either
             assert received(sub0, "alpha/d/late", 1) == ["alpha/d/late"]
+
+            # alpha's outbox full: alpha's next messages for t are refused (53400); beta's outbox,
+            # counted apart, still takes messages
+            reload(c, "pg_mqtt_pub.max_outbox_size", "'4kB'", "4kB")
+            full = []
+            with c.connect("alpha") as q:
+                for i in range(1000):
+                    try:
+                        q.execute("SELECT mqtt_publish(%s, 'x', 1, broker := 't')", (f"alpha/full/{i:03}",))
+                        full.append(f"alpha/full/{i:03}")
+                    except psycopg.errors.ConfigurationLimitExceeded:
+                        break
+                else:
+                    pytest.fail("alpha's outbox never filled")
+            with c.connect("beta") as q:
+                q.execute("SET pg_mqtt_pub.durable = on")  # through beta's outbox
+                for i in range(5):
+                    q.execute("SELECT mqtt_publish(%s, 'x', 1, broker := 't')", (f"beta/durable/{i}",))
+            assert received(subb, "beta/durable/", 5) == [f"beta/durable/{i}" for i in range(5)]
+            reload(c, "pg_mqtt_pub.max_outbox_size", None, "1GB")
         finally:
             ta.kill(signal.SIGCONT)
         # nothing of alpha's is lost (QoS 1: at least once)
-        got = suba.wait_for("alpha/stuck/", 400, timeout=60)
-        assert {m.topic for m in got} == {f"alpha/stuck/{i:03}" for i in range(400)}
+        got = suba.wait_for("alpha/stuck/", 400, timeout=60) + suba.wait_for("alpha/full/", len(full), timeout=60)
+        assert {m.topic for m in got} == {f"alpha/stuck/{i:03}" for i in range(400)} | set(full)
+
+        # a commit stuck in alpha (it wrote WAL, and waits for a synchronous standby that never
+        # comes) delays no commit of beta's, nor alpha's other sessions; its message goes once it is
+        # released
+        c.sql("CREATE TABLE probe (i int)")
+        c.sql("CREATE TABLE stuck (i int)", dbname="alpha")
+        reload(c, "synchronous_standby_names", "'nobody'", "nobody")
+        wait_until(lambda: commits_wait(c), 20, "commits waiting for the synchronous standby (the checkpointer's reload)")
+        stuck = c.connect("alpha")
+        stuck_pid = stuck.execute("SELECT pg_backend_pid()").fetchone()[0]
+        stuck.execute("SET synchronous_commit = on")
+
+        def stuck_commit():
+            stuck.execute("BEGIN")
+            stuck.execute("INSERT INTO stuck VALUES (1)")  # WAL: the commit waits for the standby
+            stuck.execute("SELECT mqtt_publish('alpha/d/syncrep', 'x', 1)")
+            stuck.execute("COMMIT")
+        waiter = threading.Thread(target=stuck_commit)
+        waiter.start()
+        try:
+            wait_until(lambda: c.sql("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (stuck_pid,)) == [("SyncRep",)],
+                       10, "alpha's commit waiting for a synchronous standby")
+            for db in ("beta", "alpha"):
+                with c.connect(db) as q:
+                    q.execute("SET synchronous_commit = local")
+                    for i in range(20):
+                        q.execute("SELECT mqtt_publish(%s, 'x', 1)", (f"{db}/sync/{i:02}",))
+            for db in ("beta", "alpha"):
+                assert received(sub0, f"{db}/sync/", 20) == [f"{db}/sync/{i:02}" for i in range(20)]
+            assert not sub0.matching("alpha/d/syncrep")
+        finally:
+            c.sql("SELECT pg_cancel_backend(%s)", (stuck_pid,))  # the commit is local already: it stays
+            waiter.join(10)
+            stuck.close()
+            reload(c, "synchronous_standby_names", None, "")
+        assert received(sub0, "alpha/d/syncrep", 1) == ["alpha/d/syncrep"]
 
         # a dump of alpha restored into another database of the cluster (a staging copy): its
         # trigger publishes from there, through that database's own worker

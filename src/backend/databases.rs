@@ -102,12 +102,7 @@ pub unsafe extern "C-unwind" fn mqtt_status_all(fcinfo: pg::FunctionCallInfo) ->
                     }
                     let mut values: Vec<pg::Datum> = cols.iter().map(|c| c.0).collect();
                     let mut nulls: Vec<bool> = cols.iter().map(|c| c.1).collect();
-                    pg::tuplestore_putvalues(
-                        (*rsinfo).setResult,
-                        (*rsinfo).setDesc,
-                        values.as_mut_ptr(),
-                        nulls.as_mut_ptr(),
-                    );
+                    crate::pg::fmgr::put_row(rsinfo, &mut values, &mut nulls);
                 }
             }
         }

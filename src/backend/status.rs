@@ -81,12 +81,7 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                         nulls.push(null);
                     }
                 }
-                pg::tuplestore_putvalues(
-                    (*rsinfo).setResult,
-                    (*rsinfo).setDesc,
-                    values.as_mut_ptr(),
-                    nulls.as_mut_ptr(),
-                );
+                crate::pg::fmgr::put_row(rsinfo, &mut values, &mut nulls);
             }
         }
         pg::Datum::from(0usize)

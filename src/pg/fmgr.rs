@@ -199,6 +199,19 @@ pub unsafe fn text_array<'a>(d: pg::Datum) -> (Vec<i32>, Vec<Option<&'a [u8]>>) 
     }
 }
 
+/// Append one row to a materialize-mode set-returning function's result (after
+/// `InitMaterializedSRF`): `values[i]`, NULL where `nulls[i]`.
+///
+/// # Safety
+/// `rsinfo` is the call's `ReturnSetInfo`, set up for materialize mode; the arrays match its
+/// tuple descriptor.
+pub unsafe fn put_row(rsinfo: *mut pg::ReturnSetInfo, values: &mut [pg::Datum], nulls: &mut [bool]) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        pg::tuplestore_putvalues((*rsinfo).setResult, (*rsinfo).setDesc, values.as_mut_ptr(), nulls.as_mut_ptr())
+    };
+}
+
 /// A text datum (palloc'd in the current memory context) holding `s`.
 pub fn text_datum(s: &str) -> pg::Datum {
     // SAFETY: cstring_to_text_with_len copies `len` bytes.

@@ -3,7 +3,9 @@ without a list or a restart; each database with its own brokers, ring share, sta
 id; DROP / RENAME / CREATE DATABASE ... TEMPLATE / ALLOW_CONNECTIONS and a restart do what a DBA
 expects; past pg_mqtt_pub.max_databases a clear error. What subscribers receive is checked
 exactly."""
+import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -244,18 +246,23 @@ def test_drop_rename_copy_refuse_connections_and_restart():
         c.sql("CREATE DATABASE prod")
         c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="prod")
         wait_status(c, "prod", lambda s: s["connected"], "connected")
-        # three messages that wait in prod's outbox: their broker is not there yet
-        c.sql(f"SELECT mqtt_broker_add('later', '127.0.0.1', {later_port})", dbname="prod")
+        # three messages that wait in prod's outbox: their broker is not there yet (a named broker
+        # with a fixed client id: the copy below has the same row)
+        c.sql(f"SELECT mqtt_broker_add('later', '127.0.0.1', {later_port}, client_id := 'plant-7')", dbname="prod")
         publish(c, "prod", [f"prod/later/{i}" for i in range(3)], broker="later")
         wait_status(c, "prod", lambda s: s["outbox_pending"] == 3, "3 waiting", broker="later")
 
         # a copy made from it (the worker leaves for the command: without that it fails with
         # "source database is being accessed by other users"); its own worker starts at once and
-        # moves the copied messages to its dead letters instead of sending them a second time
+        # moves the copied messages to its dead letters instead of sending them a second time,
+        # but sends what the copy itself published at once, before its worker came
         c.sql("CREATE DATABASE copy TEMPLATE prod")
+        publish(c, "copy", ["copy/own/0", "copy/own/1"])
         wait_until(lambda: "copy" in workers(c) and "prod" in workers(c), 15, "workers for prod and the copy")
         wait_until(lambda: count(c, "copy", "SELECT count(*) FROM mqtt_pub.dead_letters") == 3, 15, "copied messages dead-lettered")
-        assert count(c, "copy", "SELECT count(*) FROM mqtt_pub.outbox") == 0
+        assert received(sub0, "copy/own/", 2) == ["copy/own/0", "copy/own/1"]
+        assert count(c, "copy", "SELECT count(*) FROM mqtt_pub.dead_letters WHERE topic LIKE 'copy/%'") == 0
+        wait_until(lambda: count(c, "copy", "SELECT count(*) FROM mqtt_pub.outbox") == 0, 15, "the copy's outbox empty")
         assert count(c, "prod", "SELECT count(*) FROM mqtt_pub.outbox") == 3
         assert "copied from database" in c.log_text()
 
@@ -268,12 +275,28 @@ def test_drop_rename_copy_refuse_connections_and_restart():
         assert received(sub_later, "prod/later/", 3) == [f"prod/later/{i}" for i in range(3)]
         time.sleep(1)
         assert len(sub_later.matching("")) == 3
+        # both databases connected to it with the row's client id, each with its database in it:
+        # neither takes the other's session over
+        oids = dict(c.sql("SELECT datname, oid FROM pg_database WHERE datname IN ('prod', 'copy')"))
+        log = open(later.log).read()
+        assert {f"plant-7-db{oids['prod']}", f"plant-7-db{oids['copy']}"} <= set(re.findall(r" as (plant-7\S*) ", log)), log
+        assert "already connected" not in log
 
         # RENAME: the worker leaves for the command and comes back under the new name
         c.sql("ALTER DATABASE copy RENAME TO copy2")
         wait_until(lambda: "copy2" in workers(c), 15, "the renamed database's worker")
         publish(c, "copy2", ["copy2/d/1"])
         assert received(sub0, "copy2/", 1) == ["copy2/d/1"]
+
+        # SET TABLESPACE moves the database's files: the worker leaves for it too
+        ts = os.path.join(os.path.dirname(c.data), "ts")
+        os.makedirs(ts, exist_ok=True)
+        shutil.chown(ts, "postgres")
+        c.sql(f"CREATE TABLESPACE dbcmd_ts LOCATION '{ts}'")
+        c.sql("ALTER DATABASE copy2 SET TABLESPACE dbcmd_ts")
+        wait_until(lambda: "copy2" in workers(c), 15, "the moved database's worker")
+        publish(c, "copy2", ["copy2/d/2"])
+        assert received(sub0, "copy2/", 2) == ["copy2/d/1", "copy2/d/2"]
 
         # a database that refuses connections gets no worker until it accepts them again
         c.sql("ALTER DATABASE copy2 WITH ALLOW_CONNECTIONS false")
@@ -305,6 +328,18 @@ def test_drop_rename_copy_refuse_connections_and_restart():
         c.start()
         wait_until(lambda: "prod" in workers(c), 15, "prod's worker, with nobody publishing there")
         assert received(sub_later, "prod/restart/", 2) == [f"prod/restart/{i}" for i in range(2)]
+
+        # the same without the launcher's list (a new data directory, as pg_upgrade makes): it
+        # looks into every database once
+        c.sql("SELECT mqtt_broker_remove('later', force := true)", dbname="prod")
+        c.sql(f"SELECT mqtt_broker_add('gone', '127.0.0.1', {port()})", dbname="prod")
+        publish(c, "prod", ["prod/gone/0"], broker="gone")
+        c.stop()
+        os.remove(os.path.join(c.data, "pg_mqtt_pub.databases"))
+        c.start()
+        wait_until(lambda: "prod" in workers(c), 30, "prod's worker, found without the list")
+        wait_until(lambda: os.path.exists(os.path.join(c.data, "pg_mqtt_pub.databases")), 10, "the list written again")
+        assert count(c, "prod", "SELECT count(*) FROM mqtt_pub.outbox") == 1  # still waiting for 'gone'
     finally:
         sub0.close()
         if sub_later:

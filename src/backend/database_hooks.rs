@@ -1,12 +1,14 @@
-//! DROP DATABASE, ALTER DATABASE ... RENAME and CREATE DATABASE ... TEMPLATE refuse to run while
-//! anyone else is connected to the database (they wait up to 5 s for others to leave). A
-//! publishing database always has one more connection: its worker. So before PostgreSQL runs
-//! one of them, this hook asks that worker to save its ring to the outbox and leave
-//! (shmem/directory.rs); the launcher starts it again a little later, if the database is still
-//! there (ADR-012).
+//! DROP DATABASE, ALTER DATABASE ... RENAME / SET TABLESPACE and CREATE DATABASE ... TEMPLATE
+//! refuse to run while anyone else is connected to the database (they wait up to 5 s for others
+//! to leave). A publishing database always has one more connection: its worker. So before
+//! PostgreSQL runs one of them, this hook asks that worker to save its ring to the outbox and
+//! leave (shmem/directory.rs); the launcher starts it again a little later, if the database is
+//! still there (ADR-012).
 //!
-//! Only for a caller who may run the command at all (superuser or the database's owner): nobody
-//! else can make a worker leave by issuing commands that then fail.
+//! Only for a caller whom the command's own checks would let through: a superuser, or the
+//! database's owner with CREATEDB where the command needs it, at top level and outside a
+//! transaction block where the command needs that. Nobody can make a worker leave with a
+//! command that then fails on those grounds.
 
 use crate::pg::guard::guard;
 use pgrx_pg_sys as pg;
@@ -36,10 +38,10 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     guard(|| {
         // SAFETY: `pstmt` is the statement PostgreSQL is about to run; we only read it.
-        let vacate = unsafe { database_to_vacate(pstmt) };
+        let vacate = unsafe { database_to_vacate(pstmt, context) };
         let mut copy_publishes = false;
-        if let Some(name) = &vacate {
-            copy_publishes = ask_worker_to_leave(name);
+        if let Some(v) = &vacate {
+            copy_publishes = ask_worker_to_leave(v) && v.command == Command::Copy;
         }
         // SAFETY: the next hook (or the standard one) with the arguments we were given; an ERROR
         // it raises travels through the guard and is re-thrown.
@@ -54,9 +56,19 @@ unsafe extern "C-unwind" fn process_utility(
         // A copy of a publishing database publishes too: its worker starts now (and moves the
         // copied outbox to its dead letters, data/installation.rs), not at its first publish.
         // SAFETY: as above.
-        if copy_publishes {
+        // Superusers only: a role that may copy its own database should not take a share (of
+        // max_databases) it cannot give back; its copy claims one at its first publish.
+        // SAFETY: as above; plain calls.
+        if copy_publishes && unsafe { pg::superuser() } {
             if let Some(new) = unsafe { created_database(pstmt) } {
-                crate::shmem::claim_for_launcher(new, false);
+                // SAFETY: plain call; CREATE DATABASE wrote pg_database, so it has an id.
+                let xid = unsafe { pg::GetCurrentTransactionIdIfAny() };
+                if !crate::shmem::claim_for_launcher(new, false, xid.into_inner()) {
+                    crate::pg::guard::log(
+                        crate::pg::guard::Level::WARNING,
+                        "pg_mqtt_pub: no share left for the new database (pg_mqtt_pub.max_databases): it publishes once a share is free",
+                    );
+                }
             }
         }
     })
@@ -78,30 +90,76 @@ unsafe fn created_database(pstmt: *mut pg::PlannedStmt) -> Option<u32> {
     }
 }
 
-/// The database a statement needs to itself: dropped, renamed, or copied from.
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Command {
+    Drop,
+    Rename,
+    Copy,
+    SetTablespace,
+}
+
+/// A database a statement needs to itself, and what it does to it.
+struct Vacate {
+    name: String,
+    command: Command,
+}
+
+/// The database a statement needs to itself: dropped, renamed, copied from, or moved.
 ///
 /// # Safety
 /// `pstmt` must be a valid utility statement.
-unsafe fn database_to_vacate(pstmt: *mut pg::PlannedStmt) -> Option<String> {
+unsafe fn database_to_vacate(pstmt: *mut pg::PlannedStmt, context: pg::ProcessUtilityContext::Type) -> Option<Vacate> {
     // SAFETY: node tags are checked before each cast.
     unsafe {
         let node = (*pstmt).utilityStmt;
         if node.is_null() {
             return None;
         }
-        let name = match (*node).type_ {
-            pg::NodeTag::T_DropdbStmt => (*(node as *mut pg::DropdbStmt)).dbname,
+        // (top_level_only: the command refuses to run inside a transaction block or a function)
+        let (name, command, top_level_only) = match (*node).type_ {
+            pg::NodeTag::T_DropdbStmt => ((*(node as *mut pg::DropdbStmt)).dbname, Command::Drop, true),
             pg::NodeTag::T_RenameStmt => {
                 let r = node as *mut pg::RenameStmt;
                 if (*r).renameType != pg::ObjectType::OBJECT_DATABASE {
                     return None;
                 }
-                (*r).subname
+                ((*r).subname, Command::Rename, false)
             }
-            pg::NodeTag::T_CreatedbStmt => template_of((*(node as *mut pg::CreatedbStmt)).options),
+            pg::NodeTag::T_CreatedbStmt => {
+                (template_of((*(node as *mut pg::CreatedbStmt)).options), Command::Copy, true)
+            }
+            pg::NodeTag::T_AlterDatabaseStmt => {
+                let a = node as *mut pg::AlterDatabaseStmt;
+                option((*a).options, b"tablespace")?;
+                ((*a).dbname, Command::SetTablespace, true)
+            }
             _ => return None,
         };
-        (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
+        if name.is_null() {
+            return None;
+        }
+        if top_level_only
+            && (context != pg::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL || pg::IsTransactionBlock())
+        {
+            return None; // PostgreSQL refuses it anyway
+        }
+        Some(Vacate { name: CStr::from_ptr(name).to_string_lossy().into_owned(), command })
+    }
+}
+
+/// The option `name` of a CREATE / ALTER DATABASE option list.
+///
+/// # Safety
+/// `options` must be such a list of DefElem nodes (or NULL).
+unsafe fn option(options: *mut pg::List, name: &[u8]) -> Option<*mut pg::DefElem> {
+    // SAFETY: a List of DefElem nodes.
+    unsafe {
+        if options.is_null() {
+            return None;
+        }
+        (0..(*options).length as usize)
+            .map(|i| (*(*options).elements.add(i)).ptr_value as *mut pg::DefElem)
+            .find(|&d| CStr::from_ptr((*d).defname).to_bytes() == name)
     }
 }
 
@@ -110,23 +168,19 @@ unsafe fn database_to_vacate(pstmt: *mut pg::PlannedStmt) -> Option<String> {
 /// # Safety
 /// `options` must be CREATE DATABASE's option list.
 unsafe fn template_of(options: *mut pg::List) -> *mut c_char {
-    // SAFETY: a List of DefElem nodes; defGetString reads a DefElem's value as written.
+    // SAFETY: defGetString reads a DefElem's value as written.
     unsafe {
-        if !options.is_null() {
-            for i in 0..(*options).length as usize {
-                let d = (*(*options).elements.add(i)).ptr_value as *mut pg::DefElem;
-                if CStr::from_ptr((*d).defname).to_bytes() == b"template" && !(*d).arg.is_null() {
-                    return pg::defGetString(d);
-                }
-            }
+        match option(options, b"template") {
+            Some(d) if !(*d).arg.is_null() => pg::defGetString(d),
+            _ => c"template1".as_ptr() as *mut c_char,
         }
-        c"template1".as_ptr() as *mut c_char
     }
 }
 
-/// Ask the worker of database `name` to leave, if it publishes and the caller may run the
-/// command. Returns whether the database publishes (has a share).
-fn ask_worker_to_leave(name: &str) -> bool {
+/// Ask the worker of the database to leave, if it publishes and the caller may run the command.
+/// Returns whether the database publishes (has a share).
+fn ask_worker_to_leave(v: &Vacate) -> bool {
+    let name = v.name.as_str();
     let Ok(cname) = std::ffi::CString::new(name) else { return false };
     // SAFETY: a syscache lookup of a shared catalog, inside the statement's transaction.
     unsafe {
@@ -134,7 +188,10 @@ fn ask_worker_to_leave(name: &str) -> bool {
         if oid == pg::InvalidOid || crate::shmem::of_database(oid.to_u32()).is_none() {
             return false;
         }
-        if !pg::superuser() && !owns_database(oid) {
+        // RENAME and a copy also need CREATEDB (superusers have it); a template copy needs no
+        // ownership when the template is marked datistemplate, but templates have no worker.
+        let needs_createdb = matches!(v.command, Command::Rename | Command::Copy);
+        if !pg::superuser() && (!owns_database(oid) || (needs_createdb && !pg::have_createdb_privilege())) {
             return true;
         }
         if crate::shmem::request_leave(oid.to_u32()) {

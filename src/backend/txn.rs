@@ -204,6 +204,9 @@ fn register_cold_locked(p: &mut Pending, b: u16, force: bool) -> bool {
     true
 }
 
+/// Every section under the ring lock checks first that the share is still this database's
+/// (`current_is_mine`): then nothing inside can claim one (`shmem::broker` finds the cached share
+/// valid), so the directory lock is never taken under a ring lock.
 fn register_cold(p: &mut Pending, b: u16, force: bool) -> bool {
     loop {
         shmem::require_shared();
@@ -321,12 +324,9 @@ fn spill_if_safe(p: &mut Pending, current: pg::SubTransactionId) {
         p.spill_check_at = p.msgs.arena_len() * 2; // keep growing; look again later
         return;
     }
-    let brokers = p.msgs.brokers();
-    shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
-        for b in &brokers {
-            register_cold_locked(p, *b, true);
-        }
-    });
+    for b in p.msgs.brokers() {
+        register_cold(p, b, true);
+    }
     // written before COMMIT, so their ids and time are taken now
     p.stamp = Stamp::take(p.msgs.len());
     p.write_to_outbox(None);
@@ -346,7 +346,8 @@ fn try_publish_now(msg: &MessageRef<'_>) -> bool {
     let timeout = Duration::from_millis(gucs::PUBLISH_TIMEOUT_MS.get() as u64);
     loop {
         let got = shmem::with_lock(RING_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
-            if is_cold(msg.broker) {
+            // (a share given back meanwhile: the outbox path claims again, outside the lock)
+            if !shmem::current_is_mine() || is_cold(msg.broker) {
                 return Err(());
             }
             // SAFETY: under the ring lock.

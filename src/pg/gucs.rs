@@ -65,7 +65,7 @@ pub static MAX_INFLIGHT: Guc<c_int> = Guc::new(100);
 
 pub static QUEUE_SIZE: Guc<c_int> = Guc::new(65536);
 pub static DATABASE: Guc<*mut c_char> = Guc::new(std::ptr::null_mut());
-pub static MAX_DATABASES: Guc<c_int> = Guc::new(8);
+pub static MAX_DATABASES: Guc<c_int> = Guc::new(4);
 pub static RECONNECT_INTERVAL_MS: Guc<c_int> = Guc::new(5000);
 pub static PUBLISH_TIMEOUT_MS: Guc<c_int> = Guc::new(100);
 pub static WORKER_POLL_INTERVAL_MS: Guc<c_int> = Guc::new(10);

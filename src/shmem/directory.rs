@@ -91,10 +91,12 @@ pub(super) fn claim_for_backend() -> &'static Shared {
 /// `guess`: nobody knows the extension is there (the launcher's first start without its file);
 /// the worker then leaves at once if it is not, instead of waiting for a `CREATE EXTENSION` that
 /// may be committing.
-pub fn claim_for_launcher(dboid: u32, guess: bool) -> bool {
+/// `copied_by`: the `CREATE DATABASE ... TEMPLATE` transaction that made the database (0: none).
+pub fn claim_for_launcher(dboid: u32, guess: bool, copied_by: u32) -> bool {
     match claim(dboid) {
         Some(s) => {
             s.guess.store(guess, Ordering::Release);
+            s.copied_by.store(copied_by, Ordering::Release);
             true
         }
         None => false,

@@ -107,6 +107,10 @@ pub struct Shared {
     pub claimed_at: AtomicI64,
     /// Claimed on a guess (`claim_for_launcher`): the worker leaves at once without the extension.
     pub guess: AtomicBool,
+    /// The transaction that made this database as a copy of a publishing one (`CREATE DATABASE
+    /// ... TEMPLATE`, database_hooks.rs); 0: not known. Outbox rows older than it are the
+    /// template's (data/installation.rs).
+    pub copied_by: AtomicU32,
     pub worker_latch: AtomicPtr<pg::Latch>,
     pub worker_pid: AtomicI32,
     pub worker_sleeping: AtomicBool,
@@ -161,6 +165,7 @@ impl Shared {
         self.leave_requested.store(false, Ordering::Relaxed);
         self.idle_exit.store(false, Ordering::Relaxed);
         self.guess.store(false, Ordering::Relaxed);
+        self.copied_by.store(0, Ordering::Relaxed);
         self.worker_latch.store(std::ptr::null_mut(), Ordering::Relaxed);
         self.worker_pid.store(0, Ordering::Relaxed);
         self.worker_sleeping.store(false, Ordering::Relaxed);

@@ -114,7 +114,7 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
                 format!("pg_mqtt_pub: publishing is restricted to database \"{only}\" (pg_mqtt_pub.database); set it to '' to let every database publish"),
             );
         }
-        claim_known_databases(&only);
+        let mut unknown = claim_known_databases(&only);
         let mut supervised: Vec<Option<Supervised>> = crate::shmem::shares().map(|_| None).collect();
         let mut written = u64::MAX;
         loop {
@@ -128,6 +128,7 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
                 crate::pg::compat::proc_exit(shutdown_exit_code());
             }
             take_reload();
+            look_into_unknown(&mut unknown);
             let changes = dir.changes.load(Ordering::Acquire);
             let mut catalog: Option<Vec<DbRow>> = None;
             let mut soonest = Duration::from_secs(1);
@@ -317,14 +318,20 @@ fn databases() -> Vec<DbRow> {
 
 /// At start: claim a share for every database that published before (the file), so that their
 /// workers deliver what waits in their outboxes before anyone publishes again. Without the file
-/// (the first start of this version) the database the single worker used to serve is taken:
-/// `pg_mqtt_pub.database`, or `postgres`, its old default.
-fn claim_known_databases(only: &str) {
+/// (the first start of this version, a new data directory made by `pg_upgrade`) nobody knows:
+/// the database the single worker used to serve (`pg_mqtt_pub.database`, or `postgres`, its old
+/// default) is taken at once, and every other database that accepts connections is returned, to
+/// be looked into one after the other (`look_into_unknown`).
+fn claim_known_databases(only: &str) -> std::collections::VecDeque<u32> {
     let rows = databases();
+    let mut unknown = std::collections::VecDeque::new();
     let (wanted, guess): (Vec<u32>, bool) = match std::fs::read_to_string(DATABASES_FILE) {
         Ok(text) => (text.lines().filter_map(|l| l.trim().parse().ok()).collect(), false),
         Err(_) => {
             let old = if only.is_empty() { "postgres" } else { only };
+            if only.is_empty() {
+                unknown.extend(rows.iter().filter(|r| r.accepts && r.name != old).map(|r| r.oid));
+            }
             (rows.iter().filter(|r| r.name == old).map(|r| r.oid).collect(), true)
         }
     };
@@ -333,11 +340,32 @@ fn claim_known_databases(only: &str) {
         if !only.is_empty() && row.name != only {
             continue;
         }
-        if !crate::shmem::claim_for_launcher(oid, guess) {
+        if !crate::shmem::claim_for_launcher(oid, guess, 0) {
             guard::log(
                 Level::WARNING,
                 format!("pg_mqtt_pub: no share left for database \"{}\"; raise pg_mqtt_pub.max_databases", row.name),
             );
+        }
+    }
+    unknown
+}
+
+/// Databases not known to publish or not (a start without the file): claim a share for one on a
+/// guess (its worker leaves at once if the extension is not there, and the share is given back),
+/// two at a time, and only while at least two more shares stay free for databases that announce
+/// themselves. With 1,000 databases this is 1,000 short-lived workers, once.
+fn look_into_unknown(unknown: &mut std::collections::VecDeque<u32>) {
+    loop {
+        let (free, guessing) = crate::shmem::shares().fold((0, 0), |(f, g), s| {
+            let taken = s.dboid.load(Ordering::Acquire) != 0;
+            (f + usize::from(!taken), g + usize::from(taken && s.guess.load(Ordering::Acquire)))
+        });
+        if free < 3 || guessing >= 2 {
+            return;
+        }
+        let Some(oid) = unknown.pop_front() else { return };
+        if crate::shmem::of_database(oid).is_none() {
+            crate::shmem::claim_for_launcher(oid, true, 0);
         }
     }
 }

@@ -150,8 +150,10 @@ impl Link {
         // SAFETY: plain read of a PostgreSQL global (the worker is connected).
         let database = unsafe { pg::MyDatabaseId }.to_u32();
         if !self.cfg.client_id.is_empty() {
-            // A named broker's id is its own database's row; the setting is every database's.
-            let restricted = self.slot != 0 || !gucs::DATABASE.string().is_empty();
+            // The setting is every database's, and a named broker's row travels with a copy or a
+            // restore of its database into the same cluster: as written only when one database
+            // publishes.
+            let restricted = !gucs::DATABASE.string().is_empty();
             return crate::pure::identity::configured_client_id(&self.cfg.client_id, restricted, database);
         }
         let (sys, host, dir, port) = crate::pg::instance::facts();

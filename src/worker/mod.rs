@@ -376,7 +376,8 @@ impl Worker {
     fn adopt_copied_outbox(&mut self) {
         // SAFETY: plain read of a PostgreSQL global.
         let me = unsafe { pg::MyDatabaseId }.to_u32();
-        if let Some(Some(a)) = self.with_outbox(|| crate::data::installation::adopt(me)) {
+        let copied_by = crate::shmem::require_shared().copied_by.load(Ordering::Acquire);
+        if let Some(Some(a)) = self.with_outbox(|| crate::data::installation::adopt(me, copied_by)) {
             guard::log(
                 Level::LOG,
                 format!(
@@ -396,7 +397,10 @@ impl Worker {
         if (since.elapsed() < IDLE_EXIT_AFTER && !guess) || self.active() {
             return;
         }
-        guard::log(Level::LOG, "pg_mqtt_pub worker: the extension is not installed in this database; exiting");
+        // (a guess found nothing: only DEBUG1, or a start without the launcher's file would log
+        // this for every database of the cluster)
+        let level = if guess { Level::DEBUG1 } else { Level::LOG };
+        guard::log(level, "pg_mqtt_pub worker: the extension is not installed in this database; exiting");
         crate::shmem::require_shared().idle_exit.store(true, Ordering::Release);
         crate::pg::compat::proc_exit(0)
     }

@@ -313,6 +313,23 @@ def test_drop_rename_copy_refuse_connections_and_restart():
                             if r[0] != "prod"] == [], 15, "the dropped database's share given back")
         assert "copy2" not in workers(c)
 
+        # a command that is going to fail anyway does not push a worker out: the owner without
+        # CREATEDB renaming, a DROP DATABASE inside a transaction block
+        c.sql("CREATE ROLE tenant LOGIN NOCREATEDB")
+        c.sql("CREATE DATABASE owned OWNER tenant")
+        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname="owned")
+        wait_until(lambda: "owned" in workers(c), 15, "owned's worker")
+        pid = workers(c)["owned"]
+        with c.connect(user="tenant") as t:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                t.execute("ALTER DATABASE owned RENAME TO owned2")
+        with c.connect(autocommit=False) as q:
+            with pytest.raises(psycopg.errors.ActiveSqlTransaction):
+                q.execute("DROP DATABASE owned")
+        time.sleep(1)
+        assert workers(c).get("owned") == pid
+        assert 'asked the worker of database "owned"' not in c.log_text()
+
         # a restart: prod's worker starts before anyone publishes there and delivers what waited
         later.kill()
         sub_later.close()

@@ -352,15 +352,14 @@ fn claim_known_databases(only: &str) -> std::collections::VecDeque<u32> {
 
 /// Databases not known to publish or not (a start without the file): claim a share for one on a
 /// guess (its worker leaves at once if the extension is not there, and the share is given back),
-/// two at a time, and only while at least two more shares stay free for databases that announce
-/// themselves. With 1,000 databases this is 1,000 short-lived workers, once.
+/// two at a time, and only while another share stays free for a database that announces itself. With 1,000 databases this is 1,000 short-lived workers, once.
 fn look_into_unknown(unknown: &mut std::collections::VecDeque<u32>) {
     loop {
         let (free, guessing) = crate::shmem::shares().fold((0, 0), |(f, g), s| {
             let taken = s.dboid.load(Ordering::Acquire) != 0;
             (f + usize::from(!taken), g + usize::from(taken && s.guess.load(Ordering::Acquire)))
         });
-        if free < 3 || guessing >= 2 {
+        if free < 2 || guessing >= 2 {
             return;
         }
         let Some(oid) = unknown.pop_front() else { return };

@@ -330,6 +330,32 @@ def test_drop_rename_copy_refuse_connections_and_restart():
         assert workers(c).get("owned") == pid
         assert 'asked the worker of database "owned"' not in c.log_text()
 
+        # its owner's own copy (no superuser: no share claimed for it), published in at once and
+        # altered before its worker starts (the launcher held): what it published is its own
+        c.sql("ALTER ROLE tenant CREATEDB")
+        c.sql("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO tenant", dbname="owned")
+        with c.connect(user="tenant") as t:
+            t.execute("CREATE DATABASE owned_copy TEMPLATE owned")
+        launcher = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_mqtt_pub launcher'")[0][0]
+        os.kill(launcher, signal.SIGSTOP)
+        try:
+            with c.connect("owned_copy", user="tenant") as t:
+                t.execute("SELECT mqtt_publish('owned/own/1', 'x', 1)")
+            c.sql("ALTER DATABASE owned_copy CONNECTION LIMIT 50")
+        finally:
+            os.kill(launcher, signal.SIGCONT)
+        assert received(sub0, "owned/own/", 1) == ["owned/own/1"]
+        assert count(c, "owned_copy", "SELECT count(*) FROM mqtt_pub.dead_letters") == 0
+        for db in ("owned_copy", "owned"):
+            c.sql(f"DROP DATABASE {db}")
+
+        # a client id libmosquitto would refuse (it then closes file descriptor 0) is refused first
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+            c.sql(f"SELECT mqtt_broker_add('bad', '127.0.0.1', {later_port}, client_id := E'plant\\t7')", dbname="prod")
+        assert "control characters" in str(e.value)
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            c.sql("ALTER SYSTEM SET pg_mqtt_pub.client_id = E'plant\\t7'")
+
         # a restart: prod's worker starts before anyone publishes there and delivers what waited
         later.kill()
         sub_later.close()

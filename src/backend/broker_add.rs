@@ -37,6 +37,7 @@ const ARGS: [pg::Oid; 13] = [
 ];
 /// ca_cert, client_cert, client_key, password_file.
 const FILES: [usize; 4] = [6, 7, 8, 12];
+const CLIENT_ID: usize = 10;
 
 fn add(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     // SAFETY: fcinfo comes from PostgreSQL for this call.
@@ -75,6 +76,11 @@ fn add(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
             )
             .hint("Only superusers and members of pg_read_server_files may name them; ask one to add the broker.")
             .raise();
+    }
+    if let Some(id) = a.opt_bytes(CLIENT_ID) {
+        if let Err(e) = settings_rules::client_id(&String::from_utf8_lossy(id)) {
+            PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, e.message).hint(e.hint).raise();
+        }
     }
     let params: Vec<(pg::Oid, Option<pg::Datum>)> = ARGS.iter().enumerate().map(|(i, &t)| (t, a.get(i))).collect();
     with_spi(|| {

@@ -120,8 +120,10 @@ unsafe fn database_to_vacate(pstmt: *mut pg::PlannedStmt, context: pg::ProcessUt
             pg::NodeTag::T_DropdbStmt => ((*(node as *mut pg::DropdbStmt)).dbname, Command::Drop, true),
             pg::NodeTag::T_RenameStmt => {
                 let r = node as *mut pg::RenameStmt;
-                if (*r).renameType != pg::ObjectType::OBJECT_DATABASE {
-                    return None;
+                if (*r).renameType != pg::ObjectType::OBJECT_DATABASE
+                    || ((*r).newname.is_null() || pg::get_database_oid((*r).newname, true) != pg::InvalidOid)
+                {
+                    return None; // the new name is taken: it fails
                 }
                 ((*r).subname, Command::Rename, false)
             }
@@ -130,7 +132,10 @@ unsafe fn database_to_vacate(pstmt: *mut pg::PlannedStmt, context: pg::ProcessUt
             }
             pg::NodeTag::T_AlterDatabaseStmt => {
                 let a = node as *mut pg::AlterDatabaseStmt;
-                option((*a).options, b"tablespace")?;
+                let d = option((*a).options, b"tablespace")?;
+                if (*d).arg.is_null() || pg::get_tablespace_oid(pg::defGetString(d), true) == pg::InvalidOid {
+                    return None; // no such tablespace: it fails
+                }
                 ((*a).dbname, Command::SetTablespace, true)
             }
             _ => return None,

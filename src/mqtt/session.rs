@@ -61,6 +61,9 @@ impl Session {
     /// # Safety
     /// `state` stays valid, at this address, until the returned session has dropped.
     pub(super) unsafe fn new(o: &ClientOptions<'_>, state: *mut CallbackState) -> Result<Session, String> {
+        // Checked here too (a row written before 1.6, or by hand): libmosquitto must never refuse
+        // it (see settings_rules::client_id).
+        crate::pure::settings_rules::sent_client_id(o.client_id, 65_535).map_err(|e| e.message)?;
         let id = cstring(o.client_id)?;
         // SAFETY: mosquitto_lib_init was called once by the worker; the userdata pointer stays
         // valid (the caller's promise). On an error below, `s` drops and destroys the object.

@@ -70,6 +70,7 @@ macro_rules! string_check {
 }
 
 string_check!(check_host, false, settings_rules::host);
+string_check!(check_client_id, false, settings_rules::client_id);
 string_check!(check_tls_version, false, settings_rules::tls_version);
 string_check!(check_ca_cert, false, |v: &str| if in_statement() {
     settings_rules::readable_file("ca_cert", v)

@@ -274,13 +274,14 @@ pub fn define() {
         POSTMASTER,
         0,
     );
-    string(
+    checked_string(
         c"pg_mqtt_pub.client_id",
-        c"MQTT client id of the worker ('' = pg_mqtt_pub-<system identifier>-<instance>, different for every clone).",
+        c"MQTT client id of the worker ('' = pg_mqtt_pub-<system identifier>-<instance>-db<oid>, different for every clone and database).",
         &CLIENT_ID,
         c"",
         SIGHUP,
         0,
+        Some(super::guc_checks::check_client_id),
     );
     int(
         c"pg_mqtt_pub.keepalive",
@@ -498,6 +499,7 @@ pub fn validate_startup() {
     for r in [
         crate::pure::settings_rules::host(&BROKER_HOST.string()),
         crate::pure::settings_rules::tls_version(&BROKER_TLS_VERSION.string()),
+        crate::pure::settings_rules::client_id(&CLIENT_ID.string()),
     ] {
         if let Err(e) = r {
             PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, e.message).hint(e.hint).raise();

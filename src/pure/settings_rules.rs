@@ -28,6 +28,34 @@ pub enum Problem {
     Io,
 }
 
+/// Room kept in a configured client id for the `-db<oid>` pg_mqtt_pub may append (ADR-012).
+const CLIENT_ID_SUFFIX_ROOM: usize = 14;
+
+/// An MQTT client id as the setting or `mqtt_broker_add` gives it ('' = the default): what
+/// libmosquitto accepts (UTF-8 without control characters, at most 65,535 bytes), with room for
+/// the suffix. libmosquitto refuses anything else only when the worker connects, and 2.0.11 then
+/// closes file descriptor 0 on its way out, under the worker's feet.
+pub fn client_id(id: &str) -> Result<(), Invalid> {
+    sent_client_id(id, 65_535 - CLIENT_ID_SUFFIX_ROOM)
+}
+
+/// The client id the worker is about to send (suffix included).
+pub fn sent_client_id(id: &str, max: usize) -> Result<(), Invalid> {
+    let control = id.chars().any(|c| c.is_control());
+    if !control && id.len() <= max {
+        return Ok(());
+    }
+    Err(Invalid {
+        message: if control {
+            format!("invalid client_id {}: control characters", crate::pure::topic::quoted(id))
+        } else {
+            format!("invalid client_id: {} bytes, at most {max}", id.len())
+        },
+        hint: "An MQTT client id is UTF-8 text without control characters, at most 65,521 bytes (pg_mqtt_pub may append -db<oid>).",
+        kind: Problem::BadValue,
+    })
+}
+
 /// A host name or address, without scheme or port (the SQL rule `^[A-Za-z0-9._:\[\]-]{1,253}$`).
 pub fn host(h: &str) -> Result<(), Invalid> {
     let ok = (1..=253).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:[]-".contains(&b));
@@ -109,6 +137,17 @@ fn os_text(e: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ids() {
+        assert!(client_id("").is_ok() && client_id("plant-7").is_ok() && client_id("wärme").is_ok());
+        let e = client_id("plant\t7").unwrap_err();
+        assert_eq!(e.message, "invalid client_id E'plant\\x097': control characters");
+        assert!(client_id(&"x".repeat(65_521)).is_ok());
+        assert!(client_id(&"x".repeat(65_522)).is_err(), "no room for -db<oid>");
+        assert!(sent_client_id(&"x".repeat(65_535), 65_535).is_ok());
+        assert!(sent_client_id("a\u{85}b", 65_535).is_err(), "C1 controls too");
+    }
 
     #[test]
     fn hosts_and_versions() {

@@ -24,8 +24,9 @@ pub fn of_database(dboid: u32) -> Option<&'static Shared> {
     shares().find(|s| dboid != 0 && s.dboid.load(Ordering::Acquire) == dboid)
 }
 
-/// Claim a share for `dboid` (or find the one it has). `None`: every share is taken.
-fn claim(dboid: u32) -> Option<&'static Shared> {
+/// Claim a share for `dboid` (or find the one it has). `None`: every share is taken. A new share
+/// remembers `copied_by` (see `Shared::copied_by`).
+fn claim(dboid: u32, copied_by: u32) -> Option<&'static Shared> {
     let claimed = lock_index(DIRECTORY_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
         if let Some(s) = of_database(dboid) {
             return Some((s, false));
@@ -35,6 +36,7 @@ fn claim(dboid: u32) -> Option<&'static Shared> {
             s.reset();
             // SAFETY: plain call (gettimeofday).
             s.claimed_at.store(unsafe { pg::GetCurrentTimestamp() }, Ordering::Relaxed);
+            s.copied_by.store(copied_by, Ordering::Relaxed);
             s.dboid.store(dboid, Ordering::Release);
         });
         if let Some(d) = directory() {
@@ -68,7 +70,12 @@ pub(super) fn claim_for_backend() -> &'static Shared {
         }
     }
     let me = my_database();
-    match claim(me) {
+    // Before anything of this session can be in the outbox: the xmin of the database's
+    // pg_database row, i.e. the CREATE DATABASE's transaction if it was a copy (or an ALTER
+    // DATABASE since, which came before any publish here too). Outbox rows older than it are a
+    // template's (data/installation.rs). Looked up before the locks: it may read the catalog.
+    let boundary = database_xmin(me);
+    match claim(me, boundary) {
         Some(s) => {
             CURRENT.store(s.index() + 1, Ordering::Relaxed);
             s
@@ -86,6 +93,21 @@ pub(super) fn claim_for_backend() -> &'static Shared {
     }
 }
 
+/// The xmin of database `dboid`'s `pg_database` row (0 if not found). Inside a transaction.
+fn database_xmin(dboid: u32) -> u32 {
+    // SAFETY: a syscache lookup of a shared catalog; the tuple is released before returning.
+    unsafe {
+        let tup =
+            pg::SearchSysCache1(pg::SysCacheIdentifier::DATABASEOID as i32, pg::Datum::from(pg::Oid::from(dboid)));
+        if tup.is_null() {
+            return 0;
+        }
+        let xmin = (*(*tup).t_data).t_choice.t_heap.t_xmin;
+        pg::ReleaseSysCache(tup);
+        xmin.into_inner()
+    }
+}
+
 /// Claim a share for `dboid` on someone else's behalf: the launcher at start (the databases that
 /// published before the restart), or a `CREATE DATABASE ... TEMPLATE` of a publishing database.
 /// `guess`: nobody knows the extension is there (the launcher's first start without its file);
@@ -93,10 +115,12 @@ pub(super) fn claim_for_backend() -> &'static Shared {
 /// may be committing.
 /// `copied_by`: the `CREATE DATABASE ... TEMPLATE` transaction that made the database (0: none).
 pub fn claim_for_launcher(dboid: u32, guess: bool, copied_by: u32) -> bool {
-    match claim(dboid) {
+    match claim(dboid, copied_by) {
         Some(s) => {
             s.guess.store(guess, Ordering::Release);
-            s.copied_by.store(copied_by, Ordering::Release);
+            if copied_by != 0 {
+                s.copied_by.store(copied_by, Ordering::Release);
+            }
             true
         }
         None => false,

@@ -107,9 +107,10 @@ pub struct Shared {
     pub claimed_at: AtomicI64,
     /// Claimed on a guess (`claim_for_launcher`): the worker leaves at once without the extension.
     pub guess: AtomicBool,
-    /// The transaction that made this database as a copy of a publishing one (`CREATE DATABASE
-    /// ... TEMPLATE`, database_hooks.rs); 0: not known. Outbox rows older than it are the
-    /// template's (data/installation.rs).
+    /// Outbox rows of transactions older than this one are not this database's own but a
+    /// template's (data/installation.rs): the `CREATE DATABASE ... TEMPLATE` transaction, handed
+    /// over by database_hooks.rs, or the database's `pg_database` xmin when its first backend
+    /// claimed the share; 0: not known (the worker then reads that xmin itself).
     pub copied_by: AtomicU32,
     pub worker_latch: AtomicPtr<pg::Latch>,
     pub worker_pid: AtomicI32,

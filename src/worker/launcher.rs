@@ -137,9 +137,12 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
                     soonest = soonest.min(wait);
                 }
             }
-            if changes != written {
-                written = changes;
-                save_databases();
+            // Not while a guess is out (its database would be listed as publishing); the
+            // databases not looked into yet are listed as such, so a restart goes on with them.
+            let pending = unknown.len() as u64;
+            if changes.wrapping_add(pending << 32) != written && !guessing() {
+                written = changes.wrapping_add(pending << 32);
+                save_databases(&unknown);
             }
             nap(soonest.as_millis().max(10) as i64);
         }
@@ -326,7 +329,12 @@ fn claim_known_databases(only: &str) -> std::collections::VecDeque<u32> {
     let rows = databases();
     let mut unknown = std::collections::VecDeque::new();
     let (wanted, guess): (Vec<u32>, bool) = match std::fs::read_to_string(DATABASES_FILE) {
-        Ok(text) => (text.lines().filter_map(|l| l.trim().parse().ok()).collect(), false),
+        Ok(text) => {
+            // "?oid": a database a start without the file had not looked into yet
+            let later = text.lines().filter_map(|l| l.trim().strip_prefix('?')?.parse::<u32>().ok());
+            unknown.extend(later.filter(|o| rows.iter().any(|r| r.oid == *o && r.accepts)));
+            (text.lines().filter_map(|l| l.trim().parse().ok()).collect(), false)
+        }
         Err(_) => {
             let old = if only.is_empty() { "postgres" } else { only };
             if only.is_empty() {
@@ -369,12 +377,19 @@ fn look_into_unknown(unknown: &mut std::collections::VecDeque<u32>) {
     }
 }
 
-/// Write the publishing databases' oids (atomically: a new file renamed over the old one).
-fn save_databases() {
+/// Is a share held on a guess (its worker has not yet said whether the extension is there)?
+fn guessing() -> bool {
+    crate::shmem::shares().any(|s| s.dboid.load(Ordering::Acquire) != 0 && s.guess.load(Ordering::Acquire))
+}
+
+/// Write the publishing databases' oids, and as `?oid` those not looked into yet (atomically: a
+/// new file renamed over the old one).
+fn save_databases(unknown: &std::collections::VecDeque<u32>) {
     let oids: Vec<String> = crate::shmem::shares()
         .map(|s| s.dboid.load(Ordering::Acquire))
         .filter(|&o| o != 0)
         .map(|o| o.to_string())
+        .chain(unknown.iter().map(|o| format!("?{o}")))
         .collect();
     let tmp = format!("{DATABASES_FILE}.tmp");
     let body = oids.join("\n") + "\n";

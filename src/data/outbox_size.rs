@@ -135,6 +135,13 @@ fn pretty(bytes: i64) -> String {
 /// with its own rights, a publisher as the outbox's owner; `own` is what the measuring
 /// transaction wrote itself (visible to it, but reserved, not committed).
 pub fn measure(rights: Rights, own: i64) {
+    // What commits add (or the worker's deletes take off) while the table is read may or may not
+    // be in what the scan sees: the figure becomes the scan plus every change since just before
+    // it — a change inside the scan is counted twice at worst, until the worker's next
+    // measurement — never the scan alone, which lost a commit that landed after the scan's
+    // snapshot and before the store (a full outbox went unnoticed: the worker measures as it
+    // starts, which since 1.6 is while the first messages are being committed).
+    let before = require_shared().outbox_bytes.load(Ordering::Acquire);
     let props = if crate::data::outbox::has_properties() {
         " OPERATOR(pg_catalog.+) COALESCE(pg_catalog.octet_length(o.properties), 0)"
     } else {
@@ -161,5 +168,5 @@ pub fn measure(rights: Rights, own: i64) {
             }
         })
     });
-    require_shared().outbox_bytes.store(bytes - own, Ordering::Relaxed);
+    require_shared().outbox_bytes.fetch_add(bytes - own - before, Ordering::AcqRel);
 }

@@ -14,7 +14,7 @@ import time
 import psycopg
 import pytest
 
-from harness import PGBIN, Broker, Cluster, Subscriber, as_postgres, port, wait_status, wait_until
+from harness import PGBIN, SUB_USER, Broker, Cluster, Subscriber, as_postgres, port, wait_status, wait_until
 
 
 def every_database(name, pg_port, broker_port, **extra):
@@ -78,9 +78,17 @@ def count(c, db, query):
 
 
 def test_every_database_publishes_with_its_own_worker_brokers_and_ring():
-    b0, ta, tb = (Broker(f"dbs-{n}", port()).start() for n in ("default", "ta", "tb"))
+    # the default broker refuses alpha/poison/# (a poison message: retried, then dead-lettered)
+    b0 = Broker("dbs-default", port())
+    acl = os.path.join(b0.dir, "acl")
+    with open(acl, "w") as f:
+        f.write(f"topic write #\ntopic deny alpha/poison/#\nuser {SUB_USER}\ntopic read #\n")
+    os.chmod(acl, 0o644)
+    b0.extra = f"acl_file {acl}"
+    b0.start()
+    ta, tb = (Broker(f"dbs-{n}", port()).start() for n in ("ta", "tb"))
     sub0, suba, subb = Subscriber(b0.port), Subscriber(ta.port), Subscriber(tb.port)
-    c = every_database("dbs", port(), b0.port)
+    c = every_database("dbs", port(), b0.port, **{"pg_mqtt_pub.retry_base_ms": 200, "pg_mqtt_pub.poison_max_attempts": 3})
     try:
         for db in ("alpha", "beta"):
             c.sql(f"CREATE DATABASE {db}")
@@ -109,6 +117,19 @@ def test_every_database_publishes_with_its_own_worker_brokers_and_ring():
             assert received(sub0, f"{db}/", 20) == [f"{db}/d/{i:02}" for i in range(20)]
         assert received(suba, "", 20) == [f"alpha/t/{i:02}" for i in range(20)]
         assert received(subb, "", 20) == [f"beta/t/{i:02}" for i in range(20)]
+
+        # a poison message in alpha (the broker refuses it: retried with backoff, then
+        # dead-lettered) holds up neither alpha's other messages nor beta's
+        with c.connect("alpha") as q:
+            q.execute("SELECT mqtt_publish(CASE WHEN i = 5 THEN 'alpha/poison/x' ELSE 'alpha/ok/' || lpad(i::text, 2, '0') END, "
+                      "'x', 1) FROM generate_series(1, 10) i")
+        publish(c, "beta", [f"beta/ok/{i:02}" for i in range(20)])
+        assert received(sub0, "beta/ok/", 20) == [f"beta/ok/{i:02}" for i in range(20)]
+        assert received(sub0, "alpha/ok/", 9) == [f"alpha/ok/{i:02}" for i in range(1, 11) if i != 5]
+        wait_until(lambda: count(c, "alpha", "SELECT count(*) FROM mqtt_pub.dead_letters") == 1, 30, "the poison dead-lettered")
+        assert c.sql("SELECT topic FROM mqtt_pub.dead_letters", dbname="alpha") == [("alpha/poison/x",)]
+        assert count(c, "beta", "SELECT count(*) FROM mqtt_pub.dead_letters") == 0
+        assert not sub0.matching("alpha/poison/")
 
         # mqtt_status(): this database's brokers; mqtt_status_all(): every database's
         assert [r[0] for r in c.sql("SELECT broker_name FROM mqtt_status() ORDER BY 1", dbname="beta")] == ["default", "t"]

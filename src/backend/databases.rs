@@ -36,6 +36,8 @@ pub unsafe extern "C-unwind" fn mqtt_announce(_fcinfo: pg::FunctionCallInfo) -> 
         // A worker that found the extension gone and is about to exit should not hand the share
         // back now that it is here again (launcher.rs restarts it instead).
         s.idle_exit.store(false, Ordering::Release);
+        // SAFETY: plain call.
+        s.announced_at.store(unsafe { pg::GetCurrentTimestamp() }, Ordering::Release);
         pg::Datum::from(0usize)
     })
 }

@@ -107,6 +107,10 @@ pub struct Shared {
     pub claimed_at: AtomicI64,
     /// Claimed on a guess (`claim_for_launcher`): the worker leaves at once without the extension.
     pub guess: AtomicBool,
+    /// When `mqtt_announce()` last ran here (µs): a worker that found no extension moments
+    /// before (the announcing CREATE EXTENSION had not committed) is started again, not given
+    /// up (launcher.rs).
+    pub announced_at: AtomicI64,
     /// Outbox rows of transactions older than this one are not this database's own but a
     /// template's (data/installation.rs): the `CREATE DATABASE ... TEMPLATE` transaction, handed
     /// over by database_hooks.rs, or the database's `pg_database` xmin when its first backend
@@ -166,6 +170,7 @@ impl Shared {
         self.leave_requested.store(false, Ordering::Relaxed);
         self.idle_exit.store(false, Ordering::Relaxed);
         self.guess.store(false, Ordering::Relaxed);
+        self.announced_at.store(0, Ordering::Relaxed);
         self.copied_by.store(0, Ordering::Relaxed);
         self.worker_latch.store(std::ptr::null_mut(), Ordering::Relaxed);
         self.worker_pid.store(0, Ordering::Relaxed);

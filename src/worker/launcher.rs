@@ -241,9 +241,15 @@ fn young(share: &Shared) -> bool {
 
 /// The worker of `share` has stopped: why, and when to start it again.
 fn worker_stopped(share: &'static Shared, sup: &mut Supervised) -> Duration {
+    // SAFETY: plain call.
+    let now = unsafe { pg::GetCurrentTimestamp() };
+    let announced = now - share.announced_at.load(Ordering::Acquire) < 10_000_000;
     if share.idle_exit.swap(false, Ordering::AcqRel) {
-        if let ReleaseOutcome::Released { .. } = crate::shmem::release(share, false) {
-            return Duration::ZERO;
+        // (announced moments ago: the worker looked before the CREATE EXTENSION committed)
+        if !announced {
+            if let ReleaseOutcome::Released { .. } = crate::shmem::release(share, false) {
+                return Duration::ZERO;
+            }
         }
         // A publisher came in between: start again at once.
         sup.next_start = Instant::now();

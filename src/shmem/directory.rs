@@ -118,9 +118,6 @@ pub fn claim_for_launcher(dboid: u32, guess: bool, copied_by: u32) -> bool {
     match claim(dboid, copied_by) {
         Some(s) => {
             s.guess.store(guess, Ordering::Release);
-            if copied_by != 0 {
-                s.copied_by.store(copied_by, Ordering::Release);
-            }
             true
         }
         None => false,

@@ -116,7 +116,7 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
         }
         let mut unknown = claim_known_databases(&only);
         let mut supervised: Vec<Option<Supervised>> = crate::shmem::shares().map(|_| None).collect();
-        let mut written = u64::MAX;
+        let mut written: Option<(u64, usize)> = None;
         loop {
             if shutdown_requested() {
                 for s in supervised.iter().flatten() {
@@ -139,9 +139,9 @@ pub unsafe extern "C-unwind" fn pg_mqtt_pub_launcher_main(_arg: pg::Datum) {
             }
             // Not while a guess is out (its database would be listed as publishing); the
             // databases not looked into yet are listed as such, so a restart goes on with them.
-            let pending = unknown.len() as u64;
-            if changes.wrapping_add(pending << 32) != written && !guessing() {
-                written = changes.wrapping_add(pending << 32);
+            let now = Some((changes, unknown.len()));
+            if now != written && !guessing() {
+                written = now;
                 save_databases(&unknown);
             }
             nap(soonest.as_millis().max(10) as i64);

@@ -15,6 +15,7 @@ PKGS=(
   "postgresql-$MAJOR" "postgresql-server-dev-$MAJOR" "postgresql-$MAJOR-cron"   # server, headers, pg_cron
   libmosquitto-dev mosquitto mosquitto-clients                 # client library, broker, CLI
   clang libclang-dev                                           # bindgen (pgrx-pg-sys bindings)
+  libssl-dev                                                   # OpenSSL (TLS to a node by name)
   build-essential pkg-config openssl procps
 )
 missing=()
@@ -78,3 +79,54 @@ if [[ -z "${TESTS:-}" || "$TESTS" == *test_interop.py* || "$TESTS" == tests ]] &
   "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/interop-requirements.txt
   cp tests/interop-requirements.txt "$VENV/requirements.txt"
 fi
+
+# ---- Aedes cluster (tests/cluster.py) -------------------------------------------------------
+# A two-node Aedes MQTT broker cluster sharing one redis-server, for the tests that import
+# tests/cluster.py (all tests when TESTS is empty). Debian's redis-server (its service neither
+# started nor enabled: the tests start their own, on ports of their own) and Node.js; the npm
+# packages of tests/aedes_cluster/package-lock.json in a cache directory keyed by that file's
+# hash, outside the checkout (tests/cluster.py computes the same path; PG_MQTT_PUB_AEDES_DIR
+# overrides it). The trixie root of scripts/trixie.sh cannot reach npm: that script installs them
+# on the host and mounts them into the root, where this finds them in place.
+aedes_wanted() {
+  [[ -z "${TESTS:-}" ]] && return 0
+  local t
+  for t in $TESTS; do
+    t=${t%%::*}
+    [ -d "$t" ] && return 0
+    grep -qsE '^(from|import) cluster\b' "$t" && return 0
+  done
+  return 1
+}
+if aedes_wanted; then
+  AEDES_LOCK=tests/aedes_cluster/package-lock.json
+  AEDES_DIR=${PG_MQTT_PUB_AEDES_DIR:-${PG_MQTT_PUB_CACHE:-/var/cache/pg_mqtt_pub}/aedes-cluster/$(sha256sum "$AEDES_LOCK" | cut -c1-16)}
+  aedes=()
+  command -v redis-server >/dev/null || aedes+=(redis-server)
+  command -v node >/dev/null || aedes+=(nodejs)
+  if [ ! -f "$AEDES_DIR/.ready" ] && ! command -v npm >/dev/null; then aedes+=(npm); fi
+  if ((${#aedes[@]})); then
+    echo "== installing: ${aedes[*]} (services neither started nor enabled)"
+    own_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${aedes[@]}" >/dev/null ||
+      { [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
+    [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
+    deb-systemd-helper disable redis-server.service >/dev/null 2>&1 || true
+    update-rc.d redis-server disable >/dev/null 2>&1 || true
+  fi
+  if [ ! -f "$AEDES_DIR/.ready" ]; then
+    echo "== installing the Aedes cluster's npm packages in $AEDES_DIR"
+    rm -rf "$AEDES_DIR.new"
+    mkdir -p "$AEDES_DIR.new"
+    cp tests/aedes_cluster/package.json "$AEDES_LOCK" "$AEDES_DIR.new/"
+    (cd "$AEDES_DIR.new" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null) ||
+      { echo "npm ci failed in $AEDES_DIR.new (no way to the npm registry?)" >&2; exit 1; }
+    touch "$AEDES_DIR.new/.ready"
+    rm -rf "$AEDES_DIR" && mv "$AEDES_DIR.new" "$AEDES_DIR"
+  fi
+fi
+# ---- end of the Aedes cluster ---------------------------------------------------------------

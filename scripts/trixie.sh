@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 ROOT=${PG_MQTT_PUB_CACHE:-/var/cache/pg_mqtt_pub}/trixie
 PKGS=(postgresql-17 postgresql-server-dev-17 postgresql-17-cron
       libmosquitto-dev mosquitto mosquitto-clients clang libclang-dev build-essential pkg-config
-      openssl procps util-linux ca-certificates python3 python3-psycopg python3-paho-mqtt python3-pytest)
+      openssl procps util-linux ca-certificates python3 python3-psycopg python3-paho-mqtt python3-pytest
+      nodejs redis-server)
 HOME=${HOME:-/root}
 
 # enter ROOT "DIRS TO BIND" CMD...: run CMD chrooted in ROOT with /proc, /dev and DIRS mounted
@@ -39,9 +40,19 @@ if [ ! -f "$ROOT/.ready" ]; then
   rm -rf "$ROOT" && mv "$ROOT.new" "$ROOT"
 fi
 
+# The Aedes cluster's npm packages (tests/cluster.py): the root cannot reach npm, so they are
+# installed here on the host, as scripts/deps.sh does, and mounted into the root at the same path.
+AEDES_DIR=${PG_MQTT_PUB_AEDES_DIR:-${PG_MQTT_PUB_CACHE:-/var/cache/pg_mqtt_pub}/aedes-cluster/$(sha256sum tests/aedes_cluster/package-lock.json | cut -c1-16)}
+if [ ! -f "$AEDES_DIR/.ready" ]; then
+  echo "== installing the Aedes cluster's npm packages in $AEDES_DIR" >&2
+  rm -rf "$AEDES_DIR.new" && mkdir -p "$AEDES_DIR.new" && cp tests/aedes_cluster/package*.json "$AEDES_DIR.new/"
+  (cd "$AEDES_DIR.new" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+  touch "$AEDES_DIR.new/.ready" && rm -rf "$AEDES_DIR" && mv "$AEDES_DIR.new" "$AEDES_DIR"
+fi
+
 # /etc/hosts as the host has it: names resolve the same way in and out (libmosquitto's
 # non-blocking connect uses a name's first address only; trixie's own file lists ::1 first).
-enter "$ROOT" "$PWD $HOME/.cargo $HOME/.rustup /etc/hosts" /usr/bin/env -i HOME="$HOME" LANG=C.UTF-8 \
-  CI="${CI:-}" TESTS="${TESTS:-}" PATH="$HOME/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+enter "$ROOT" "$PWD $HOME/.cargo $HOME/.rustup /etc/hosts $AEDES_DIR" /usr/bin/env -i HOME="$HOME" LANG=C.UTF-8 \
+  CI="${CI:-}" TESTS="${TESTS:-}" PG_MQTT_PUB_AEDES_DIR="$AEDES_DIR" PATH="$HOME/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
   PG_CONFIG=/usr/lib/postgresql/17/bin/pg_config CARGO_TARGET_DIR="$PWD/target/trixie" \
   bash -c 'cd "$0" && exec "$@"' "$PWD" "$@"

@@ -67,6 +67,7 @@ class AedesCluster:
         self.modules = os.path.join(aedes_dir(), "node_modules")
         self.redis = None
         self.nodes = [None] * len(self.ports)
+        self.paused = set()
 
     # -- the whole cluster -------------------------------------------------------------------
 
@@ -108,7 +109,7 @@ class AedesCluster:
 
     def start_node(self, i, timeout=30.0, probe=True):
         """Start node i (again): return once it accepts clients and (with `probe`) forwards to
-        and from every other running node."""
+        and from every other running node that is not paused."""
         if self.running(i):
             raise RuntimeError(f"aedes node {self.ids[i]} is already running")
         if _port_taken(self.ports[i]):
@@ -127,7 +128,7 @@ class AedesCluster:
         wait_port(self.ports[i], timeout)
         if probe:
             for j in range(len(self.nodes)):
-                if j != i and self.running(j):
+                if j != i and self._live(j):
                     self.wait_forwarding(i, j, timeout)
                     self.wait_forwarding(j, i, timeout)
         return self
@@ -140,8 +141,13 @@ class AedesCluster:
         if not proc or proc.poll() is not None:
             return proc.returncode if proc else None
         proc.send_signal(sig)
+        if sig in (signal.SIGSTOP, signal.SIGTSTP):
+            self.paused.add(i)
+        if sig == signal.SIGCONT:
+            self.paused.discard(i)
         if sig in (signal.SIGSTOP, signal.SIGCONT, signal.SIGHUP, signal.SIGTSTP):
             return None
+        self.paused.discard(i)
         proc.send_signal(signal.SIGCONT)
         try:
             return proc.wait(timeout)
@@ -177,13 +183,13 @@ class AedesCluster:
 
     def wait_forwarding(self, src=None, dst=None, timeout=30.0):
         """Wait (bounded) until a QoS 1 message published to node `src` reaches a subscriber on
-        node `dst` (default: every ordered pair of running nodes). The probe clients use MQTT
+        node `dst` (default: every ordered pair of running nodes that are not paused). The probe clients use MQTT
         3.1.1 and clean sessions on a topic of their own, and publish again every 0.2 s (a
         message published before the subscription has reached redis is not forwarded)."""
         if src is None or dst is None:
             for a in range(len(self.nodes)):
                 for b in range(len(self.nodes)):
-                    if a != b and self.running(a) and self.running(b):
+                    if a != b and self._live(a) and self._live(b):
                         self.wait_forwarding(a, b, timeout)
             return
         topic = f"aedes-cluster-probe/{uuid.uuid4().hex}"
@@ -214,6 +220,9 @@ class AedesCluster:
                 c.loop_stop()
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _live(self, i):
+        return self.running(i) and i not in self.paused
 
     def _ready_lines(self, i):
         return self.log(i).count(f"aedes-cluster node {self.ids[i]} ready")

@@ -7,6 +7,7 @@ pub mod identity;
 pub mod latency;
 pub mod ledger;
 pub mod limits;
+pub mod nodes;
 pub mod pace;
 pub mod packet;
 pub mod pending;

@@ -11,7 +11,7 @@
 EXTENSION  = pg_mqtt_pub
 MODULE_big = pg_mqtt_pub
 OBJS       = src/pg_magic.o
-DATA       = pg_mqtt_pub--1.0.sql pg_mqtt_pub--1.0--1.1.sql pg_mqtt_pub--1.1--1.2.sql pg_mqtt_pub--1.2--1.3.sql pg_mqtt_pub--1.3--1.4.sql pg_mqtt_pub--1.4--1.5.sql pg_mqtt_pub--1.5--1.6.sql
+DATA       = pg_mqtt_pub--1.0.sql pg_mqtt_pub--1.0--1.1.sql pg_mqtt_pub--1.1--1.2.sql pg_mqtt_pub--1.2--1.3.sql pg_mqtt_pub--1.3--1.4.sql pg_mqtt_pub--1.4--1.5.sql pg_mqtt_pub--1.5--1.6.sql pg_mqtt_pub--1.6--1.7.sql
 PGFILEDESC = "pg_mqtt_pub - publish MQTT messages from PostgreSQL"
 
 PG_CONFIG ?= pg_config
@@ -20,7 +20,7 @@ PG_CONFIG_PATH := $(shell command -v $(PG_CONFIG))
 PG_MAJOR  := $(shell $(PG_CONFIG) --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
 RUST_LIB  := $(or $(CARGO_TARGET_DIR),target)/release/libpg_mqtt_pub.a
 
-SHLIB_LINK = -Wl,--whole-archive $(RUST_LIB) -Wl,--no-whole-archive -lmosquitto -lpthread -ldl -lm
+SHLIB_LINK = -Wl,--whole-archive $(RUST_LIB) -Wl,--no-whole-archive -lmosquitto -lssl -lcrypto -lpthread -ldl -lm
 
 ifeq ($(filter $(PG_MAJOR),15 16 17 18),)
 $(error pg_mqtt_pub needs PostgreSQL 15, 16, 17 or 18 (shmem_request_hook appeared in 15); $(PG_CONFIG) is PostgreSQL $(PG_MAJOR))

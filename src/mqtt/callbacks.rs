@@ -38,6 +38,9 @@ pub(super) struct CallbackState {
     pub(super) dropped_props: bool,
     /// Message ids of QoS 2 messages libmosquitto has not finished (their PUBREC makes it write).
     pub(super) qos2: Vec<i32>,
+    /// The Server Reference of a refusing CONNACK or a DISCONNECT (MQTT 5 "use another server",
+    /// "server moved"): where the broker says to go.
+    pub(super) server_reference: Option<String>,
 }
 
 /// Set our callbacks on `mosq`; its userdata is their state.
@@ -104,6 +107,24 @@ unsafe fn read_limits(p: *const m::mosquitto_property) -> Limits {
     l
 }
 
+/// The Server Reference property of a CONNACK or DISCONNECT, if any.
+///
+/// # Safety
+/// `p` is a property list libmosquitto passed to a callback (or NULL).
+unsafe fn read_server_reference(p: *const m::mosquitto_property) -> Option<String> {
+    let mut v: *mut c_char = std::ptr::null_mut();
+    let id = m::mqtt5_property::MQTT_PROP_SERVER_REFERENCE as c_int;
+    // SAFETY: the caller's promise; libmosquitto mallocs the copy it returns, freed here.
+    unsafe {
+        if m::mosquitto_property_read_string(p, id, &mut v, false).is_null() || v.is_null() {
+            return None;
+        }
+        let s = CStr::from_ptr(v).to_string_lossy().into_owned();
+        libc::free(v as *mut c_void);
+        Some(s)
+    }
+}
+
 unsafe extern "C" fn on_connect(
     mosq: *mut m::mosquitto,
     obj: *mut c_void,
@@ -123,19 +144,27 @@ unsafe extern "C" fn on_connect(
         // connecting; a client lives for one connection, so the next one logs again.
         // SAFETY: a valid client; the log mutex is not held during this callback.
         unsafe { m::mosquitto_log_callback_set(mosq, None) };
+    } else {
+        // SAFETY: as above.
+        let reference = unsafe { read_server_reference(p) };
+        // SAFETY: see `state`.
+        no_unwind(|| unsafe { state(obj) }.server_reference = reference);
     }
     // SAFETY: see `state`.
     no_unwind(|| unsafe { state(obj) }.events.push(Event::Connected(rc)));
 }
 
-unsafe extern "C" fn on_disconnect(
-    _: *mut m::mosquitto,
-    obj: *mut c_void,
-    rc: c_int,
-    _p: *const m::mosquitto_property,
-) {
-    // SAFETY: see `state`.
-    no_unwind(|| unsafe { state(obj) }.events.push(Event::Disconnected(rc)));
+unsafe extern "C" fn on_disconnect(_: *mut m::mosquitto, obj: *mut c_void, rc: c_int, p: *const m::mosquitto_property) {
+    // SAFETY: p is the DISCONNECT's property list (or NULL), valid during the callback.
+    let reference = unsafe { read_server_reference(p) };
+    no_unwind(|| {
+        // SAFETY: see `state`.
+        let st = unsafe { state(obj) };
+        if reference.is_some() {
+            st.server_reference = reference;
+        }
+        st.events.push(Event::Disconnected(rc));
+    });
 }
 
 unsafe extern "C" fn on_publish(

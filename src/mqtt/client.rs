@@ -112,6 +112,32 @@ impl Client {
         }
     }
 
+    /// The TCP connection attempt failed (refused, unreachable): the socket hung up before it
+    /// was ever connected. libmosquitto notices that itself for plain TCP, but with TLS it keeps
+    /// retrying the handshake on the dead socket until the connect timeout (2.0.11), while the
+    /// socket reports a hang-up at every wait. With the error when the kernel still has it.
+    pub fn connect_failed(&self) -> Option<String> {
+        let fd = self.socket();
+        if fd < 0 || self.tcp_connected() {
+            return None;
+        }
+        let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+        // SAFETY: one pollfd of ours, no wait; SO_ERROR into an int of the size given.
+        unsafe {
+            if libc::poll(&mut p, 1, 0) != 1 || p.revents & (libc::POLLERR | libc::POLLHUP) == 0 {
+                return None;
+            }
+            let mut err: c_int = 0;
+            let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, &mut err as *mut c_int as *mut c_void, &mut len);
+            Some(if err != 0 {
+                std::io::Error::from_raw_os_error(err).to_string()
+            } else {
+                "the connection was refused or reset".into()
+            })
+        }
+    }
+
     /// Is there anything to write (libmosquitto's queue or our packets)?
     pub fn want_write(&self) -> bool {
         self.out.waiting() > 0 || self.session.wants_write()
@@ -274,6 +300,11 @@ impl Client {
     pub fn take_events(&mut self, into: &mut Vec<Event>) {
         into.clear();
         std::mem::swap(into, &mut self.state.events);
+    }
+
+    /// Where the broker said to go instead (MQTT 5 Server Reference), once.
+    pub fn take_server_reference(&mut self) -> Option<String> {
+        self.state.server_reference.take()
     }
 
     /// True once, the first time this client left a message's properties out (MQTT 3.1.1).

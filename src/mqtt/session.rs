@@ -38,6 +38,9 @@ pub struct ClientOptions<'a> {
     pub client_key: &'a str,
     /// Lowest TLS version: "tlsv1.2" or "tlsv1.3" (libmosquitto disables older ones).
     pub tls_version: &'a str,
+    /// The node's host name, when the client connects to one of its addresses: TLS verifies the
+    /// certificate against it (tls_name.rs). `None`: against the host connected to.
+    pub tls_name: Option<&'a str>,
 }
 
 fn opt(s: &CString) -> *const c_char {
@@ -85,7 +88,17 @@ impl Session {
                 let pp = if o.password.is_empty() { std::ptr::null() } else { p.as_ptr() };
                 check(m::mosquitto_username_pw_set(mosq, u.as_ptr(), pp), "username/password")?;
             }
-            if o.use_tls {
+            if let (true, Some(name)) = (o.use_tls, o.tls_name) {
+                // An address of a named node: our own context checks the name (tls_name.rs).
+                let t = super::tls_name::Tls {
+                    name,
+                    ca_cert: o.ca_cert,
+                    client_cert: o.client_cert,
+                    client_key: o.client_key,
+                    tls_version: if o.tls_version.is_empty() { "tlsv1.2" } else { o.tls_version },
+                };
+                super::tls_name::use_context(mosq, &t)?;
+            } else if o.use_tls {
                 let (ca, cert, key) = (cstring(o.ca_cert)?, cstring(o.client_cert)?, cstring(o.client_key)?);
                 if o.ca_cert.is_empty() {
                     // no CA file: trust the operating system's store
@@ -96,7 +109,8 @@ impl Session {
                 }
                 if !o.ca_cert.is_empty() || !o.client_cert.is_empty() {
                     // libmosquitto checks the files exist here; the server certificate and host
-                    // name are verified during the handshake (tls_insecure stays false).
+                    // name (an address) are verified during the handshake (tls_insecure stays
+                    // false).
                     check(
                         m::mosquitto_tls_set(mosq, opt(&ca), std::ptr::null(), opt(&cert), opt(&key), None),
                         "TLS files",

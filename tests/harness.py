@@ -270,11 +270,12 @@ class Cluster:
     def pg_ctl(self, *args):
         as_postgres([f"{self.bindir}/pg_ctl", "-D", self.data, "-l", self.log, "-w", *args], stdout=subprocess.DEVNULL)
 
-    def start(self, resolv_conf=None):
-        """Start the server; with `resolv_conf`, in a private mount namespace where that file is
-        /etc/resolv.conf (the server's processes resolve host names with it, nobody else does)."""
+    def start(self, resolv_conf=None, hosts=None):
+        """Start the server; with `resolv_conf` (and/or `hosts`), in a private mount namespace
+        where that file is /etc/resolv.conf (/etc/hosts): the server's processes resolve host
+        names with it, nobody else does."""
         STARTED.append(self)
-        if resolv_conf is None:
+        if resolv_conf is None and hosts is None:
             self.pg_ctl("start")
             return self
         pg_ctl = ["runuser", "-u", "postgres", "--", f"{self.bindir}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "start"]
@@ -284,8 +285,9 @@ class Cluster:
         with open("/proc/self/mountinfo") as f:
             root_is_mount = any(line.split()[4] == "/" for line in f)
         propagation = "private" if root_is_mount else "unchanged"
+        mounts = [f'mount --bind "{f}" {target}; ' for f, target in ((resolv_conf, "/etc/resolv.conf"), (hosts, "/etc/hosts")) if f]
         subprocess.run(["unshare", "--mount", "--propagation", propagation, "sh", "-ec",
-                        'mount --bind "$0" /etc/resolv.conf; exec "$@"', resolv_conf, *pg_ctl],
+                        "".join(mounts) + 'exec "$@"', "sh", *pg_ctl],
                        check=True, stdout=subprocess.DEVNULL)
         return self
 

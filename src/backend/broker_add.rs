@@ -38,6 +38,8 @@ const ARGS: [pg::Oid; 13] = [
 /// ca_cert, client_cert, client_key, password_file.
 const FILES: [usize; 4] = [6, 7, 8, 12];
 const CLIENT_ID: usize = 10;
+const HOST: usize = 1;
+const PORT: usize = 2;
 
 fn add(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     // SAFETY: fcinfo comes from PostgreSQL for this call.
@@ -76,6 +78,14 @@ fn add(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
             )
             .hint("Only superusers and members of pg_read_server_files may name them; ask one to add the broker.")
             .raise();
+    }
+    // A host, or a list of nodes host[:port] (the rule of pg_mqtt_pub.broker_host, nodes.rs);
+    // NULLs are the SQL function's to refuse.
+    if let (Some(host), Some(port)) = (a.opt_bytes(HOST), a.get(PORT)) {
+        let port = u16::try_from(port.value() as i32).unwrap_or(1883);
+        if let Err(e) = crate::pure::nodes::parse(&String::from_utf8_lossy(host), port) {
+            PgError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, e.message).hint(e.hint).raise();
+        }
     }
     if let Some(id) = a.opt_bytes(CLIENT_ID) {
         if let Err(e) = settings_rules::client_id(&String::from_utf8_lossy(id)) {

@@ -81,6 +81,11 @@ pub unsafe extern "C-unwind" fn mqtt_status(fcinfo: pg::FunctionCallInfo) -> pg:
                         nulls.push(null);
                     }
                 }
+                // SQL 1.7: how often another node of the list took over (ADR-013).
+                if natts > 29 {
+                    values.push(n(b.failovers.load(Ordering::Relaxed)));
+                    nulls.push(false);
+                }
                 crate::pg::fmgr::put_row(rsinfo, &mut values, &mut nulls);
             }
         }
@@ -101,7 +106,10 @@ fn now_columns(
     let ts = |v: i64| (pg::Datum::from(v), v == 0);
     let connected = live && b.connected.load(Ordering::Acquire);
     let problem = if live { b.problem(last_error) } else { Some("not started yet".into()) };
-    let node = connected.then(|| format!("{host}:{}", b.port.load(Ordering::Relaxed)));
+    let node = connected.then(|| match b.node() {
+        n if n.is_empty() => format!("{host}:{}", b.port.load(Ordering::Relaxed)),
+        n => n,
+    });
     let oldest = [backlog.oldest_at.unwrap_or(0), load(&b.oldest_inflight_at)].into_iter().filter(|&t| t != 0).min();
     let ms = |us: i64| (pg::Datum::from((us as f64 / 1000.0).to_bits() as i64), us < 0);
     [

@@ -26,8 +26,11 @@ pub enum Mode {
 #[repr(C)]
 struct BrokerText {
     name: [u8; 64],
-    host: [u8; 256],
+    /// The broker's `host` as configured (a node list, pure/nodes.rs: up to 1,000 bytes).
+    host: [u8; 1024],
     last_error: [u8; 512],
+    /// The node (and address) of the current or last connection.
+    node: [u8; 320],
 }
 
 #[repr(C)]
@@ -80,6 +83,8 @@ pub struct BrokerShared {
     max_qos: AtomicU32,
     retain_available: AtomicBool,
     max_packet_size: AtomicU32,
+    /// Connections made to another node than the one connected before (ADR-013).
+    pub failovers: AtomicU64,
     /// The connection speaks MQTT 5 (a PUBLISH carries a properties length).
     v5: AtomicBool,
     text: UnsafeCell<BrokerText>,
@@ -130,6 +135,7 @@ impl BrokerShared {
         put(&mut t.name, "");
         put(&mut t.host, "");
         put(&mut t.last_error, "");
+        put(&mut t.node, "");
         for t in [&self.last_connected_at, &self.last_error_at, &self.problem_since, &self.next_attempt_at] {
             t.store(0, Ordering::Relaxed);
         }
@@ -149,6 +155,22 @@ impl BrokerShared {
     }
 
     /// Worker: record an error a human should see in `mqtt_status().last_error`.
+    /// Worker: the node (and address) just connected to.
+    pub fn set_node(&self, node: &str) {
+        with_lock(STATUS_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
+            // SAFETY: under STATUS_LOCK.
+            put(unsafe { &mut (*self.text.get()).node }, node);
+        });
+    }
+
+    /// The node of the current or last connection ('' before the first).
+    pub fn node(&self) -> String {
+        with_lock(STATUS_LOCK, pg::LWLockMode::LW_SHARED, || {
+            // SAFETY: under STATUS_LOCK.
+            get(unsafe { &(*self.text.get()).node })
+        })
+    }
+
     pub fn set_error(&self, msg: &str) {
         with_lock(STATUS_LOCK, pg::LWLockMode::LW_EXCLUSIVE, || {
             // SAFETY: under STATUS_LOCK.
@@ -186,6 +208,7 @@ impl BrokerShared {
             put(&mut t.name, "");
             put(&mut t.host, "");
             put(&mut t.last_error, "");
+            put(&mut t.node, "");
         });
         self.reset_stats();
         for t in [&self.last_connected_at, &self.last_error_at, &self.problem_since, &self.next_attempt_at] {
@@ -248,7 +271,9 @@ impl BrokerShared {
 
     /// `reset_stats` with the reset time given (one time for all brokers of one call).
     pub fn reset_stats_at(&self, at: i64) {
-        for c in [&self.messages_sent, &self.messages_failed, &self.dead_lettered, &self.messages_expired] {
+        for c in
+            [&self.messages_sent, &self.messages_failed, &self.dead_lettered, &self.messages_expired, &self.failovers]
+        {
             c.store(0, Ordering::Relaxed);
         }
         for p in [&self.latency_p50_us, &self.latency_p99_us] {

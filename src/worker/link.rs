@@ -2,9 +2,11 @@
 //! ADR-008), connected, failing with backoff, its events, the ack timeout and a settings switch —
 //! and what the worker does when one of those changes.
 
-use super::connect::Connecting;
+use super::connect::Resolving;
 use super::*;
 use crate::mqtt::client::{ERR_KEEPALIVE, MQTT_V5};
+use crate::pure::nodes::{self, Next, Node, Rotation};
+use std::net::IpAddr;
 
 /// MQTT 5 reason code of a DISCONNECT for a packet the broker could not parse.
 const MALFORMED_PACKET: i32 = 0x81;
@@ -45,8 +47,22 @@ pub(super) struct Link {
     pub(super) status: &'static BrokerShared,
     pub(super) cfg: BrokerConfig,
     pub(super) client: Option<Client>,
-    /// A connect running on a helper thread (host name resolution), holding the client.
-    pub(super) resolving: Option<Connecting>,
+    /// The broker's nodes (its `host` list), or why the list is invalid (a row written by hand).
+    pub(super) nodes: Result<Vec<Node>, String>,
+    /// Which node and address is tried next, and how many failed in a row (pure/nodes.rs).
+    pub(super) rotation: Rotation,
+    /// The current node's addresses, once resolved (`None`: not yet; an error: not resolvable).
+    pub(super) addrs: Option<Result<Vec<IpAddr>, String>>,
+    /// A host name being resolved on a helper thread.
+    pub(super) resolving: Option<Resolving>,
+    /// The address of the current attempt or connection.
+    pub(super) target: Option<IpAddr>,
+    /// A connected node of a list failed while the broker was hot: until this moment the
+    /// broker stays hot (its messages wait in the ring and in flight) while the next node is
+    /// tried; then it goes cold (`end_failover_grace`).
+    pub(super) failover_until: Option<Instant>,
+    /// The node that was connected when the connection was lost (for the failover's log line).
+    pub(super) failed_node: Option<String>,
     pub(super) state: ConnState,
     pub(super) failures: u32,
     /// Messages handed over and not yet acknowledged; probe mode and ack timeout (window.rs).
@@ -90,12 +106,19 @@ impl Link {
     pub(super) fn new(slot: u16, cfg: BrokerConfig) -> Link {
         let status = &crate::shmem::require_shared().brokers()[slot as usize];
         status.set_identity(&cfg.name, &cfg.host, cfg.port);
+        let nodes = nodes::parse(&cfg.host, cfg.port).map_err(|e| e.message);
         Link {
             slot,
             status,
+            rotation: Rotation::new(nodes.as_ref().map_or(1, |n| n.len())),
+            nodes,
             cfg,
             client: None,
+            addrs: None,
             resolving: None,
+            target: None,
+            failover_until: None,
+            failed_node: None,
             state: ConnState::Idle,
             failures: 0,
             window: Window::default(),
@@ -116,6 +139,16 @@ impl Link {
             removed_at: None,
             report: Report::new(),
         }
+    }
+
+    /// The settings changed (or `mqtt_reconnect()` asked to start over): the node list anew,
+    /// from its first node.
+    pub(super) fn configured(&mut self) {
+        self.nodes = nodes::parse(&self.cfg.host, self.cfg.port).map_err(|e| e.message);
+        self.rotation = Rotation::new(self.nodes.as_ref().map_or(1, |n| n.len()));
+        self.addrs = None;
+        self.target = None;
+        self.failed_node = None;
     }
 
     pub(super) fn cold(&self) -> bool {
@@ -217,13 +250,19 @@ impl Link {
                 self.status.set_limits(Some((self.limits, self.cfg.protocol == MQTT_V5)));
                 self.status.set_connected(true);
                 self.report.connected();
-                guard::log(
-                    Level::LOG,
-                    format!(
-                        "pg_mqtt_pub: connected to broker \"{}\" at {}:{}",
-                        self.cfg.name, self.cfg.host, self.cfg.port
-                    ),
-                );
+                self.failover_until = None;
+                let at = self.at();
+                self.status.set_node(&at);
+                let failed = self.failed_node.take();
+                let line = if self.rotation.connected() {
+                    // another node than the one last connected to
+                    self.status.failovers.fetch_add(1, Ordering::Relaxed);
+                    let from = failed.map(|f| format!(", which took over from node {f}")).unwrap_or_default();
+                    format!("connected to broker \"{}\" at node {at}{from}", self.cfg.name)
+                } else {
+                    format!("connected to broker \"{}\" at {at}", self.cfg.name)
+                };
+                guard::log(Level::LOG, format!("pg_mqtt_pub: {line}"));
                 Outcome::Nothing
             }
             Event::Connected(code) => {
@@ -265,7 +304,7 @@ impl Link {
     /// The connection ended before a CONNACK came (`rc`: how libmosquitto saw it end; `None`:
     /// our own connect timeout). Say which, so that a broker that never answers is not a mystery.
     pub(super) fn no_connack(&self, rc: Option<i32>) -> String {
-        let at = format!("{}:{}", self.cfg.host, self.cfg.port);
+        let at = self.at();
         let Some(c) = self.client.as_ref() else { return format!("connecting to {at} failed") };
         if !self.tcp_up && !c.tcp_connected() {
             let base = match rc {
@@ -321,6 +360,15 @@ impl Link {
             format!("connection lost: {}", crate::mqtt::client::strerror(rc))
         };
         self.client.as_ref().map(|c| c.with_log(base.clone())).unwrap_or(base)
+    }
+
+    /// The TCP connection of the current attempt could not be made (`Client::connect_failed`).
+    pub(super) fn tcp_failed(&self) -> Option<String> {
+        let c = self.client.as_ref()?;
+        if !matches!(self.state, ConnState::Connecting { .. }) || self.tcp_up {
+            return None;
+        }
+        c.connect_failed().map(|e| format!("cannot connect to {}: {e}", self.at()))
     }
 
     /// libmosquitto closes the socket of a failed TLS handshake without a disconnect callback
@@ -382,34 +430,103 @@ impl Worker {
         k.status.set_connected(false);
         k.status.set_error(&why);
         k.report.connection_lost();
-        self.drop_client(l, false);
+        self.drop_client(l, false, false);
         self.schedule_retry(l);
     }
 
     pub(super) fn fail(&mut self, l: usize, why: String) {
         let was_connected = self.links[l].state == ConnState::Connected;
-        // The in-flight records are older than the broker's backlog: save them to the outbox
-        // first (drop_client), then the backlog (go_cold), so the outbox ids keep their order.
-        self.drop_client(l, true);
-        self.go_cold(l);
+        let k = &mut self.links[l];
+        // Reconnect at once only after a connection that stayed up, or that ended after the
+        // broker refused a message (mosquitto closes the connection after a refusal: that
+        // message has its own retry backoff). A broker that accepts and drops at once, or two
+        // clients taking one client id from each other, get the growing backoff, not a
+        // reconnect per millisecond.
+        if was_connected && (k.refused_here || k.up_since.is_some_and(|t| t.elapsed() >= STABLE_CONNECTION)) {
+            k.failures = 0;
+            k.rotation.round_from_here();
+        }
+        let failed_at = k.at();
+        if was_connected {
+            k.failed_node = Some(failed_at.clone());
+        }
+        // The next address of this node, or the next node, at once; the backoff only once every
+        // node failed in a row (pure/nodes.rs).
+        let next = k.rotation.failed();
+        if k.rotation.addr() == 0 {
+            k.addrs = None; // another node (or this one again): resolved when its turn comes
+        }
+        let several = k.nodes.as_ref().is_ok_and(|n| n.len() > 1);
+        let grace = Duration::from_millis(gucs::PUBLISH_TIMEOUT_MS.get().max(0) as u64);
+        // A node of a list failed while the broker was hot: stay hot while the next node is
+        // tried, for at most publish_timeout_ms (the time a commit may wait for ring space):
+        // what was in flight is sent again to the node that takes over, before anything newer,
+        // and nothing moves to the outbox if one does in time (ADR-013).
+        let keep_hot = several
+            && next == Next::AtOnce
+            && !k.cold()
+            && !grace.is_zero()
+            && (was_connected || k.failover_until.is_some());
+        if keep_hot {
+            k.failover_until.get_or_insert(Instant::now() + grace);
+            self.drop_client(l, true, true);
+        } else {
+            // The in-flight records are older than the broker's backlog: save them to the
+            // outbox first (drop_client), then the backlog (go_cold), so the outbox ids keep
+            // their order.
+            self.links[l].failover_until = None;
+            self.drop_client(l, true, false);
+            self.go_cold(l);
+        }
         let k = &mut self.links[l];
         k.status.set_connected(false);
         k.status.set_error(&why);
         k.report.connection_lost();
-        if was_connected {
-            guard::log(Level::WARNING, format!("pg_mqtt_pub: lost connection to broker \"{}\": {why}", k.cfg.name));
-            // Reconnect at once only after a connection that stayed up, or that ended after the
-            // broker refused a message (mosquitto closes the connection after a refusal: that
-            // message has its own retry backoff). A broker that accepts and drops at once, or
-            // two clients taking one client id from each other, get the growing backoff, not a
-            // reconnect per millisecond.
-            if k.refused_here || k.up_since.is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {
-                k.failures = 0;
+        let then = match (several, next) {
+            (true, Next::AtOnce) => {
+                format!("; trying node {} now", k.node().map(|n| n.to_string()).unwrap_or_default())
             }
+            _ => String::new(),
+        };
+        if was_connected {
+            guard::log(
+                Level::WARNING,
+                format!("pg_mqtt_pub: lost connection to broker \"{}\" at {failed_at}: {why}{then}", k.cfg.name),
+            );
         } else if k.failures == 0 {
-            guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}", k.cfg.name));
+            guard::log(Level::WARNING, format!("pg_mqtt_pub: broker \"{}\": {why}{then}", k.cfg.name));
         }
-        self.schedule_retry(l);
+        match next {
+            Next::AtOnce => {
+                k.state = ConnState::Retry { at: Instant::now() };
+                self.rebuild_waiter = true;
+            }
+            Next::Backoff => self.schedule_retry(l),
+        }
+    }
+
+    /// The failover grace of a hot broker (see `fail`) is over and no node has taken over:
+    /// the broker goes cold, its waiting records move to the outbox, in order.
+    pub(super) fn end_failover_grace(&mut self, l: usize, now: Instant) {
+        let k = &mut self.links[l];
+        let Some(t) = k.failover_until else { return };
+        if k.state == ConnState::Connected {
+            k.failover_until = None;
+            return;
+        }
+        if now < t {
+            return;
+        }
+        k.failover_until = None;
+        guard::log(
+            Level::WARNING,
+            format!(
+                "pg_mqtt_pub: broker \"{}\": no node took over within pg_mqtt_pub.publish_timeout_ms ({} ms); messages wait in the outbox",
+                k.cfg.name,
+                gucs::PUBLISH_TIMEOUT_MS.get()
+            ),
+        );
+        self.go_cold(l);
     }
 
     pub(super) fn schedule_retry(&mut self, l: usize) {
@@ -423,15 +540,17 @@ impl Worker {
     /// Forget the client and everything it had in flight: we resend ourselves, in order —
     /// unacknowledged ring records go to the outbox (lane 0, ahead of everything), unacknowledged
     /// outbox rows are simply fetched again. (libmosquitto would resend them from its memory,
-    /// without letting us notice a message that keeps killing the connection.)
-    pub(super) fn drop_client(&mut self, l: usize, count_suspect: bool) {
+    /// without letting us notice a message that keeps killing the connection.) `keep_hot`: the
+    /// broker stays hot through a failover (`fail`): the ring records go back to the front of
+    /// its backlog instead, to be sent to the next node first.
+    pub(super) fn drop_client(&mut self, l: usize, count_suspect: bool, keep_hot: bool) {
         let k = &mut self.links[l];
         if let Some(c) = k.client.take() {
             c.close();
         }
         self.rebuild_waiter = true;
         match k.window.lost(count_suspect) {
-            Lost::Nothing => return,
+            Lost::Nothing => {}
             Lost::Suspect(what) => {
                 let why = "the broker closed the connection when this message was sent".into();
                 self.message_failed(l, what, Verdict::Charge, why)
@@ -440,7 +559,9 @@ impl Worker {
                 let mut ring: Vec<u64> =
                     inflight.iter().filter_map(|f| if let Inflight::Ring(p) = f { Some(*p) } else { None }).collect();
                 ring.sort_unstable();
-                if !ring.is_empty() {
+                if keep_hot {
+                    self.back_to_backlog(l, &ring);
+                } else if !ring.is_empty() {
                     self.rescue(ring);
                 }
             }
@@ -450,6 +571,21 @@ impl Worker {
         k.drain_after = None;
         k.report.forget_inflight();
         k.status.inflight.store(0, Ordering::Relaxed);
+    }
+
+    /// Ring records that were in flight (`positions`, ascending) go back to the front of the
+    /// broker's backlog: older than anything in it, they are sent first.
+    fn back_to_backlog(&mut self, l: usize, positions: &[u64]) {
+        let ring = self.ring;
+        let mut scratch = Vec::new();
+        for &pos in positions.iter().rev() {
+            // SAFETY: only consumer; a record in flight is scanned and not released.
+            if let Peek::Ready(r) = unsafe { ring.peek_at(pos, &mut scratch) } {
+                let k = &mut self.links[l];
+                k.backlog.push_front(Span { pos, nslots: r.nslots });
+                k.backlog_slots += r.nslots;
+            }
+        }
     }
 
     /// Take the events the client recorded and carry out what each asks of the worker.
@@ -477,6 +613,9 @@ impl Worker {
             }
         }
         self.events = events;
+        if let Some(why) = self.links[l].tcp_failed() {
+            self.fail(l, why);
+        }
         if let Some(why) = self.links[l].tls_failed() {
             self.fail(l, why);
         }
@@ -535,9 +674,10 @@ impl Worker {
         }
         let new = self.links[l].switch_to.take().expect("checked above").to;
         self.go_cold(l);
-        self.drop_client(l, false);
+        self.drop_client(l, false, false);
         let k = &mut self.links[l];
         k.cfg = new;
+        k.configured();
         k.status.set_connected(false);
         k.status.set_limits(None); // perhaps another broker now: learn its limits anew
         k.status.set_identity(&k.cfg.name, &k.cfg.host, k.cfg.port);

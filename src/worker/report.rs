@@ -128,6 +128,19 @@ impl Worker {
         }
         if k.status.reconnect_requested.swap(false, Ordering::AcqRel) {
             k.failures = 0;
+            if k.rotation.node() != 0 && k.switch_to.is_none() && k.resolving.is_none() {
+                // On another node than the first of its list: start over from the first (after
+                // the messages in flight are acknowledged, as for a settings change). This is
+                // how a DBA moves the connection back (ADR-013).
+                guard::log(
+                    Level::LOG,
+                    format!("pg_mqtt_pub: broker \"{}\": returning to its first node (mqtt_reconnect)", k.cfg.name),
+                );
+                let cfg = k.cfg.clone();
+                k.switch_later(cfg);
+                self.rebuild_waiter = true;
+                return;
+            }
             if matches!(k.state, ConnState::Retry { .. }) {
                 guard::log(
                     Level::LOG,
@@ -149,9 +162,8 @@ impl Worker {
         guard::log(
             Level::LOG,
             format!(
-                "pg_mqtt_pub: broker \"{name}\" is back at {}:{} after {} unreachable; {waiting} message{} waited in the outbox",
-                k.cfg.host,
-                k.cfg.port,
+                "pg_mqtt_pub: broker \"{name}\" is back at {} after {} unreachable; {waiting} message{} waited in the outbox",
+                k.at(),
                 human(after),
                 if waiting == 1 { "" } else { "s" }
             ),

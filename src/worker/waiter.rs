@@ -217,6 +217,9 @@ impl Worker {
             if k.resolving.is_some() {
                 timeout = timeout.min(RESOLVE_POLL_MS); // the thread does not set our latch
             }
+            if let Some(t) = k.failover_until {
+                timeout = timeout.min(until(t) + 1);
+            }
         }
         if !self.ext_present {
             timeout = timeout.min(until(self.next_ext_check));

@@ -18,6 +18,7 @@
 """
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -282,3 +283,63 @@ def make_pki(d):
         os.chmod(os.path.join(d, f), 0o644)  # readable by mosquitto and postgres
     names = {"ca": "ca.crt", "server": "server.crt", "server-key": "server.key", "other": "other.crt", "other-key": "other.key"}
     return {k: os.path.join(d, f) for k, f in names.items()}
+
+
+class Referrer:
+    """A node that answers every CONNECT with an MQTT 5 CONNACK "use another server" (0x9C) and a
+    Server Reference, then closes: what a cluster node being drained does. (No broker in the test
+    suite's reach sends it, so this minimal peer speaks just that one packet.)"""
+
+    def __init__(self, port, reference):
+        self.port, self.reference, self.connects = port, reference.encode(), 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    conn.recv(65536)  # the CONNECT (small: one read)
+                except OSError:
+                    continue
+                self.connects += 1
+                props = bytes([0x1C]) + len(self.reference).to_bytes(2, "big") + self.reference
+                body = bytes([0x00, 0x9C, len(props)]) + props
+                conn.sendall(bytes([0x20, len(body)]) + body)
+                time.sleep(0.2)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_use_another_server_is_followed_only_to_the_brokers_own_nodes(request):
+    pa, pb, r1, r2, evil = ports(5)
+    a, b = Broker("ref-a", pa).start(), Broker("ref-b", pb).start()
+    request.addfinalizer(a.stop_if_running)
+    request.addfinalizer(b.stop_if_running)
+    to_b = Referrer(r1, f"127.0.0.1:{pb}")           # one of the list's nodes, not the next one
+    elsewhere = Referrer(r2, f"127.0.0.1:{evil}")   # not one of the list's nodes
+    request.addfinalizer(to_b.close)
+    request.addfinalizer(elsewhere.close)
+    c = Cluster("nodes-ref", port(), worker_settings(DB, pa, pg_mqtt_pub__max_brokers=4)).start()
+    request.addfinalizer(c.stop_if_running)
+    c.sql(f"CREATE DATABASE {DB}")
+    c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
+    c.sql("SELECT mqtt_broker_add('follow', %s)", (f"127.0.0.1:{r1},127.0.0.1:{pa},127.0.0.1:{pb}",), dbname=DB)
+    c.sql("SELECT mqtt_broker_add('stay', %s)", (f"127.0.0.1:{r2},127.0.0.1:{pa}",), dbname=DB)
+    st = wait_status(c, DB, lambda s: s["connected"], "connected where the reference points", broker="follow")
+    assert st["connected_node"] == f"127.0.0.1:{pb}", st
+    st = wait_status(c, DB, lambda s: s["connected"], "connected to the next node", broker="stay")
+    assert st["connected_node"] == f"127.0.0.1:{pa}", st
+    log = c.log_text()
+    assert f'broker "follow": the node at 127.0.0.1:{r1} refers us to "127.0.0.1:{pb}" (MQTT 5 Server Reference); going there' in log
+    assert f'broker "stay": the node at 127.0.0.1:{r2} refers us to "127.0.0.1:{evil}" (MQTT 5 Server Reference); ignored' in log
+    assert to_b.connects >= 1 and elsewhere.connects >= 1

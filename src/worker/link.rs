@@ -63,6 +63,8 @@ pub(super) struct Link {
     pub(super) failover_until: Option<Instant>,
     /// The node that was connected when the connection was lost (for the failover's log line).
     pub(super) failed_node: Option<String>,
+    /// Server References followed since the last connection (at most one per node: no loop).
+    pub(super) redirects: u32,
     pub(super) state: ConnState,
     pub(super) failures: u32,
     /// Messages handed over and not yet acknowledged; probe mode and ack timeout (window.rs).
@@ -119,6 +121,7 @@ impl Link {
             target: None,
             failover_until: None,
             failed_node: None,
+            redirects: 0,
             state: ConnState::Idle,
             failures: 0,
             window: Window::default(),
@@ -251,6 +254,7 @@ impl Link {
                 self.status.set_connected(true);
                 self.report.connected();
                 self.failover_until = None;
+                self.redirects = 0;
                 let at = self.at();
                 self.status.set_node(&at);
                 let failed = self.failed_node.take();
@@ -450,9 +454,33 @@ impl Worker {
         if was_connected {
             k.failed_node = Some(failed_at.clone());
         }
-        // The next address of this node, or the next node, at once; the backoff only once every
-        // node failed in a row (pure/nodes.rs).
-        let next = k.rotation.failed();
+        // MQTT 5 "use another server" / "server moved": to the named node, if it is one of the
+        // list's (a broker must not be able to send our credentials elsewhere), and not in a
+        // loop. Otherwise the next address of this node, or the next node, at once; the backoff
+        // only once every node failed in a row (pure/nodes.rs).
+        let reference = k.client.as_mut().and_then(|c| c.take_server_reference());
+        let referred = match (&reference, &k.nodes) {
+            (Some(r), Ok(list)) if (k.redirects as usize) < list.len() => nodes::referenced(list, r, k.cfg.port),
+            _ => None,
+        };
+        let next = match referred {
+            Some(i) => {
+                k.redirects += 1;
+                k.rotation.go_to(i);
+                Next::AtOnce
+            }
+            None => k.rotation.failed(),
+        };
+        if let Some(r) = &reference {
+            let what = match referred {
+                Some(_) => "going there".to_string(),
+                None => "ignored: not one of the broker's nodes, or already followed".to_string(),
+            };
+            guard::log(
+                Level::LOG,
+                format!("pg_mqtt_pub: broker \"{}\": the node at {failed_at} refers us to \"{r}\" (MQTT 5 Server Reference); {what}", k.cfg.name),
+            );
+        }
         if k.rotation.addr() == 0 {
             k.addrs = None; // another node (or this one again): resolved when its turn comes
         }

@@ -177,3 +177,32 @@ def test_an_object_built_on_mqtt_status_stops_the_update_with_a_clear_error():
         c.sql("ALTER EXTENSION pg_mqtt_pub UPDATE TO '1.4'", dbname="dep")
     finally:
         c.stop()
+
+
+def test_the_1_7_update_keeps_the_grants_of_what_it_re_creates_and_stops_at_objects_built_on_them():
+    """1.7 re-creates mqtt_status() (one more column) and the view mqtt_pub.outbox_summary built on
+    it: the grants a DBA gave on both survive, and an object of theirs on the view stops the
+    update with a clear error instead of CASCADE's hint."""
+    c = Cluster("upgrade-17", port(), {"pg_mqtt_pub.database": "'up17'"}).start()
+    try:
+        c.sql("CREATE DATABASE up17")
+        c.sql("CREATE ROLE watcher")
+        c.sql("CREATE EXTENSION pg_mqtt_pub VERSION '1.6'", dbname="up17")
+        c.sql("GRANT SELECT ON mqtt_pub.outbox_summary TO watcher", dbname="up17")
+        c.sql("GRANT EXECUTE ON FUNCTION mqtt_pub.mqtt_status() TO watcher", dbname="up17")
+        c.sql("CREATE VIEW public.waiting AS SELECT broker, pending FROM mqtt_pub.outbox_summary", dbname="up17")
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist) as e:
+            c.sql("ALTER EXTENSION pg_mqtt_pub UPDATE TO '1.7'", dbname="up17")
+        assert "view waiting depends on mqtt_pub.outbox_summary" in str(e.value), str(e.value)
+        assert "ALTER EXTENSION" in e.value.diag.message_hint
+        c.sql("DROP VIEW public.waiting", dbname="up17")
+        c.sql("ALTER EXTENSION pg_mqtt_pub UPDATE TO '1.7'", dbname="up17")
+        assert c.sql("SELECT has_table_privilege('watcher', 'mqtt_pub.outbox_summary', 'SELECT'), "
+                     "has_function_privilege('watcher', 'mqtt_pub.mqtt_status()', 'EXECUTE'), "
+                     "has_table_privilege('public', 'mqtt_pub.outbox_summary', 'SELECT')", dbname="up17") == [(True, True, False)]
+        with c.connect("up17", user="postgres") as conn:
+            conn.execute("SET ROLE watcher")
+            assert conn.execute("SELECT count(*) FROM mqtt_pub.outbox_summary").fetchone() == (0,)
+            assert conn.execute("SELECT failovers FROM mqtt_pub.mqtt_status()").fetchall() == [(0,)]
+    finally:
+        c.stop()

@@ -39,15 +39,17 @@ DO $do$
 DECLARE
     s text;
     grants text[];
-    g text;
+    grantors text[];
+    me text := current_user;
     users text;
 BEGIN
     FOREACH s IN ARRAY ARRAY['@extschema@', 'mqtt_pub'] LOOP
         SELECT pg_catalog.array_agg(pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.mqtt_status() TO %s%s', s,
                    CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
                         ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END,
-                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END))
-          INTO grants
+                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)),
+               pg_catalog.array_agg(pg_catalog.pg_get_userbyid(a.grantor))
+          INTO grants, grantors
           FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
          WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.format('%s.mqtt_status()', s)::pg_catalog.regprocedure
            AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
@@ -102,8 +104,11 @@ BEGIN
         AS 'MODULE_PATHNAME', 'mqtt_status'
         LANGUAGE C VOLATILE PARALLEL SAFE$f$, s);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s.mqtt_status() FROM PUBLIC', s);
-        FOREACH g IN ARRAY COALESCE(grants, '{}') LOOP
-            EXECUTE g;
+        -- Each grant again by the role that gave it (so that its REVOKE still works).
+        FOR i IN 1 .. COALESCE(pg_catalog.array_length(grants, 1), 0) LOOP
+            EXECUTE pg_catalog.format('SET LOCAL ROLE %I', grantors[i]);
+            EXECUTE grants[i];
+            EXECUTE pg_catalog.format('SET LOCAL ROLE %I', me);
         END LOOP;
     END LOOP;
 END
@@ -134,17 +139,22 @@ COMMENT ON VIEW mqtt_pub.outbox_summary IS
 REVOKE ALL ON mqtt_pub.outbox_summary FROM PUBLIC;
 DO $do$
 DECLARE
-    g text;
+    g record;
+    me text := current_user;
 BEGIN
     FOR g IN
-        SELECT pg_catalog.format('GRANT %s ON mqtt_pub.outbox_summary TO %s%s', a.privilege_type,
+        SELECT pg_catalog.pg_get_userbyid(a.grantor) AS grantor,
+               pg_catalog.format('GRANT %s ON mqtt_pub.outbox_summary TO %s%s', a.privilege_type,
                    CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
                         ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END,
-                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) AS stmt
           FROM pg_temp.pg_mqtt_pub_summary_acl t, pg_catalog.aclexplode(t.relacl) a
          WHERE a.grantee OPERATOR(pg_catalog.<>) a.grantor
     LOOP
-        EXECUTE g;
+        -- by the role that gave it (so that its REVOKE still works)
+        EXECUTE pg_catalog.format('SET LOCAL ROLE %I', g.grantor);
+        EXECUTE g.stmt;
+        EXECUTE pg_catalog.format('SET LOCAL ROLE %I', me);
     END LOOP;
 END
 $do$;

@@ -9,7 +9,9 @@
 * A real two-node cluster (tests/cluster.py: two Aedes nodes sharing state through redis): the
   subscriber on node B, the worker publishing a QoS 1 stream to node A; node A stopped (SIGSTOP
   1 s, SIGKILL): the worker fails over to node B within seconds and every message reaches the
-  subscriber, in order (messages in flight when A died may come twice: at least once).
+  subscriber, in order (messages in flight when A died may come twice: at least once) — except
+  what node A lost after acknowledging it (Aedes acknowledges QoS 1 before passing a message on
+  inside the cluster): a tap in front of A tells those apart.
 * Names: a node name that resolves to ::1 and then 127.0.0.1 (the server's own /etc/hosts, in a
   mount namespace) reaches a broker that listens on 127.0.0.1 only; TLS to that name verifies
   the certificate against the name (a certificate for another name is refused, one for the
@@ -17,8 +19,6 @@
 * The rule for lists, the same at mqtt_broker_add and ALTER SYSTEM (22023, with a hint).
 """
 import os
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -27,6 +27,7 @@ import psycopg
 import pytest
 
 import cluster
+from fake_nodes import Referrer, Tap
 from harness import Broker, Cluster, Subscriber, port, ports, publish, scratch, status, wait_status, wait_until, \
     worker_settings
 
@@ -141,48 +142,53 @@ def test_mosquitto_nodes_order_first_down_no_flapping_failover_and_every_node_do
         b.stop_if_running()
 
 
-def test_aedes_cluster_node_killed_mid_stream_every_message_arrives_via_the_other_node():
-    pa, pb = ports(2)
-    sub = c = None
+def test_aedes_cluster_node_killed_mid_stream_every_message_arrives_via_the_other_node(request):
+    pa, pb, tap_port = ports(3)
     with cluster.AedesCluster("nodes", port(), (pa, pb)) as aedes:
-        try:
-            sub = Subscriber(pb, "cluster/#")  # on node B
-            conf = worker_settings(DB, pa, pg_mqtt_pub__broker_host=f"'127.0.0.1:{pa},127.0.0.1:{pb}'")
-            c = Cluster("nodes-aedes", port(), conf).start()
-            c.sql(f"CREATE DATABASE {DB}")
-            c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
-            wait_status(c, DB, lambda s: s["connected"] and s["delivery_mode"] == "hot", "connected and hot")
-            assert status(c, DB)["connected_node"] == f"127.0.0.1:{pa}"
+        # The worker reaches node A through a tap that notes which messages A acknowledged.
+        tap = Tap(tap_port, pa)
+        request.addfinalizer(tap.close)
+        sub = Subscriber(pb, "cluster/#")  # on node B
+        request.addfinalizer(sub.close)
+        conf = worker_settings(DB, tap_port, pg_mqtt_pub__broker_host=f"'127.0.0.1:{tap_port},127.0.0.1:{pb}'")
+        c = Cluster("nodes-aedes", port(), conf).start()
+        request.addfinalizer(c.stop_if_running)
+        c.sql(f"CREATE DATABASE {DB}")
+        c.sql("CREATE EXTENSION pg_mqtt_pub", dbname=DB)
+        wait_status(c, DB, lambda s: s["connected"] and s["delivery_mode"] == "hot", "connected and hot")
+        assert status(c, DB)["connected_node"] == f"127.0.0.1:{tap_port}"
 
-            ids = outbox_ids(c)
-            mark = len(c.log_text())
-            n = 1500
-            t = stream(c, "cluster/stream", n)
-            wait_until(lambda: len(sub.matching("cluster/stream")) >= 200, 30, "the stream under way through node A")
-            aedes.pause(0)
-            time.sleep(1)
-            killed = time.monotonic()
-            aedes.kill(0)
-            st = wait_status(c, DB, lambda s: s["connected"] and s["failovers"] == 1, "failed over to node B", timeout=10)
-            took = time.monotonic() - killed
-            assert st["connected_node"] == f"127.0.0.1:{pb}", st
-            t.join(120)
-            assert not t.is_alive()
-            want = [f"m{i}" for i in range(n)]
-            wait_until(lambda: set(payloads(sub, "cluster/stream")) >= set(want), 60, "every message at the subscriber")
-            got = payloads(sub, "cluster/stream")
-            # At least once, in order: a message node A had not acknowledged may come twice (once
-            # forwarded by A, once sent again to B), never out of order.
-            assert numbers(first_occurrences(got)) == list(range(n))
-            assert outbox_ids(c) == ids, "nothing went through the outbox"
-            log = c.log_text()[mark:]
-            assert f"which took over from node 127.0.0.1:{pa}" in log
-            print(f"failover took {took:.2f} s after the SIGKILL; {len(got) - n} duplicates")
-        finally:
-            if sub:
-                sub.close()
-            if c:
-                c.stop_if_running()
+        ids = outbox_ids(c)
+        mark = len(c.log_text())
+        n = 1500
+        t = stream(c, "cluster/stream", n)
+        wait_until(lambda: len(sub.matching("cluster/stream")) >= 200, 30, "the stream under way through node A")
+        aedes.pause(0)
+        time.sleep(1)
+        aedes.kill(0)
+        st = wait_status(c, DB, lambda s: s["connected"] and s["failovers"] == 1, "failed over to node B", timeout=10)
+        assert st["connected_node"] == f"127.0.0.1:{pb}", st
+        t.join(120)
+        assert not t.is_alive()
+        # Every message arrives, in order, except what node A itself lost: Aedes 2.0 acknowledges
+        # a QoS 1 message *before* it passes it on to the other nodes (lib/handlers/publish.js),
+        # so a message A acknowledged just before it stopped can be gone with it, whoever the
+        # publisher (seen with a plain paho client too). Those are the cluster's loss, not ours:
+        # everything the worker still had to deliver when A died must arrive.
+        want = {f"m{i}" for i in range(n)}
+        lost_by_a = lambda: sorted(numbers(want - set(payloads(sub, "cluster/stream")) - tap.acked))  # noqa: E731
+        try:
+            wait_until(lambda: not lost_by_a(), 60, "every message node A had not acknowledged")
+        except TimeoutError as e:
+            raise AssertionError(f"not acknowledged by node A and missing at the subscriber: {lost_by_a()}") from e
+        got = payloads(sub, "cluster/stream")
+        # At least once, in order: a message node A had not acknowledged may come twice (once
+        # passed on by A, once sent again to B), never out of order.
+        assert numbers(first_occurrences(got)) == sorted(numbers(set(got)))
+        assert outbox_ids(c) == ids, "nothing went through the outbox"
+        assert f"which took over from node 127.0.0.1:{tap_port}" in c.log_text()[mark:]
+        lost = sorted(numbers(want - set(got)))
+        print(f"{len(got) - len(set(got))} duplicates; {len(lost)} lost by node A after acknowledging them: {lost}")
 
 
 def test_a_name_is_tried_at_every_address_and_tls_checks_the_name(request):
@@ -244,7 +250,6 @@ def test_node_lists_are_checked_the_same_way_everywhere():
             "mq1,,mq2": 'invalid host "mq1,,mq2": an empty node',
             "mq1:0": 'invalid port "0" in host "mq1:0"',
             "[::1]1883": 'invalid node "[::1]1883" in host "[::1]1883"',
-            "mq1,MQ1:1883": 'node MQ1:1883 is listed twice in host "mq1,MQ1:1883"',
             "mqtt://mq1": 'invalid host "mqtt://mq1": a node is host[:port], without a scheme',
         }
         for host, message in cases.items():
@@ -255,6 +260,12 @@ def test_node_lists_are_checked_the_same_way_everywhere():
             with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
                 c.sql(f"ALTER SYSTEM SET pg_mqtt_pub.broker_host = '{host}'")
             assert message in e.value.diag.message_primary or message in (e.value.diag.message_detail or "")
+        # A node listed twice is refused where the port is known; the setting's check cannot know
+        # pg_mqtt_pub.broker_port, so there such a node is simply used once.
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+            c.sql("SELECT mqtt_broker_add('x', 'mq1,MQ1:1883')", dbname=DB)
+        assert e.value.diag.message_primary == 'node MQ1:1883 is listed twice in host "mq1,MQ1:1883"'
+        c.sql("ALTER SYSTEM SET pg_mqtt_pub.broker_host = 'mq1,MQ1:1883'")
         c.sql("SELECT mqtt_broker_add('ok', 'mq1:1883, mq2:1884,[::1]:1885,mq3', 1886)", dbname=DB)
         assert c.sql("SELECT host FROM mqtt_pub.broker_list WHERE name = 'ok'", dbname=DB) == [("mq1:1883, mq2:1884,[::1]:1885,mq3",)]
         c.sql("ALTER SYSTEM SET pg_mqtt_pub.broker_host = 'mq1:1883,mq2'")
@@ -285,41 +296,6 @@ def make_pki(d):
     return {k: os.path.join(d, f) for k, f in names.items()}
 
 
-class Referrer:
-    """A node that answers every CONNECT with an MQTT 5 CONNACK "use another server" (0x9C) and a
-    Server Reference, then closes: what a cluster node being drained does. (No broker in the test
-    suite's reach sends it, so this minimal peer speaks just that one packet.)"""
-
-    def __init__(self, port, reference):
-        self.port, self.reference, self.connects = port, reference.encode(), 0
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen()
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    conn.recv(65536)  # the CONNECT (small: one read)
-                except OSError:
-                    continue
-                self.connects += 1
-                props = bytes([0x1C]) + len(self.reference).to_bytes(2, "big") + self.reference
-                body = bytes([0x00, 0x9C, len(props)]) + props
-                conn.sendall(bytes([0x20, len(body)]) + body)
-                time.sleep(0.2)
-
-    def close(self):
-        self.sock.close()
-
-
 def test_use_another_server_is_followed_only_to_the_brokers_own_nodes(request):
     pa, pb, r1, r2, evil = ports(5)
     a, b = Broker("ref-a", pa).start(), Broker("ref-b", pb).start()
@@ -342,4 +318,4 @@ def test_use_another_server_is_followed_only_to_the_brokers_own_nodes(request):
     log = c.log_text()
     assert f'broker "follow": the node at 127.0.0.1:{r1} refers us to "127.0.0.1:{pb}" (MQTT 5 Server Reference); going there' in log
     assert f'broker "stay": the node at 127.0.0.1:{r2} refers us to "127.0.0.1:{evil}" (MQTT 5 Server Reference); ignored' in log
-    assert to_b.connects >= 1 and elsewhere.connects >= 1
+    assert to_b.count >= 1 and elsewhere.count >= 1

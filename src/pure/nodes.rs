@@ -98,8 +98,20 @@ fn parse_node(item: &str, default_port: u16, whole: &str) -> Result<Node, Invali
     Ok(Node { host, port })
 }
 
-/// The nodes of `list`, in order (`default_port` for those without one).
+/// The nodes of `list`, in order (`default_port` for those without one); a node listed twice
+/// is an error.
 pub fn parse(list: &str, default_port: u16) -> Result<Vec<Node>, Invalid> {
+    parse_with(list, default_port, true)
+}
+
+/// The nodes of `list` as the worker uses them: a node listed twice (which depends on the
+/// default port, a separate setting for `pg_mqtt_pub.broker_host`) is used once, where it
+/// first appears.
+pub fn parse_used(list: &str, default_port: u16) -> Result<Vec<Node>, Invalid> {
+    parse_with(list, default_port, false)
+}
+
+fn parse_with(list: &str, default_port: u16, refuse_twice: bool) -> Result<Vec<Node>, Invalid> {
     let whole = list;
     if list.trim().is_empty() {
         return Err(invalid(format!("invalid host {}", super::topic::quoted(list))));
@@ -120,7 +132,10 @@ pub fn parse(list: &str, default_port: u16) -> Result<Vec<Node>, Invalid> {
         }
         let n = parse_node(item, default_port, whole)?;
         if nodes.iter().any(|m| m.host.eq_ignore_ascii_case(&n.host) && m.port == n.port) {
-            return Err(invalid(format!("node {n} is listed twice in host {}", super::topic::quoted(whole))));
+            if refuse_twice {
+                return Err(invalid(format!("node {n} is listed twice in host {}", super::topic::quoted(whole))));
+            }
+            continue;
         }
         nodes.push(n);
     }
@@ -205,9 +220,10 @@ impl Rotation {
     }
 
     /// Connected to the current node: returns whether that is a failover (another node than
-    /// the one last connected to).
+    /// the one last connected to). The round of failures goes on until the connection proves
+    /// stable (`round_from_here`): nodes that each accept and drop at once must not be
+    /// reconnected to without a backoff.
     pub fn connected(&mut self) -> bool {
-        self.failed_nodes = 0;
         let moved = self.last_connected.is_some_and(|n| n != self.node);
         self.last_connected = Some(self.node);
         moved
@@ -269,6 +285,7 @@ mod tests {
         assert_eq!(e("a b"), "invalid node \"a b\" in host \"a b\"");
         assert_eq!(e("x:1:2"), "invalid node \"x:1:2\" in host \"x:1:2\"");
         assert_eq!(e("mq1,MQ1:1883"), "node MQ1:1883 is listed twice in host \"mq1,MQ1:1883\"");
+        assert_eq!(parse_used("mq1,MQ1:1883,mq2", 1883).unwrap(), vec![n("mq1", 1883), n("mq2", 1883)]);
         let many: Vec<String> = (0..17).map(|i| format!("n{i}")).collect();
         assert_eq!(e(&many.join(",")), "too many nodes in host: 17, at most 16");
         assert!(e(&"a".repeat(1001)).contains("at most 1000"));
@@ -327,6 +344,17 @@ mod tests {
         assert_eq!((r.node(), r.addr()), (0, 0));
         r.resolved(1);
         assert!(r.connected()); // back on node 0 after node 1: a failover too
+    }
+
+    #[test]
+    fn nodes_that_accept_and_drop_at_once_still_back_off() {
+        let mut r = Rotation::new(2);
+        r.resolved(1);
+        r.connected(); // node 0 accepts ...
+        assert_eq!(r.failed(), Next::AtOnce); // ... and drops at once: node 1 now
+        r.resolved(1);
+        r.connected(); // node 1 accepts and drops too: a whole round failed
+        assert_eq!(r.failed(), Next::Backoff);
     }
 
     #[test]

@@ -57,8 +57,10 @@ pub fn sent_client_id(id: &str, max: usize) -> Result<(), Invalid> {
 }
 
 /// A broker's `host`: one host name or address, or a list of nodes `host[:port]` (nodes.rs).
+/// (A node listed twice depends on the port, `pg_mqtt_pub.broker_port`, which a check hook of
+/// this setting cannot know: the worker uses such a node once.)
 pub fn host(h: &str) -> Result<(), Invalid> {
-    super::nodes::parse(h, 1883).map(|_| ())
+    super::nodes::parse_used(h, 1883).map(|_| ())
 }
 
 /// The lowest TLS version accepted.

@@ -108,7 +108,7 @@ impl Link {
     pub(super) fn new(slot: u16, cfg: BrokerConfig) -> Link {
         let status = &crate::shmem::require_shared().brokers()[slot as usize];
         status.set_identity(&cfg.name, &cfg.host, cfg.port);
-        let nodes = nodes::parse(&cfg.host, cfg.port).map_err(|e| e.message);
+        let nodes = nodes::parse_used(&cfg.host, cfg.port).map_err(|e| e.message);
         Link {
             slot,
             status,
@@ -147,7 +147,7 @@ impl Link {
     /// The settings changed (or `mqtt_reconnect()` asked to start over): the node list anew,
     /// from its first node.
     pub(super) fn configured(&mut self) {
-        self.nodes = nodes::parse(&self.cfg.host, self.cfg.port).map_err(|e| e.message);
+        self.nodes = nodes::parse_used(&self.cfg.host, self.cfg.port).map_err(|e| e.message);
         self.rotation = Rotation::new(self.nodes.as_ref().map_or(1, |n| n.len()));
         self.addrs = None;
         self.target = None;
@@ -579,6 +579,12 @@ impl Worker {
         self.rebuild_waiter = true;
         match k.window.lost(count_suspect) {
             Lost::Nothing => {}
+            // A failover (keep_hot): the node, not the message, is the likelier cause, and a
+            // charged message would go to the outbox behind newer ones while the broker stays
+            // hot. It is sent first to the next node (still probing); a message that brings
+            // down every node is charged when the round ends (keep_hot is false then).
+            Lost::Suspect(Inflight::Ring(pos)) if keep_hot => self.back_to_backlog(l, &[pos]),
+            Lost::Suspect(Inflight::Outbox { .. }) if keep_hot => {} // fetched again
             Lost::Suspect(what) => {
                 let why = "the broker closed the connection when this message was sent".into();
                 self.message_failed(l, what, Verdict::Charge, why)

@@ -54,6 +54,14 @@ impl Worker {
 
     fn send_backlogs(&mut self, scratch: &mut Vec<u8>, found: &mut Found) {
         for l in 0..self.links.len() {
+            if self.links[l].cold() && !self.links[l].backlog.is_empty() {
+                // A backend turned the broker cold (a durable commit, a spill after
+                // publish_timeout_ms) while records waited in its backlog (a busy broker, or
+                // the in-flight records of a failover): they go to the outbox now, ahead of
+                // what the backend wrote there (lane 0), instead of waiting for nobody.
+                self.go_cold(l);
+                continue;
+            }
             while !self.links[l].backlog.is_empty() && self.links[l].window_open() && !self.links[l].cold() {
                 let Span { pos, nslots } = self.links[l].backlog[0];
                 match self.send_ring_record(l, pos, scratch, &mut found.failed) {

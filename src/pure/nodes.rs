@@ -57,7 +57,15 @@ fn invalid(message: String) -> Invalid {
 /// A host name or address, without scheme or port (1 to 253 of `A-Za-z0-9._-`, or `:` in an
 /// IPv6 address).
 fn host_ok(h: &str) -> bool {
-    (1..=253).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    // a name: labels of letters, digits and "-" (and "_", seen in internal names), starting
+    // with a letter or digit, separated by single dots
+    (1..=253).contains(&h.len())
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && h.split('.').all(|label| label.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()))
+        || h.ends_with('.') && h.len() > 1 && host_ok(&h[..h.len() - 1]) && !h[..h.len() - 1].ends_with('.')
 }
 
 fn parse_port(p: &str, whole: &str) -> Result<u16, Invalid> {
@@ -290,6 +298,10 @@ mod tests {
         assert_eq!(e(&many.join(",")), "too many nodes in host: 17, at most 16");
         assert!(e(&"a".repeat(1001)).contains("at most 1000"));
         assert!(parse(&"a".repeat(254), 1).is_err());
+        for bad in ["-", "..", "a..b", "-a", ".a", "a.-b"] {
+            assert_eq!(e(bad), format!("invalid node \"{bad}\" in host \"{bad}\""));
+        }
+        assert!(parse("mq-1.example.com.", 1).is_ok() && parse("mq_1", 1).is_ok());
         assert!(parse(&"a".repeat(253), 1).is_ok());
     }
 

@@ -16,4 +16,5 @@ pub mod ring;
 pub mod scanlog;
 pub mod settings_rules;
 pub mod topic;
+pub mod topic_filter;
 pub mod window;

@@ -21,7 +21,12 @@ BEGIN
       FROM pg_catalog.pg_depend d
      WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
        AND d.refobjid OPERATOR(pg_catalog.=) 'mqtt_pub.outbox_summary'::pg_catalog.regclass::pg_catalog.oid
-       AND d.deptype OPERATOR(pg_catalog.=) 'n';
+       AND d.deptype OPERATOR(pg_catalog.=) 'n'
+       -- (before PostgreSQL 16 a view's own rule depends on the view: not someone else's object)
+       AND NOT (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                AND d.objid OPERATOR(pg_catalog.=) ANY (ARRAY(
+                    SELECT r.oid FROM pg_catalog.pg_rewrite r
+                     WHERE r.ev_class OPERATOR(pg_catalog.=) 'mqtt_pub.outbox_summary'::pg_catalog.regclass)));
     IF users IS NOT NULL THEN
         RAISE EXCEPTION 'cannot update pg_mqtt_pub to 1.7: % depends on mqtt_pub.outbox_summary', users
             USING ERRCODE = 'dependent_objects_still_exist',

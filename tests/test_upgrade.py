@@ -196,7 +196,13 @@ def test_the_1_7_update_keeps_the_grants_of_what_it_re_creates_and_stops_at_obje
         assert "view waiting depends on mqtt_pub.outbox_summary" in str(e.value), str(e.value)
         assert "ALTER EXTENSION" in e.value.diag.message_hint
         c.sql("DROP VIEW public.waiting", dbname="up17")
-        c.sql("ALTER EXTENSION pg_mqtt_pub UPDATE TO '1.7'", dbname="up17")
+        # run by an administrator who logs in as an ordinary role and becomes a superuser with
+        # SET ROLE: the session may not become every original grantor (granted as itself then)
+        c.sql("CREATE ROLE admin_su SUPERUSER NOLOGIN")
+        c.sql("CREATE ROLE alice LOGIN IN ROLE admin_su")
+        with c.connect("up17", user="alice") as conn:
+            conn.execute("SET ROLE admin_su")
+            conn.execute("ALTER EXTENSION pg_mqtt_pub UPDATE TO '1.7'")
         assert c.sql("SELECT has_table_privilege('watcher', 'mqtt_pub.outbox_summary', 'SELECT'), "
                      "has_function_privilege('watcher', 'mqtt_pub.mqtt_status()', 'EXECUTE'), "
                      "has_table_privilege('public', 'mqtt_pub.outbox_summary', 'SELECT')", dbname="up17") == [(True, True, False)]

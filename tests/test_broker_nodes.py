@@ -249,7 +249,8 @@ def test_node_lists_are_checked_the_same_way_everywhere():
         cases = {
             "mq1,,mq2": 'invalid host "mq1,,mq2": an empty node',
             "mq1:0": 'invalid port "0" in host "mq1:0"',
-            "[::1]1883": 'invalid node "[::1]1883" in host "[::1]1883"',
+            "[::1]1883": 'invalid host "[::1]1883"',
+            "mq0,[::1]1883": 'invalid node "[::1]1883" in host "mq0,[::1]1883"',
             "mqtt://mq1": 'invalid host "mqtt://mq1": a node is host[:port], without a scheme',
         }
         for host, message in cases.items():

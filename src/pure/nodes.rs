@@ -80,8 +80,13 @@ fn parse_port(p: &str, whole: &str) -> Result<u16, Invalid> {
 }
 
 fn parse_node(item: &str, default_port: u16, whole: &str) -> Result<Node, Invalid> {
-    let bad =
-        || invalid(format!("invalid node {} in host {}", super::topic::quoted(item), super::topic::quoted(whole)));
+    let bad = || {
+        if item.len() == whole.trim().len() {
+            invalid(format!("invalid host {}", super::topic::quoted(whole))) // one node: as before lists
+        } else {
+            invalid(format!("invalid node {} in host {}", super::topic::quoted(item), super::topic::quoted(whole)))
+        }
+    };
     let (host, port) = if let Some(rest) = item.strip_prefix('[') {
         // [v6] or [v6]:port
         let (inside, after) = rest.split_once(']').ok_or_else(bad)?;
@@ -292,10 +297,10 @@ mod tests {
         assert_eq!(e("a:0"), "invalid port \"0\" in host \"a:0\"");
         assert_eq!(e("a:65536"), "invalid port \"65536\" in host \"a:65536\"");
         assert_eq!(e("a:+5"), "invalid port \"+5\" in host \"a:+5\"");
-        assert_eq!(e("[::1]1883"), "invalid node \"[::1]1883\" in host \"[::1]1883\"");
-        assert_eq!(e("[mq]:1883"), "invalid node \"[mq]:1883\" in host \"[mq]:1883\"");
-        assert_eq!(e("a b"), "invalid node \"a b\" in host \"a b\"");
-        assert_eq!(e("x:1:2"), "invalid node \"x:1:2\" in host \"x:1:2\"");
+        assert_eq!(e("[::1]1883"), "invalid host \"[::1]1883\"");
+        assert_eq!(e("mq0,[mq]:1883"), "invalid node \"[mq]:1883\" in host \"mq0,[mq]:1883\"");
+        assert_eq!(e("a b"), "invalid host \"a b\"");
+        assert_eq!(e("mq0, x:1:2"), "invalid node \"x:1:2\" in host \"mq0, x:1:2\"");
         assert_eq!(e("mq1,MQ1:1883"), "node MQ1:1883 is listed twice in host \"mq1,MQ1:1883\"");
         assert_eq!(parse_used("mq1,MQ1:1883,mq2", 1883).unwrap(), vec![n("mq1", 1883), n("mq2", 1883)]);
         let many: Vec<String> = (0..17).map(|i| format!("n{i}")).collect();
@@ -306,7 +311,8 @@ mod tests {
         assert!(parse(&format!("{}.{}", name(3), "a".repeat(62)), 1).is_err()); // 254
         let long_label = format!("{}.example", "a".repeat(64));
         for bad in ["-", "..", "a..b", "-a", ".a", "a.-b", "a-.b", long_label.as_str()] {
-            assert_eq!(e(bad), format!("invalid node \"{bad}\" in host \"{bad}\""));
+            assert_eq!(e(bad), format!("invalid host \"{bad}\""));
+            assert_eq!(e(&format!("ok,{bad}")), format!("invalid node \"{bad}\" in host \"ok,{bad}\""));
         }
         assert!(parse("mq-1.example.com.", 1).is_ok() && parse("mq_1", 1).is_ok());
     }

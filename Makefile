@@ -11,7 +11,7 @@
 EXTENSION  = pg_mqtt_pub
 MODULE_big = pg_mqtt_pub
 OBJS       = src/pg_magic.o
-DATA       = pg_mqtt_pub--1.0.sql pg_mqtt_pub--1.0--1.1.sql pg_mqtt_pub--1.1--1.2.sql pg_mqtt_pub--1.2--1.3.sql pg_mqtt_pub--1.3--1.4.sql pg_mqtt_pub--1.4--1.5.sql pg_mqtt_pub--1.5--1.6.sql pg_mqtt_pub--1.6--1.7.sql
+DATA       = pg_mqtt_pub--1.0.sql pg_mqtt_pub--1.0--1.1.sql pg_mqtt_pub--1.1--1.2.sql pg_mqtt_pub--1.2--1.3.sql pg_mqtt_pub--1.3--1.4.sql pg_mqtt_pub--1.4--1.5.sql pg_mqtt_pub--1.5--1.6.sql pg_mqtt_pub--1.6--1.7.sql pg_mqtt_pub--1.7--1.8.sql
 PGFILEDESC = "pg_mqtt_pub - publish MQTT messages from PostgreSQL"
 
 PG_CONFIG ?= pg_config

@@ -35,7 +35,7 @@ DRAIN_COUNT = 10_000 if SMOKE else 100_000
 RESULTS = os.environ.get("BENCH_RESULTS", os.path.join(OUT, "results.json"))
 PAYLOAD = 64
 # BENCH_SECTIONS=trigger,concurrency,... runs a subset (default: all)
-SECTIONS = set(os.environ.get("BENCH_SECTIONS", "trigger,rowcost,concurrency,e2e,cpu,latency,drain,memory,databases").split(","))
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "trigger,rowcost,concurrency,e2e,cpu,latency,drain,memory,rights,databases").split(","))
 ROWCOST_ROUNDS = 2 if SMOKE else 5
 ROWCOST_BATCHES = 3 if SMOKE else 20  # 1,000-row INSERT ... SELECT statements per variant and round
 CPU_COUNT = int(os.environ.get("BENCH_CPU_COUNT", "10000" if SMOKE else "200000"))
@@ -443,6 +443,50 @@ def memory(c):
     row("shared memory at default settings (<= 64 MB)", size / 2**20, "MB")
 
 
+RIGHTS_ROUNDS = 1 if SMOKE else 7
+RIGHTS_BATCHES = 2 if SMOKE else 9
+
+
+def rights_cost(c):
+    """Section 10: the per-call cost of topic rights (ADR-014). A role with EXECUTE (not exempt)
+    publishes QoS 0 in statements of 1,000 calls; the broker has no right (unrestricted), one
+    right that matches, or 1,000 rights of that role with the matching one last (the worst case
+    of the per-call match). Interleaved rounds, medians; the spread is the 0-rights rounds'."""
+    print(f"\n10. topic rights: microseconds per mqtt_publish call by a non-superuser, with 0, 1 and 1,000 rights "
+          f"({RIGHTS_ROUNDS} interleaved rounds x {RIGHTS_BATCHES} statements of 1,000 calls; medians)")
+    sig = "text, text, integer, boolean, text, text, interval, text, bytea, text[], integer"
+    c.sql("CREATE ROLE bench_app", dbname=DB)
+    c.sql(f"GRANT EXECUTE ON FUNCTION mqtt_publish({sig}) TO bench_app", dbname=DB)
+    variants = {"0 rights": 0, "1 right": 1, "1,000 rights": 1000}
+    per_call = {k: [] for k in variants}
+    with c.connect(DB) as admin, c.connect(DB) as conn:
+        conn.execute("SET ROLE bench_app")
+        for _ in range(RIGHTS_ROUNDS):
+            for name, n in variants.items():
+                admin.execute("SELECT mqtt_pub.mqtt_revoke('bench_app', 'default')")
+                admin.execute("SELECT mqtt_pub.mqtt_grant('bench_app', 'default', 'bench/other' || i || '/#') "
+                              "FROM generate_series(1, %s) i", (n - 1,))
+                if n:
+                    admin.execute("SELECT mqtt_pub.mqtt_grant('bench_app', 'default', 'bench/rights/#')")
+                conn.execute("SELECT mqtt_publish('bench/rights/x', 'p')")  # the cache is loaded here
+                times = []
+                for _ in range(RIGHTS_BATCHES):
+                    t0 = time.perf_counter()
+                    conn.execute(f"SELECT mqtt_publish('bench/rights/x', repeat('p', {PAYLOAD})) FROM generate_series(1, 1000)")
+                    times.append(time.perf_counter() - t0)
+                per_call[name].append(statistics.median(times) * 1e6 / 1000)
+                ring_drained(c)
+        admin.execute("SELECT mqtt_pub.mqtt_revoke('bench_app', 'default')")
+    base = statistics.median(per_call["0 rights"])
+    spread = (max(per_call["0 rights"]) - min(per_call["0 rights"])) / base
+    for name in variants:
+        row(f"mqtt_publish per call, {name}", statistics.median(per_call[name]), "us")
+    row("1 right / 0 rights (target: within the 0-rights spread)", statistics.median(per_call["1 right"]) / base, "x",
+        f"0-rights rounds spread {spread * 100:.1f} %")
+    row("1,000 rights / 0 rights (measured, no target)", statistics.median(per_call["1,000 rights"]) / base, "x",
+        "the matching right is the last of 1,000 of this role")
+
+
 def databases():
     """Section 9: ten databases publishing at once against one, on a cluster of its own where
     every database publishes (max_databases = 10, each with a share of the ring). Every message
@@ -538,6 +582,8 @@ def main():
             outage_drain(c, broker, results["rows"]["raw_qos1_rate"]["value"])
         if "memory" in SECTIONS:
             memory(c)
+        if "rights" in SECTIONS:
+            rights_cost(c)
         if "e2e" in SECTIONS:
             row("worker private memory after 200k messages", rss_200k, "MB")
             row("worker private memory at the end (400k+ msgs)", worker_rss(c), "MB")

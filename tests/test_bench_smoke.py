@@ -22,6 +22,8 @@ EXPECTED_ROWS = [
     "latency floor p50: bare client, same broker and subscriber", "latency p50 above the floor (pg_mqtt_pub's share)",
     "cost mqtt_publish / pg_notify, delivery paused",
     "1 database publishing", "10 databases publishing at once",
+    "mqtt_publish per call, 0 rights", "mqtt_publish per call, 1 right", "mqtt_publish per call, 1,000 rights",
+    "1 right / 0 rights (target: within the 0-rights spread)", "1,000 rights / 0 rights (measured, no target)",
 ]
 
 

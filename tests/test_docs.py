@@ -136,7 +136,8 @@ PROPERTIES = ["content_type", "message_expiry", "response_topic", "correlation_d
 # called by the extension's own code only (docs/SECURITY.md lists them); trigger functions are
 # named in docs/privileges.md
 INTERNAL = {"mqtt_pub.broker_add_as_owner", "mqtt_pub.broker_slot_busy", "mqtt_pub.brokers_changed",
-            "mqtt_pub.dead_letter_outbox", "mqtt_pub.event_trigger", "mqtt_pub.resultset_trigger"}
+            "mqtt_pub.dead_letter_outbox", "mqtt_pub.event_trigger", "mqtt_pub.resultset_trigger",
+            "mqtt_pub.topic_rights_changed", "mqtt_pub.require_publish_right"}
 
 
 def signatures(text):
@@ -189,7 +190,8 @@ def test_every_column_is_documented(scene):
         "mqtt_pub.outbox": "docs/reference.md", "mqtt_pub.dead_letters": "docs/reference.md",
         "mqtt_pub.triggers": "docs/reference.md", "mqtt_pub.broker_list": "docs/reference.md",
         "mqtt_pub.outbox_summary": "docs/monitoring.md", "mqtt_pub.dead_letter_summary": "docs/monitoring.md",
-        "mqtt_pub.installed_in": "docs/reference.md",
+        "mqtt_pub.installed_in": "docs/reference.md", "mqtt_pub.topic_rights": "docs/reference.md",
+        "mqtt_pub.topic_grants": "docs/reference.md", "mqtt_pub.trigger_setters": "docs/reference.md",
     }
     wrong = []
     relations = {r for (r,) in runner.cluster.sql(

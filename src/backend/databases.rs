@@ -33,6 +33,8 @@ pub unsafe extern "C-unwind" fn mqtt_announce(_fcinfo: pg::FunctionCallInfo) -> 
             return pg::Datum::from(0usize);
         }
         let s = shmem::require_shared();
+        // a new or updated extension: every backend's topic rights are reloaded (data/rights.rs)
+        s.rights_generation.fetch_add(1, Ordering::AcqRel);
         // A worker that found the extension gone and is about to exit should not hand the share
         // back now that it is here again (launcher.rs restarts it instead).
         s.idle_exit.store(false, Ordering::Release);

@@ -5,6 +5,7 @@ pub mod broker_add;
 pub mod database_hooks;
 pub mod databases;
 pub mod drop_guard;
+pub mod grants;
 pub mod properties;
 pub mod publish;
 pub mod resultset;

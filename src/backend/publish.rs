@@ -76,6 +76,9 @@ pub fn check_target<'a>(topic_bytes: &'a [u8], qos: i32, broker: &[u8]) -> Targe
 /// Publish to a checked target. `payload` is already in its final (UTF-8 or binary) form;
 /// `props` are encoded MQTT 5 properties (props.rs), `explicit` if the caller gave any.
 pub fn publish_to(t: &Target<'_>, props: &[u8], explicit: bool, payload: &[u8], retain: bool) {
+    // Per-role topic rights (ADR-014): every publishing path comes through here, with the
+    // final topic (a batch's each row, a trigger's operation suffix).
+    crate::data::rights::require(t.broker, &t.topic);
     let size = t.topic.len() + props.len() + payload.len();
     let max = gucs::MAX_MESSAGE_SIZE.get() as usize;
     if size > max {

@@ -231,7 +231,8 @@ fn resultset_trigger(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
         let mut payload = Vec::new();
         for (i, part) in parts.iter().enumerate() {
             envelope::resultset_payload(&mut payload, &head, i + 1, parts.len(), &rows[part.clone()]);
-            publish::publish_to(&target, &props, false, &payload, false);
+            let firing = crate::backend::trigger::firing(&*td);
+            crate::data::rights::as_trigger(firing, || publish::publish_to(&target, &props, false, &payload, false));
         }
     }
     pg::Datum::from(0usize)

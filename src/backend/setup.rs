@@ -185,6 +185,7 @@ fn drop_triggers(t: &Table, kind: Kind) -> i32 {
     });
     for n in &names {
         ddl(&format!("DROP TRIGGER {} ON {}", String::from_utf8_lossy(&quote_ident(n)), t.qualified));
+        crate::data::rights::forget_setter(t.relid, n);
     }
     names.len() as i32
 }
@@ -216,6 +217,8 @@ fn event_setup(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
         t.qualified,
         common_args(&a, &prefix)
     ));
+    // whose topic rights the trigger publishes with (data/rights.rs)
+    crate::data::rights::record_setter(t.relid, "mqtt_pub_event");
     text_result(&prefix)
 }
 
@@ -244,6 +247,7 @@ fn resultset_setup(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
             t.qualified,
             common_args(&a, &prefix)
         ));
+        crate::data::rights::record_setter(t.relid, &format!("mqtt_pub_resultset_{}", op.to_ascii_lowercase()));
     }
     text_result(&prefix)
 }

@@ -198,6 +198,20 @@ impl TriggerCall {
     }
 }
 
+/// The firing trigger, for its topic rights (data/rights.rs): its OID and its table's owner.
+///
+/// # Safety
+/// `td` is the TriggerData of the current call.
+pub unsafe fn firing(td: &pg::TriggerData) -> crate::data::rights::Firing {
+    // SAFETY: the caller's promise; trigger and relation are valid for the call.
+    unsafe {
+        crate::data::rights::Firing {
+            trigger: (*td.tg_trigger).tgoid,
+            table_owner: (*(*td.tg_relation).rd_rel).relowner,
+        }
+    }
+}
+
 fn event_trigger(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     // SAFETY: TriggerCall checks the call context; tuples and relation are valid for the call.
     unsafe {
@@ -241,7 +255,8 @@ fn event_trigger(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
                 envelope::event_payload(&mut payload, None, old, new);
             }
         });
-        publish::publish_to(&target, &props, false, &to_utf8(&payload), false);
+        let payload = to_utf8(&payload);
+        crate::data::rights::as_trigger(firing(td), || publish::publish_to(&target, &props, false, &payload, false));
     }
     pg::Datum::from(0usize)
 }

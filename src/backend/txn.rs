@@ -501,10 +501,12 @@ unsafe extern "C-unwind" fn xact_callback(event: pg::XactEvent::Type, _arg: *mut
         XACT_EVENT_PRE_COMMIT => pre_commit(),
         XACT_EVENT_COMMIT => {
             crate::data::catalog::at_commit();
+            crate::data::rights::at_commit();
             commit()
         }
         XACT_EVENT_ABORT => {
             crate::data::catalog::at_abort();
+            crate::data::rights::at_abort();
             abort()
         }
         XACT_EVENT_PRE_PREPARE => {
@@ -542,6 +544,7 @@ unsafe extern "C-unwind" fn subxact_callback(
         let p = pending();
         match event {
             SUBXACT_EVENT_ABORT_SUB => {
+                crate::data::rights::at_sub_abort();
                 p.msgs.abort_sub(my_subid);
                 outbox_size::settle(p.outbox.abort_sub(my_subid), false);
             }

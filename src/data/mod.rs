@@ -5,3 +5,4 @@ pub mod catalog;
 pub mod installation;
 pub mod outbox;
 pub mod outbox_size;
+pub mod rights;

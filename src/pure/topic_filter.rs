@@ -1,6 +1,6 @@
 //! MQTT topic filters (`sensors/+/temp`, `tenant_a/#`): validation as a broker validates a
 //! subscription filter, and matching a topic name against one (MQTT 5.0, 4.7). The building block
-//! of per-role topic rights (issue #29, docs/adr/014-topic-rights-proposed.md). Pure logic;
+//! of per-role topic rights (issue #29, docs/adr/014-topic-rights.md). Pure logic;
 //! `cargo test` runs it.
 
 /// Why a filter is not a valid MQTT topic filter.

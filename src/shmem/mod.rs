@@ -127,6 +127,9 @@ pub struct Shared {
     /// Bumped when a transaction that changed `mqtt_pub.brokers` commits: backends refresh their
     /// name → slot cache (catalog.rs), the worker reloads the catalog.
     pub broker_generation: AtomicU64,
+    /// Bumped when a transaction that changed `mqtt_pub.topic_rights` or
+    /// `mqtt_pub.trigger_setters` commits: backends reload their topic rights (data/rights.rs).
+    pub rights_generation: AtomicU64,
     /// Bytes (topic + payload + properties) in `mqtt_pub.outbox`, for `max_outbox_size`: added
     /// by a publisher's COMMIT and the worker's inserts, taken off by the worker's deletes, and
     /// set from a scan by the worker now and then (data/outbox_size.rs). Approximate.
@@ -178,6 +181,7 @@ impl Shared {
         self.worker_napping.store(0, Ordering::Relaxed);
         self.outbox_dirty.store(true, Ordering::Relaxed);
         self.broker_generation.fetch_add(1, Ordering::Relaxed);
+        self.rights_generation.fetch_add(1, Ordering::Relaxed);
         for v in [&self.outbox_bytes, &self.outbox_reserved, &self.outbox_measured_at] {
             v.store(0, Ordering::Relaxed);
         }

@@ -56,8 +56,8 @@ struct Setter {
 struct Mine {
     role: pg::Oid,
     exempt: bool,
-    /// (broker, filter)
-    filters: Vec<(String, String)>,
+    /// Per broker, its filters as one set (matched in time of the topic's levels).
+    filters: Vec<(String, topic_filter::FilterSet)>,
 }
 
 struct Cache {
@@ -180,16 +180,20 @@ fn mine(c: &mut Cache, role: pg::Oid) -> &Mine {
         // SAFETY: catalog lookups (cached by PostgreSQL per role).
         let exempt =
             unsafe { pg::superuser_arg(role) || (c.owner != pg::InvalidOid && pg::has_privs_of_role(role, c.owner)) };
-        let filters = if exempt {
-            Vec::new()
-        } else {
-            c.rights
-                .iter()
-                // SAFETY: as above.
-                .filter(|r| unsafe { pg::has_privs_of_role(role, r.role) })
-                .map(|r| (r.broker.clone(), r.filter.clone()))
-                .collect()
-        };
+        let mut filters: Vec<(String, topic_filter::FilterSet)> = Vec::new();
+        if !exempt {
+            // SAFETY: as above.
+            for r in c.rights.iter().filter(|r| unsafe { pg::has_privs_of_role(role, r.role) }) {
+                match filters.iter_mut().find(|(b, _)| *b == r.broker) {
+                    Some((_, set)) => set.insert(&r.filter),
+                    None => {
+                        let mut set = topic_filter::FilterSet::new();
+                        set.insert(&r.filter);
+                        filters.push((r.broker.clone(), set));
+                    }
+                }
+            }
+        }
         c.mine = Some(Mine { role, exempt, filters });
     }
     c.mine.as_ref().expect("set above")
@@ -334,7 +338,7 @@ pub fn require(slot: u16, topic: &[u8]) {
             None => (unsafe { pg::GetUserId() }, false),
         };
         let m = mine(c, role);
-        if m.exempt || m.filters.iter().any(|(b, f)| *b == broker && topic_filter::matches(f, &topic)) {
+        if m.exempt || m.filters.iter().any(|(b, set)| *b == broker && set.matches(&topic)) {
             return None;
         }
         Some((role, firing.map(|_| setter)))

@@ -77,6 +77,73 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// A set of (valid) filters, matched against a topic in time proportional to the topic's levels
+/// rather than to the number of filters: a tree of levels, with `+` and `#` as branches of their
+/// own. A role's rights on a broker are one set (data/rights.rs).
+#[derive(Debug, Default)]
+pub struct FilterSet {
+    root: Level,
+}
+
+#[derive(Debug, Default)]
+struct Level {
+    /// Exact next levels.
+    exact: std::collections::HashMap<String, Level>,
+    /// The `+` branch.
+    plus: Option<Box<Level>>,
+    /// A filter ends here with `#` (matches this level's parent and everything below).
+    hash: bool,
+    /// A filter ends exactly here.
+    end: bool,
+}
+
+impl FilterSet {
+    pub fn new() -> FilterSet {
+        FilterSet::default()
+    }
+
+    pub fn insert(&mut self, filter: &str) {
+        let mut at = &mut self.root;
+        for level in filter.split('/') {
+            at = match level {
+                "#" => {
+                    at.hash = true;
+                    return;
+                }
+                "+" => at.plus.get_or_insert_with(Default::default),
+                l => at.exact.entry(l.to_string()).or_default(),
+            };
+        }
+        at.end = true;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        let r = &self.root;
+        r.exact.is_empty() && r.plus.is_none() && !r.hash && !r.end
+    }
+
+    /// Does any filter of the set match `topic` (as `matches` would)?
+    pub fn matches(&self, topic: &str) -> bool {
+        fn walk(at: &Level, levels: &[&str], first: bool) -> bool {
+            if at.hash && !(first && levels.first().is_some_and(|l| l.starts_with('$'))) {
+                return true;
+            }
+            let Some((head, rest)) = levels.split_first() else { return at.end };
+            if let Some(next) = at.exact.get(*head) {
+                if walk(next, rest, false) {
+                    return true;
+                }
+            }
+            match &at.plus {
+                Some(p) if !(first && head.starts_with('$')) => walk(p, rest, false),
+                _ => false,
+            }
+        }
+        let levels: Vec<&str> = topic.split('/').collect();
+        walk(&self.root, &levels, true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +169,44 @@ mod tests {
             validate("a/#/b").unwrap_err().message("a/#/b"),
             "invalid MQTT topic filter \"a/#/b\": \"#\" must be alone in the last level"
         );
+    }
+
+    #[test]
+    fn a_set_matches_as_its_filters_do() {
+        let filters = ["a/b", "a/+", "+/b", "a/#", "#", "+/+", "sensors/+/temp", "$SYS/#", "tenant_a/#", "x//y", "/"];
+        let topics = [
+            "a/b",
+            "a",
+            "a/",
+            "a/b/c",
+            "b",
+            "x/b",
+            "/x",
+            "$SYS/x",
+            "sensors/k/temp",
+            "sensors/k/k/temp",
+            "tenant_a",
+            "tenant_ab",
+            "x//y",
+            "x/y",
+            "/",
+            "",
+        ];
+        for f in filters {
+            let mut set = FilterSet::new();
+            set.insert(f);
+            for t in topics {
+                assert_eq!(set.matches(t), matches(f, t), "{f} against {t}");
+            }
+        }
+        let mut set = FilterSet::new();
+        assert!(set.is_empty() && !set.matches("a"));
+        for i in 0..1000 {
+            set.insert(&format!("bench/other{i}/#"));
+        }
+        set.insert("sensors/+/temp");
+        assert!(set.matches("bench/other999/x") && set.matches("sensors/k1/temp"));
+        assert!(!set.matches("bench/other1000/x") && !set.matches("sensors/k1/hum"));
     }
 
     #[test]

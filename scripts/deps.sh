@@ -30,6 +30,25 @@ fi
 # The Debian package may start a cluster and a broker of its own on the default ports;
 # ours use other ports, so they do not interfere.
 
+# Install Debian packages whose services must neither start nor be enabled: a policy-rc.d denies
+# starts during the install (unless one is already there), and the boot-time links are removed.
+install_without_services() {
+  echo "== installing: $* (services neither started nor enabled)"
+  local own_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null ||
+    { [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
+  [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
+  local p
+  for p in "$@"; do
+    deb-systemd-helper disable "$p.service" >/dev/null 2>&1 || true
+    update-rc.d "$p" disable >/dev/null 2>&1 || true
+  done
+}
+
 # Prometheus (tests/test_prometheus.py): Debian's postgres exporter, run by the test against its
 # cluster, and promtool (package prometheus) for contrib/prometheus/alerts.yml. Only when the
 # tests to run include it. Installing must neither start nor enable their services: a
@@ -41,19 +60,7 @@ if [[ -z "${TESTS:-}" || "$TESTS" == *test_prometheus.py* || "$TESTS" == tests ]
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || prom+=("$p")
   done
   if ((${#prom[@]})); then
-    echo "== installing: ${prom[*]} (services neither started nor enabled)"
-    own_policy=
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${prom[@]}" >/dev/null ||
-      { [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
-    [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
-    for p in "${prom[@]}"; do
-      deb-systemd-helper disable "$p.service" >/dev/null 2>&1 || true
-      update-rc.d "$p" disable >/dev/null 2>&1 || true
-    done
+    install_without_services "${prom[@]}"
   fi
 fi
 
@@ -106,17 +113,7 @@ if aedes_wanted; then
   command -v node >/dev/null || aedes+=(nodejs)
   if [ ! -f "$AEDES_DIR/.ready" ] && ! command -v npm >/dev/null; then aedes+=(npm); fi
   if ((${#aedes[@]})); then
-    echo "== installing: ${aedes[*]} (services neither started nor enabled)"
-    own_policy=
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${aedes[@]}" >/dev/null ||
-      { [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
-    [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
-    deb-systemd-helper disable redis-server.service >/dev/null 2>&1 || true
-    update-rc.d redis-server disable >/dev/null 2>&1 || true
+    install_without_services "${aedes[@]}"
   fi
   if [ ! -f "$AEDES_DIR/.ready" ]; then
     echo "== installing the Aedes cluster's npm packages in $AEDES_DIR"

@@ -36,6 +36,52 @@ def _read_connect(c):
     return data[i + 7]
 
 
+def _pipe(x, y, on_data=None):
+    """Copy x to y until either side closes (`on_data` sees every chunk first), then shut both."""
+    try:
+        while True:
+            d = x.recv(65536)
+            if not d:
+                break
+            if on_data:
+                on_data(d)
+            y.sendall(d)
+    except OSError:
+        pass
+    finally:
+        for s in (x, y):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _splice(client, node, from_client=None, from_node=None):
+    """Connect two sockets both ways, on two threads."""
+    threading.Thread(target=_pipe, args=(client, node, from_client), daemon=True).start()
+    threading.Thread(target=_pipe, args=(node, client, from_node), daemon=True).start()
+
+
+def _upstream(c, target, conns):
+    """A connection to the real node behind a proxy (None, and `c` closed, if it is down); both
+    sockets are noted in `conns` for closing."""
+    try:
+        u = socket.create_connection(("127.0.0.1", target))
+    except OSError:
+        c.close()
+        return None
+    conns += [c, u]
+    return u
+
+
+def _close_all(socks):
+    for s in socks:
+        try:
+            s.close()
+        except OSError:
+            pass
+
+
 class _Server:
     def __init__(self, p):
         self.port, self.count, self.stop = p, 0, False
@@ -89,38 +135,13 @@ class GateProxy(_Server):
     def serve(self, c):
         while not self.gate.is_set() and not self.stop:
             time.sleep(0.02)
-        try:
-            u = socket.create_connection(("127.0.0.1", self.target))
-        except OSError:
-            c.close()
-            return
-        self.conns += [c, u]
-
-        def pipe(x, y):
-            try:
-                while True:
-                    d = x.recv(65536)
-                    if not d:
-                        break
-                    y.sendall(d)
-            except OSError:
-                pass
-            finally:
-                for s in (x, y):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-        threading.Thread(target=pipe, args=(c, u), daemon=True).start()
-        threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+        u = _upstream(c, self.target, self.conns)
+        if u:
+            _splice(c, u)
 
     def close(self):
         super().close()
-        for s in self.conns:
-            try:
-                s.close()
-            except OSError:
-                pass
+        _close_all(self.conns)
 
 
 class Referrer(_Server):
@@ -166,12 +187,9 @@ class Tap(_Server):
         super().__init__(p)
 
     def serve(self, c):
-        try:
-            u = socket.create_connection(("127.0.0.1", self.target))
-        except OSError:
-            c.close()
+        u = _upstream(c, self.target, self.conns)
+        if not u:
             return
-        self.conns += [c, u]
         state = {"v5": True, "ids": {}}
 
         def packets(buf, on_packet):
@@ -208,31 +226,16 @@ class Tap(_Server):
                     if payload is not None:
                         self.acked.add(payload.decode(errors="replace"))
 
-        def pipe(x, y, on_packet):
+        def parser(on_packet):
             buf = bytearray()
-            try:
-                while True:
-                    d = x.recv(65536)
-                    if not d:
-                        break
-                    buf += d
-                    buf = packets(buf, on_packet)
-                    y.sendall(d)
-            except OSError:
-                pass
-            finally:
-                for s in (x, y):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-        threading.Thread(target=pipe, args=(c, u, from_client), daemon=True).start()
-        threading.Thread(target=pipe, args=(u, c, from_node), daemon=True).start()
+
+            def feed(d):
+                nonlocal buf
+                buf += d
+                buf = packets(buf, on_packet)
+            return feed
+        _splice(c, u, parser(from_client), parser(from_node))
 
     def close(self):
         super().close()
-        for s in self.conns:
-            try:
-                s.close()
-            except OSError:
-                pass
+        _close_all(self.conns)

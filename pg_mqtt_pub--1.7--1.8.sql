@@ -6,8 +6,8 @@
 --   and the extension's owner are exempt. Changed by mqtt_pub.mqtt_grant() / mqtt_revoke(),
 --   shown by the view mqtt_pub.topic_grants.
 -- * mqtt_pub.trigger_setters: who set up a publishing trigger (its rights apply when it fires).
--- * replay_dead_letters() moves only what the calling role may publish, and no longer reads
---   mqtt_pub.brokers (owner only), so a role granted what docs/privileges.md says can replay.
+-- * replay_dead_letters() moves only what the calling role may publish; it runs its move as the
+--   owner, so replaying needs EXECUTE on it and nothing on the tables.
 -- Every operator is OPERATOR(pg_catalog.x) and every function qualified (docs/SECURITY.md).
 \echo Use "ALTER EXTENSION pg_mqtt_pub UPDATE TO '1.8'" to load this file. \quit
 
@@ -33,6 +33,10 @@ CREATE TABLE mqtt_pub.trigger_setters (
     trigger_name pg_catalog.name     NOT NULL,
     trigger_oid  pg_catalog.oid      NOT NULL,
     role         pg_catalog.regrole  NOT NULL,
+    -- the definition it was set up with: CREATE OR REPLACE TRIGGER keeps the OID
+    trigger_function pg_catalog.regprocedure NOT NULL,
+    trigger_type pg_catalog.int2     NOT NULL,
+    trigger_args pg_catalog.bytea    NOT NULL,
     PRIMARY KEY (table_name, trigger_name)
 );
 REVOKE ALL ON mqtt_pub.trigger_setters FROM PUBLIC;
@@ -66,19 +70,16 @@ COMMENT ON FUNCTION mqtt_pub.mqtt_revoke(pg_catalog.regrole, pg_catalog.text, pg
     'Take a topic right back (NULL topic_filter: every right of the role on the broker); returns how many were removed';
 REVOKE ALL ON FUNCTION mqtt_pub.mqtt_revoke(pg_catalog.regrole, pg_catalog.text, pg_catalog.text) FROM PUBLIC;
 
--- For replay_dead_letters(), which runs as its caller: ERROR 42704 unless the broker exists
--- (and it is kept from being removed until the transaction ends), 42501 unless the current role
--- may publish to the topic on it (topic NULL: the broker only), else true. Executable by PUBLIC:
--- it tells the caller only whether a broker name exists and what it may publish itself
--- (docs/SECURITY.md).
-CREATE FUNCTION mqtt_pub.require_publish_right(broker pg_catalog.text, topic pg_catalog.text)
+-- For replay_dead_letters_as_owner (below): ERROR 42704 unless the broker exists, 42501 unless
+-- role `role` may publish to the topic on it (topic NULL: the broker only), else true. The
+-- owner's alone.
+CREATE FUNCTION mqtt_pub.require_publish_right_of(role pg_catalog.oid, broker pg_catalog.text, topic pg_catalog.text)
 RETURNS boolean
-AS 'MODULE_PATHNAME', 'mqtt_require_publish_right'
+AS 'MODULE_PATHNAME', 'mqtt_require_publish_right_of'
 LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION mqtt_pub.require_publish_right(pg_catalog.text, pg_catalog.text) IS
-    'Internal: ERROR 42704 unless the broker exists, 42501 unless the current role may publish to the topic on it';
-REVOKE ALL ON FUNCTION mqtt_pub.require_publish_right(pg_catalog.text, pg_catalog.text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION mqtt_pub.require_publish_right(pg_catalog.text, pg_catalog.text) TO PUBLIC;
+COMMENT ON FUNCTION mqtt_pub.require_publish_right_of(pg_catalog.oid, pg_catalog.text, pg_catalog.text) IS
+    'Internal: ERROR 42704 unless the broker exists, 42501 unless the role may publish to the topic on it';
+REVOKE ALL ON FUNCTION mqtt_pub.require_publish_right_of(pg_catalog.oid, pg_catalog.text, pg_catalog.text) FROM PUBLIC;
 
 CREATE VIEW mqtt_pub.topic_grants AS
 SELECT r.role, r.broker, r.topic_filter, r.granted_by, r.granted_at
@@ -88,31 +89,41 @@ COMMENT ON VIEW mqtt_pub.topic_grants IS
 REVOKE ALL ON mqtt_pub.topic_grants FROM PUBLIC;
 GRANT SELECT ON mqtt_pub.topic_grants TO PUBLIC; -- as mqtt_pub.topic_rights
 
--- replay_dead_letters as in 1.5, moving only what the caller may publish (42501 otherwise).
-CREATE OR REPLACE FUNCTION mqtt_pub.replay_dead_letters(broker_name text DEFAULT NULL, max_count integer DEFAULT 100)
+-- replay_dead_letters: a C function (SECURITY INVOKER) that runs the move below as the owner, so
+-- the roles that replay need no privilege on mqtt_pub.outbox (with INSERT there a role could
+-- write any topic into it) nor on mqtt_pub.brokers (owner only: 1.5's replay could not be run by
+-- a granted role at all); each row is checked against the rights of the role that called.
+CREATE FUNCTION mqtt_pub.replay_dead_letters_as_owner(broker_name text, max_count integer, caller pg_catalog.oid)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     moved integer;
+    gone_brokers text;
 BEGIN
     IF max_count IS NULL OR max_count OPERATOR(pg_catalog.<) 0 THEN
         RAISE EXCEPTION 'max_count must be zero or more, not %', COALESCE(max_count::pg_catalog.text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass max_count := 100, or how many dead letters to replay.';
     END IF;
-    -- Each broker must exist (42704); the check holds mqtt_pub.brokers (ACCESS SHARE) until this
-    -- transaction ends, so mqtt_broker_remove (ACCESS EXCLUSIVE) cannot remove it meanwhile. (It
-    -- used to read mqtt_pub.brokers, which only its owner may: a granted role could not replay.)
-    IF broker_name IS NOT NULL THEN
-        PERFORM mqtt_pub.require_publish_right(broker_name, NULL);
+    -- Reading mqtt_pub.brokers holds it (ACCESS SHARE) until this transaction ends, so
+    -- mqtt_broker_remove (ACCESS EXCLUSIVE) cannot remove a broker after this check.
+    SELECT pg_catalog.string_agg(DISTINCT pg_catalog.concat('"', d.broker, '"'), ', ')
+      INTO gone_brokers
+      FROM mqtt_pub.dead_letters d
+     WHERE (broker_name IS NULL OR d.broker OPERATOR(pg_catalog.=) broker_name)
+       AND d.broker OPERATOR(pg_catalog.<>) 'default'::pg_catalog.text
+       AND NOT EXISTS (SELECT 1 FROM mqtt_pub.brokers b WHERE b.name OPERATOR(pg_catalog.=) d.broker);
+    IF gone_brokers IS NOT NULL
+       OR (broker_name IS NOT NULL AND broker_name OPERATOR(pg_catalog.<>) 'default'::pg_catalog.text
+           AND NOT EXISTS (SELECT 1 FROM mqtt_pub.brokers b WHERE b.name OPERATOR(pg_catalog.=) broker_name)) THEN
+        RAISE EXCEPTION 'MQTT broker % does not exist', COALESCE(gone_brokers, pg_catalog.concat('"', broker_name, '"'))
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'Dead letters can be replayed only to a broker that exists: nothing else would ever deliver them.',
+                  HINT = 'Add the broker again with mqtt_broker_add(), or delete those dead letters (SELECT mqtt_pub.mqtt_discard(''name'')).';
     END IF;
-    PERFORM mqtt_pub.require_publish_right(b.broker, NULL)
-       FROM (SELECT DISTINCT d.broker FROM mqtt_pub.dead_letters d
-              WHERE broker_name IS NULL OR d.broker OPERATOR(pg_catalog.=) broker_name) b;
-    -- properties, message id and expiry go back unchanged: a consumer sees the same id again;
-    -- each row only if the caller may publish it (topic rights, ADR-014): else 42501, nothing moves
+    -- properties, message id and expiry go back unchanged: a consumer sees the same id again
     WITH picked AS (
         SELECT d.id FROM mqtt_pub.dead_letters d
         WHERE broker_name IS NULL OR d.broker OPERATOR(pg_catalog.=) broker_name
@@ -124,12 +135,21 @@ BEGIN
         RETURNING d.id, d.broker, d.topic, d.payload, d.qos, d.retain, d.dead_lettered_at,
                   d.properties, d.message_id, d.expires_at
     )
+    -- each row only if the caller may publish it (topic rights, ADR-014): else 42501, nothing moves
     INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane, properties, message_id, expires_at)
     SELECT g.broker, g.topic, g.payload, g.qos, g.retain, 1, g.properties, g.message_id, g.expires_at
     FROM gone g
-    WHERE mqtt_pub.require_publish_right(g.broker, g.topic)
+    WHERE mqtt_pub.require_publish_right_of(caller, g.broker, g.topic)
     ORDER BY g.dead_lettered_at, g.id;
     GET DIAGNOSTICS moved = ROW_COUNT;
     RETURN moved;
 END
 $$;
+REVOKE ALL ON FUNCTION mqtt_pub.replay_dead_letters_as_owner(text, integer, pg_catalog.oid) FROM PUBLIC;
+COMMENT ON FUNCTION mqtt_pub.replay_dead_letters_as_owner(text, integer, pg_catalog.oid) IS
+    'Internal: replay_dead_letters'' move, as the owner, for the role that called';
+
+CREATE OR REPLACE FUNCTION mqtt_pub.replay_dead_letters(broker_name text DEFAULT NULL, max_count integer DEFAULT 100)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'mqtt_replay_dead_letters'
+LANGUAGE C VOLATILE;

@@ -137,7 +137,8 @@ PROPERTIES = ["content_type", "message_expiry", "response_topic", "correlation_d
 # named in docs/privileges.md
 INTERNAL = {"mqtt_pub.broker_add_as_owner", "mqtt_pub.broker_slot_busy", "mqtt_pub.brokers_changed",
             "mqtt_pub.dead_letter_outbox", "mqtt_pub.event_trigger", "mqtt_pub.resultset_trigger",
-            "mqtt_pub.topic_rights_changed", "mqtt_pub.require_publish_right"}
+            "mqtt_pub.topic_rights_changed", "mqtt_pub.require_publish_right_of",
+            "mqtt_pub.replay_dead_letters_as_owner"}
 
 
 def signatures(text):

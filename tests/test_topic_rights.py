@@ -12,6 +12,8 @@ created by hand with the table owner's; rights are per database, survive pg_dump
 and the functions check their arguments (22023, 42704) and are not executable by PUBLIC.
 """
 import os
+import threading
+import time
 import subprocess
 
 import psycopg
@@ -191,10 +193,11 @@ def test_replay_moves_only_what_the_caller_may_publish(env):
     c.sql("SELECT mqtt_pub.mqtt_grant('tenant_a', 'default', 'tenant_a/#')", dbname=DB)
     c.sql("INSERT INTO mqtt_pub.dead_letters (broker, topic, payload, qos, retain, last_error, attempts) "
           "VALUES ('default', 'tenant_b/dl', 'x', 1, false, 'test', 1)", dbname=DB)
-    c.sql("GRANT SELECT, UPDATE, DELETE ON mqtt_pub.dead_letters TO tenant_a", dbname=DB)
-    c.sql("GRANT INSERT ON mqtt_pub.outbox TO tenant_a", dbname=DB)
-    c.sql("GRANT USAGE ON SEQUENCE mqtt_pub.outbox_id_seq TO tenant_a", dbname=DB)
+    # replaying needs EXECUTE only: the move runs as the owner (a role with INSERT on the outbox
+    # could write any topic into it)
     c.sql("GRANT EXECUTE ON FUNCTION mqtt_pub.replay_dead_letters(text, integer) TO tenant_a", dbname=DB)
+    refused(c, "tenant_a", "INSERT INTO mqtt_pub.outbox (broker, topic, payload, qos, retain, lane) "
+                           "VALUES ('default', 'tenant_b/direct', 'x', 1, true, 1)")
     e = refused(c, "tenant_a", "SELECT mqtt_pub.replay_dead_letters()")
     assert '"tenant_b/dl"' in e.diag.message_primary
     assert c.sql("SELECT count(*) FROM mqtt_pub.dead_letters WHERE topic = 'tenant_b/dl'", dbname=DB) == [(1,)]
@@ -257,3 +260,109 @@ def test_rights_are_per_database_and_survive_dump_and_restore(env):
         conn.execute("SELECT mqtt_publish('tenant_a/restored', 'allowed')")
         conn.commit()
     wait_until(lambda: s.matching("tenant_a/restored"), 30, "the restored database's message")
+
+
+# Found by an outside review (each failed before its fix).
+
+def reset_rights(c):
+    c.sql("SELECT mqtt_pub.mqtt_revoke(role, broker) FROM (SELECT DISTINCT role, broker FROM mqtt_pub.topic_rights) r",
+          dbname=DB)
+
+
+def can_publish(k, topic):
+    try:
+        k.execute("SELECT mqtt_publish(%s, 'x')", (topic,))
+        return True
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+
+
+def session(c, role):
+    k = c.connect(DB)
+    k.execute(f"SET ROLE {role}")
+    return k
+
+
+def test_a_trigger_replaced_with_create_or_replace_is_no_longer_the_setters(env):
+    """CREATE OR REPLACE TRIGGER keeps the trigger's OID: the setter's rights must not follow."""
+    b, s, c = env
+    reset_rights(c)
+    c.sql("SELECT mqtt_pub.mqtt_grant('tenant_a', 'default', 'tenant_a/#')", dbname=DB)
+    c.sql("CREATE TABLE public.replaced (id int PRIMARY KEY)", dbname=DB)
+    c.sql("ALTER TABLE public.replaced OWNER TO tenant_b", dbname=DB)
+    c.sql("GRANT EXECUTE ON FUNCTION mqtt_pub.event_trigger() TO tenant_b", dbname=DB)
+    # a superuser (exempt) sets publishing up on the tenant's table
+    c.sql("SELECT mqtt_trigger_event_setup('public.replaced', 'tenant_b/replaced', include_meta := false)", dbname=DB)
+    with session(c, "tenant_b") as k:
+        k.execute("INSERT INTO public.replaced VALUES (1)")  # as set up: the superuser's rights
+        k.execute("CREATE OR REPLACE TRIGGER mqtt_pub_event AFTER INSERT ON public.replaced FOR EACH ROW "
+                  "EXECUTE FUNCTION mqtt_pub.event_trigger('secret/replaced', '0', 'default', 'false')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+            k.execute("INSERT INTO public.replaced VALUES (2)")
+        assert 'role "tenant_b"' in e.value.diag.message_primary and "table's owner" in e.value.diag.message_detail
+    assert got(s, "tenant_b/replaced/", 1) == [("tenant_b/replaced/insert", '{"new":{"id":1}}')]
+    c.sql("DROP TABLE public.replaced", dbname=DB)
+
+
+def test_a_revoke_committed_during_a_statement_is_not_lost_for_the_session(env):
+    b, s, c = env
+    reset_rights(c)
+    c.sql("SELECT mqtt_pub.mqtt_grant('clerk', 'default', 'keep/#')", dbname=DB)  # stays restricted
+    c.sql("SELECT mqtt_pub.mqtt_grant('tenant_a', 'default', 'tenant_a/#')", dbname=DB)
+    with session(c, "tenant_a") as k:
+        assert can_publish(k, "tenant_a/warm")
+        revoked = threading.Event()
+
+        def revoke():
+            time.sleep(0.3)
+            c.sql("SELECT mqtt_pub.mqtt_revoke('tenant_a', 'default')", dbname=DB)
+            revoked.set()
+        t = threading.Thread(target=revoke)
+        t.start()
+        # this statement's snapshot predates the revoke's COMMIT; the cache must not keep it
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            k.execute("SELECT pg_sleep(1), mqtt_publish('tenant_a/straddle', 'x')")
+        t.join()
+        assert revoked.is_set()
+        assert not can_publish(k, "tenant_a/later")
+
+
+def test_the_first_right_granted_during_a_repeatable_read_transaction_applies_at_once(env):
+    b, s, c = env
+    reset_rights(c)
+    with session(c, "tenant_b") as k:
+        assert can_publish(k, "free/warm")
+        k.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        k.execute("SELECT 1")
+        c.sql("SELECT mqtt_pub.mqtt_grant('tenant_a', 'default', 'tenant_a/#')", dbname=DB)
+        assert not can_publish(k, "free/in_rr")
+        k.execute("ROLLBACK")
+        assert not can_publish(k, "free/after")
+
+
+def test_rights_cannot_change_in_a_prepared_transaction(env):
+    b, s, c = env
+    reset_rights(c)
+    with c.connect(DB) as a:
+        a.execute("BEGIN")
+        a.execute("SELECT mqtt_pub.mqtt_grant('tenant_a', 'default', 'tenant_a/#')")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            a.execute("PREPARE TRANSACTION 'rights_2pc'")
+    assert c.sql("SELECT count(*) FROM mqtt_pub.topic_rights", dbname=DB) == [(0,)]
+
+
+def test_a_grant_rolled_back_to_a_savepoint_is_not_used(env):
+    b, s, c = env
+    reset_rights(c)
+    c.sql("SELECT mqtt_pub.mqtt_grant('clerk', 'default', 'keep/#')", dbname=DB)
+    with c.connect(DB, autocommit=False) as k:
+        k.execute("SAVEPOINT s")
+        k.execute("SELECT mqtt_pub.mqtt_grant('tenant_b', 'default', '#')")
+        k.execute("SET LOCAL ROLE tenant_b")
+        k.execute("SELECT mqtt_publish('sp/first', 'x')")
+        k.execute("ROLLBACK TO SAVEPOINT s")
+        k.execute("SET LOCAL ROLE tenant_b")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            k.execute("SELECT mqtt_publish('sp/after_rollback_to', 'y')")
+        k.rollback()
+    reset_rights(c)

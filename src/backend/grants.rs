@@ -1,5 +1,6 @@
-//! Per-role topic rights, the SQL side (ADR-014): `mqtt_pub.mqtt_grant()`, `mqtt_pub.mqtt_revoke()`
-//! and `mqtt_pub.require_publish_right()` (for `replay_dead_letters`). The check itself, and the
+//! Per-role topic rights, the SQL side (ADR-014): `mqtt_pub.mqtt_grant()`, `mqtt_pub.mqtt_revoke()`,
+//! and `mqtt_pub.replay_dead_letters()` (its move runs as the owner, checking the caller's rights
+//! per row through `mqtt_pub.require_publish_right_of()`). The check itself, and the
 //! cache behind it, are data/rights.rs.
 //!
 //! `mqtt_grant` and `mqtt_revoke` are not executable by PUBLIC: the extension's owner (or a
@@ -89,17 +90,54 @@ fn revoke(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     pg::Datum::from(removed)
 }
 
-fn require_right(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+fn require_right_of(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
     // SAFETY: fcinfo comes from PostgreSQL for this call.
     let a = unsafe { Args::new(fcinfo) };
-    let slot = crate::data::catalog::slot_of(a.text(0, "broker")); // 42704; locks the catalog
-    if let Some(topic) = a.opt_bytes(1) {
-        crate::data::rights::require(slot, topic);
+    let role = pg::Oid::from(a.required(0, "role").value() as u32);
+    let slot = crate::data::catalog::slot_of(a.text(1, "broker")); // 42704; locks the catalog
+    if let Some(topic) = a.opt_bytes(2) {
+        crate::data::rights::require_of(role, slot, topic);
     }
     pg::Datum::from(true)
 }
 
-crate::pg_finfo!(pg_finfo_mqtt_grant, pg_finfo_mqtt_revoke, pg_finfo_mqtt_require_publish_right);
+/// `replay_dead_letters` as the caller sees it: the move runs as the owner (the roles that replay
+/// need no privilege on the outbox, which would let them write any topic into it), checking each
+/// row against the topic rights of the role that called.
+fn replay(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    // SAFETY: fcinfo comes from PostgreSQL for this call.
+    let a = unsafe { Args::new(fcinfo) };
+    // SAFETY: plain read of the current user (this function is SECURITY INVOKER).
+    let caller = unsafe { pg::GetUserId() };
+    let broker = a.opt_bytes(0).map(|b| b.to_vec());
+    let max = a.get(1);
+    let moved = with_spi(|| {
+        pinned(Rights::Owner, || {
+            // SAFETY: inside SPI and the pinned scope; typed parameters; a qualified name.
+            unsafe {
+                spi::execute_nulls(
+                    "SELECT mqtt_pub.replay_dead_letters_as_owner($1, $2, $3)",
+                    &[
+                        (pg::TEXTOID, broker.as_deref().map(spi::bytes_datum)),
+                        (pg::INT4OID, max),
+                        (pg::OIDOID, Some(pg::Datum::from(caller))),
+                    ],
+                    false,
+                    0,
+                );
+                spi::first_value(1).map(|d| d.value() as i32).unwrap_or(0)
+            }
+        })
+    });
+    pg::Datum::from(moved)
+}
+
+crate::pg_finfo!(
+    pg_finfo_mqtt_grant,
+    pg_finfo_mqtt_revoke,
+    pg_finfo_mqtt_require_publish_right_of,
+    pg_finfo_mqtt_replay_dead_letters
+);
 
 /// `mqtt_pub.mqtt_grant(role regrole, broker text, topic_filter text) RETURNS boolean`
 #[no_mangle]
@@ -113,8 +151,14 @@ pub unsafe extern "C-unwind" fn mqtt_revoke(fcinfo: pg::FunctionCallInfo) -> pg:
     guard(|| revoke(fcinfo))
 }
 
-/// `mqtt_pub.require_publish_right(broker text, topic text) RETURNS boolean`
+/// `mqtt_pub.require_publish_right_of(role oid, broker text, topic text) RETURNS boolean` (owner only)
 #[no_mangle]
-pub unsafe extern "C-unwind" fn mqtt_require_publish_right(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
-    guard(|| require_right(fcinfo))
+pub unsafe extern "C-unwind" fn mqtt_require_publish_right_of(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    guard(|| require_right_of(fcinfo))
+}
+
+/// `mqtt_pub.replay_dead_letters(broker_name text DEFAULT NULL, max_count integer DEFAULT 100) RETURNS integer`
+#[no_mangle]
+pub unsafe extern "C-unwind" fn mqtt_replay_dead_letters(fcinfo: pg::FunctionCallInfo) -> pg::Datum {
+    guard(|| replay(fcinfo))
 }

@@ -204,12 +204,7 @@ impl TriggerCall {
 /// `td` is the TriggerData of the current call.
 pub unsafe fn firing(td: &pg::TriggerData) -> crate::data::rights::Firing {
     // SAFETY: the caller's promise; trigger and relation are valid for the call.
-    unsafe {
-        crate::data::rights::Firing {
-            trigger: (*td.tg_trigger).tgoid,
-            table_owner: (*(*td.tg_relation).rd_rel).relowner,
-        }
-    }
+    unsafe { crate::data::rights::Firing { trigger: td.tg_trigger, table_owner: (*(*td.tg_relation).rd_rel).relowner } }
 }
 
 fn event_trigger(fcinfo: pg::FunctionCallInfo) -> pg::Datum {

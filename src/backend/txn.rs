@@ -510,6 +510,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg::XactEvent::Type, _arg: *mut
             abort()
         }
         XACT_EVENT_PRE_PREPARE => {
+            crate::data::rights::before_prepare();
             // The messages become part of the prepared transaction: delivered only if it is
             // COMMIT PREPARED. No mode change: the broker's worker finds them when they appear.
             let p = pending();

@@ -45,12 +45,22 @@ struct Right {
     filter: String,
 }
 
-/// A firing trigger's OID (a partition's clone too) and the role it publishes as.
+/// A firing trigger's OID (a partition's clone too) and who set it up, with the definition it
+/// was set up with: `CREATE OR REPLACE TRIGGER` keeps the OID, so a trigger whose function, type
+/// or arguments changed since is no longer the one that role set up.
 struct Setter {
     trigger: pg::Oid,
     /// InvalidOid: not set up by our functions (the table's owner then).
     role: pg::Oid,
+    function: pg::Oid,
+    kind: i16,
+    /// The arguments as pg_trigger.tgargs holds them: each followed by a NUL.
+    args: Vec<u8>,
 }
+
+/// Roles whose rights are kept computed (a trigger's setter and the writer alternate, a SECURITY
+/// DEFINER helper and its caller too).
+const ROLES_KEPT: usize = 8;
 
 /// The filters that apply to one role.
 struct Mine {
@@ -69,14 +79,29 @@ struct Cache {
     restricted: Vec<String>,
     /// Triggers looked up so far (`setter_of`).
     setters: Vec<Setter>,
-    mine: Option<Mine>,
+    /// The rights of the roles asked about lately, the latest first.
+    mine: Vec<Mine>,
 }
 
 /// A publishing trigger that is firing: whose rights its messages are published with.
 #[derive(Clone, Copy)]
 pub struct Firing {
-    pub trigger: pg::Oid,
+    /// The trigger being fired (valid while it fires; `as_trigger` is used only then).
+    pub trigger: *const pg::Trigger,
     pub table_owner: pg::Oid,
+}
+
+/// Is the firing trigger still defined as when it was set up (function, type, arguments)?
+fn same_definition(t: &pg::Trigger, s: &Setter) -> bool {
+    if t.tgfoid != s.function || t.tgtype != s.kind {
+        return false;
+    }
+    let mut args: Vec<u8> = Vec::with_capacity(s.args.len());
+    for i in 0..t.tgnargs.max(0) as usize {
+        // SAFETY: tgargs holds tgnargs NUL-terminated strings for the call's duration.
+        args.extend_from_slice(unsafe { CStr::from_ptr(*t.tgargs.add(i)) }.to_bytes_with_nul());
+    }
+    args == s.args
 }
 
 struct Local {
@@ -96,7 +121,7 @@ static LOCAL: BackendLocal<Local> = BackendLocal::new(Local {
         rights: Vec::new(),
         restricted: Vec::new(),
         setters: Vec::new(),
-        mine: None,
+        mine: Vec::new(),
     }),
     changed: Cell::new(false),
     roles_changed: Cell::new(true),
@@ -130,8 +155,12 @@ fn reload(c: &mut Cache) {
     let generation = require_shared().rights_generation.load(Ordering::Acquire);
     let (owner, rights) = with_spi(|| {
         pinned(Rights::Owner, || {
-            // SAFETY: inside SPI and the pinned scope; fully qualified statements.
+            // SAFETY: inside SPI and the pinned scope; fully qualified statements. With the latest
+            // snapshot, not the statement's (or a REPEATABLE READ transaction's): what is cached
+            // under the new generation must include every change committed before it (the
+            // snapshot is popped again on ERROR by the abort).
             unsafe {
+                pg::PushActiveSnapshot(pg::GetLatestSnapshot());
                 spi::execute(
                     "SELECT e.extowner FROM pg_catalog.pg_extension e \
                      WHERE e.extname OPERATOR(pg_catalog.=) 'pg_mqtt_pub'",
@@ -149,6 +178,7 @@ fn reload(c: &mut Cache) {
                 let rights: Vec<Right> = (0..spi::processed() as usize)
                     .filter_map(|r| Some(Right { role: oid_at(r, 1), broker: text_at(r, 2)?, filter: text_at(r, 3)? }))
                     .collect();
+                pg::PopActiveSnapshot();
                 (owner, rights)
             }
         })
@@ -156,7 +186,7 @@ fn reload(c: &mut Cache) {
     let mut restricted: Vec<String> = rights.iter().map(|r| r.broker.clone()).collect();
     restricted.sort();
     restricted.dedup();
-    *c = Cache { generation, owner, rights, restricted, setters: Vec::new(), mine: None };
+    *c = Cache { generation, owner, rights, restricted, setters: Vec::new(), mine: Vec::new() };
 }
 
 fn role_name(role: pg::Oid) -> String {
@@ -174,63 +204,88 @@ fn role_name(role: pg::Oid) -> String {
 /// The rights of `role` from the cache `c` (loaded), computed once per role.
 fn mine(c: &mut Cache, role: pg::Oid) -> &Mine {
     if LOCAL.roles_changed.replace(false) {
-        c.mine = None;
+        c.mine.clear();
     }
-    if c.mine.as_ref().is_none_or(|m| m.role != role) {
-        // SAFETY: catalog lookups (cached by PostgreSQL per role).
-        let exempt =
-            unsafe { pg::superuser_arg(role) || (c.owner != pg::InvalidOid && pg::has_privs_of_role(role, c.owner)) };
-        let mut filters: Vec<(String, topic_filter::FilterSet)> = Vec::new();
-        if !exempt {
-            // SAFETY: as above.
-            for r in c.rights.iter().filter(|r| unsafe { pg::has_privs_of_role(role, r.role) }) {
-                match filters.iter_mut().find(|(b, _)| *b == r.broker) {
-                    Some((_, set)) => set.insert(&r.filter),
-                    None => {
-                        let mut set = topic_filter::FilterSet::new();
-                        set.insert(&r.filter);
-                        filters.push((r.broker.clone(), set));
-                    }
+    if let Some(i) = c.mine.iter().position(|m| m.role == role) {
+        if i > 0 {
+            let m = c.mine.remove(i);
+            c.mine.insert(0, m);
+        }
+        return &c.mine[0];
+    }
+    // SAFETY: catalog lookups (cached by PostgreSQL per role).
+    let exempt =
+        unsafe { pg::superuser_arg(role) || (c.owner != pg::InvalidOid && pg::has_privs_of_role(role, c.owner)) };
+    let mut filters: Vec<(String, topic_filter::FilterSet)> = Vec::new();
+    if !exempt {
+        // SAFETY: as above.
+        for r in c.rights.iter().filter(|r| unsafe { pg::has_privs_of_role(role, r.role) }) {
+            match filters.iter_mut().find(|(b, _)| *b == r.broker) {
+                Some((_, set)) => set.insert(&r.filter),
+                None => {
+                    let mut set = topic_filter::FilterSet::new();
+                    set.insert(&r.filter);
+                    filters.push((r.broker.clone(), set));
                 }
             }
         }
-        c.mine = Some(Mine { role, exempt, filters });
     }
-    c.mine.as_ref().expect("set above")
+    c.mine.truncate(ROLES_KEPT - 1);
+    c.mine.insert(0, Mine { role, exempt, filters });
+    &c.mine[0]
 }
 
 /// The role that set up the trigger `trigger` (or the trigger it was cloned from, on a
 /// partition) with our setup functions, or InvalidOid. One query per trigger, then cached.
-fn setter_of(c: &mut Cache, trigger: pg::Oid) -> pg::Oid {
-    if let Some(s) = c.setters.iter().find(|s| s.trigger == trigger) {
-        return s.role;
+fn setter_of(c: &mut Cache, t: &pg::Trigger) -> pg::Oid {
+    let i = match c.setters.iter().position(|s| s.trigger == t.tgoid) {
+        Some(i) => i,
+        None => {
+            let found = with_spi(|| {
+                pinned(Rights::Owner, || {
+                    // SAFETY: inside SPI and the pinned scope; one oid parameter; qualified names;
+                    // the latest snapshot, as in `reload`.
+                    unsafe {
+                        pg::PushActiveSnapshot(pg::GetLatestSnapshot());
+                        spi::execute(
+                            "WITH RECURSIVE up(oid, parent) AS ( \
+                                 SELECT t.oid, t.tgparentid FROM pg_catalog.pg_trigger t \
+                                  WHERE t.oid OPERATOR(pg_catalog.=) $1 \
+                                 UNION ALL \
+                                 SELECT p.oid, p.tgparentid FROM pg_catalog.pg_trigger p, up \
+                                  WHERE p.oid OPERATOR(pg_catalog.=) up.parent) \
+                             SELECT s.role::pg_catalog.oid, s.trigger_function::pg_catalog.oid, s.trigger_type, \
+                                    pg_catalog.encode(s.trigger_args, 'hex') \
+                               FROM up, mqtt_pub.trigger_setters s \
+                              WHERE s.trigger_oid OPERATOR(pg_catalog.=) up.oid LIMIT 1",
+                            &[(pg::OIDOID, pg::Datum::from(t.tgoid))],
+                            true,
+                            1,
+                        );
+                        let row = (spi::processed() > 0).then(|| {
+                            let hex = text_at(0, 4).unwrap_or_default();
+                            let args = (0..hex.len() / 2)
+                                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                                .collect::<Vec<u8>>();
+                            let kind = text_at(0, 3).and_then(|k| k.parse().ok()).unwrap_or(-1);
+                            (oid_at(0, 1), oid_at(0, 2), kind, args)
+                        });
+                        pg::PopActiveSnapshot();
+                        row
+                    }
+                })
+            });
+            let (role, function, kind, args) = found.unwrap_or((pg::InvalidOid, pg::InvalidOid, -1, Vec::new()));
+            c.setters.push(Setter { trigger: t.tgoid, role, function, kind, args });
+            c.setters.len() - 1
+        }
+    };
+    let s = &c.setters[i];
+    if s.role != pg::InvalidOid && same_definition(t, s) {
+        s.role
+    } else {
+        pg::InvalidOid
     }
-    let role = with_spi(|| {
-        pinned(Rights::Owner, || {
-            // SAFETY: inside SPI and the pinned scope; one oid parameter; qualified names.
-            unsafe {
-                spi::execute(
-                    "WITH RECURSIVE up(oid, parent) AS ( \
-                         SELECT t.oid, t.tgparentid FROM pg_catalog.pg_trigger t WHERE t.oid OPERATOR(pg_catalog.=) $1 \
-                         UNION ALL \
-                         SELECT p.oid, p.tgparentid FROM pg_catalog.pg_trigger p, up \
-                          WHERE p.oid OPERATOR(pg_catalog.=) up.parent) \
-                     SELECT s.role::pg_catalog.oid FROM up, mqtt_pub.trigger_setters s \
-                      WHERE s.trigger_oid OPERATOR(pg_catalog.=) up.oid LIMIT 1",
-                    &[(pg::OIDOID, pg::Datum::from(trigger))],
-                    true,
-                    1,
-                );
-                if spi::processed() == 0 {
-                    pg::InvalidOid
-                } else {
-                    oid_at(0, 1)
-                }
-            }
-        })
-    });
-    c.setters.push(Setter { trigger, role });
-    role
 }
 
 /// `mqtt_trigger_*_setup` created trigger `name` on `table`: the current user set it up.
@@ -245,12 +300,16 @@ pub fn record_setter(table: pg::Oid, name: &str) {
             // SAFETY: inside SPI and the pinned scope; typed parameters; qualified names.
             unsafe {
                 spi::execute(
-                    "INSERT INTO mqtt_pub.trigger_setters (table_name, trigger_name, trigger_oid, role) \
-                     SELECT t.tgrelid::pg_catalog.regclass, t.tgname, t.oid, $3::pg_catalog.oid::pg_catalog.regrole \
+                    "INSERT INTO mqtt_pub.trigger_setters \
+                            (table_name, trigger_name, trigger_oid, role, trigger_function, trigger_type, trigger_args) \
+                     SELECT t.tgrelid::pg_catalog.regclass, t.tgname, t.oid, $3::pg_catalog.oid::pg_catalog.regrole, \
+                            t.tgfoid::pg_catalog.regprocedure, t.tgtype, t.tgargs \
                        FROM pg_catalog.pg_trigger t \
                       WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 AND t.tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name \
                      ON CONFLICT (table_name, trigger_name) DO UPDATE \
-                        SET trigger_oid = EXCLUDED.trigger_oid, role = EXCLUDED.role",
+                        SET trigger_oid = EXCLUDED.trigger_oid, role = EXCLUDED.role, \
+                            trigger_function = EXCLUDED.trigger_function, trigger_type = EXCLUDED.trigger_type, \
+                            trigger_args = EXCLUDED.trigger_args",
                     &[
                         (pg::OIDOID, pg::Datum::from(table)),
                         (pg::TEXTOID, spi::bytes_datum(name.as_bytes())),
@@ -318,7 +377,17 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
 /// Publishing to `topic` on the broker in `slot` is allowed for whoever publishes now (the
 /// current user, or the firing trigger's setter), or ERROR 42501.
 pub fn require(slot: u16, topic: &[u8]) {
-    let firing = LOCAL.firing.get();
+    check(slot, topic, None)
+}
+
+/// The same for `role` (replay_dead_letters: the role that called it, checked where the move
+/// runs as the owner).
+pub fn require_of(role: pg::Oid, slot: u16, topic: &[u8]) {
+    check(slot, topic, Some(role))
+}
+
+fn check(slot: u16, topic: &[u8], of: Option<pg::Oid>) {
+    let firing = if of.is_some() { None } else { LOCAL.firing.get() };
     let mut broker = String::new();
     let topic = String::from_utf8_lossy(topic);
     let refused = with_cache(|c| {
@@ -330,12 +399,13 @@ pub fn require(slot: u16, topic: &[u8]) {
             return None;
         }
         let (role, setter) = match firing {
-            Some(f) => match setter_of(c, f.trigger) {
+            // SAFETY: the trigger being fired (see `Firing`).
+            Some(f) => match setter_of(c, unsafe { &*f.trigger }) {
                 r if r != pg::InvalidOid => (r, true),
                 _ => (f.table_owner, false),
             },
             // SAFETY: plain read of the current user.
-            None => (unsafe { pg::GetUserId() }, false),
+            None => (of.unwrap_or_else(|| unsafe { pg::GetUserId() }), false),
         };
         let m = mine(c, role);
         if m.exempt || m.filters.iter().any(|(b, set)| *b == broker && set.matches(&topic)) {
@@ -404,6 +474,23 @@ pub fn at_commit() {
 /// left to restore).
 pub fn at_sub_abort() {
     LOCAL.firing.set(None);
+    if LOCAL.changed.get() {
+        LOCAL.cache.borrow_mut().generation = u64::MAX; // a change of ours may be rolled back
+    }
+}
+
+/// PREPARE TRANSACTION: a rights change would be committed by COMMIT PREPARED, which runs
+/// none of our callbacks, so no backend would learn of it: refused (as PostgreSQL refuses to
+/// prepare a transaction that used temporary tables).
+pub fn before_prepare() {
+    if LOCAL.changed.get() {
+        PgError::new(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "cannot PREPARE a transaction that changed pg_mqtt_pub topic rights or publishing triggers",
+        )
+        .hint("Grant, revoke or set up triggers in a transaction of its own, without two-phase commit.")
+        .raise();
+    }
 }
 
 pub fn at_abort() {

@@ -33,8 +33,9 @@ CREATE TABLE mqtt_pub.trigger_setters (
     trigger_name pg_catalog.name     NOT NULL,
     trigger_oid  pg_catalog.oid      NOT NULL,
     role         pg_catalog.regrole  NOT NULL,
-    -- the definition it was set up with: CREATE OR REPLACE TRIGGER keeps the OID
-    trigger_function pg_catalog.regprocedure NOT NULL,
+    -- the definition it was set up with: CREATE OR REPLACE TRIGGER keeps the OID (an oid, not a
+    -- regprocedure: pg_upgrade refuses tables with reg* types whose OIDs it does not keep)
+    trigger_function pg_catalog.oid      NOT NULL,
     trigger_type pg_catalog.int2     NOT NULL,
     trigger_args pg_catalog.bytea    NOT NULL,
     PRIMARY KEY (table_name, trigger_name)

@@ -254,7 +254,7 @@ fn setter_of(c: &mut Cache, t: &pg::Trigger) -> pg::Oid {
                                  UNION ALL \
                                  SELECT p.oid, p.tgparentid FROM pg_catalog.pg_trigger p, up \
                                   WHERE p.oid OPERATOR(pg_catalog.=) up.parent) \
-                             SELECT s.role::pg_catalog.oid, s.trigger_function::pg_catalog.oid, s.trigger_type, \
+                             SELECT s.role::pg_catalog.oid, s.trigger_function, s.trigger_type, \
                                     pg_catalog.encode(s.trigger_args, 'hex') \
                                FROM up, mqtt_pub.trigger_setters s \
                               WHERE s.trigger_oid OPERATOR(pg_catalog.=) up.oid LIMIT 1",
@@ -303,7 +303,7 @@ pub fn record_setter(table: pg::Oid, name: &str) {
                     "INSERT INTO mqtt_pub.trigger_setters \
                             (table_name, trigger_name, trigger_oid, role, trigger_function, trigger_type, trigger_args) \
                      SELECT t.tgrelid::pg_catalog.regclass, t.tgname, t.oid, $3::pg_catalog.oid::pg_catalog.regrole, \
-                            t.tgfoid::pg_catalog.regprocedure, t.tgtype, t.tgargs \
+                            t.tgfoid, t.tgtype, t.tgargs \
                        FROM pg_catalog.pg_trigger t \
                       WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 AND t.tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name \
                      ON CONFLICT (table_name, trigger_name) DO UPDATE \

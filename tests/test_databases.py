@@ -125,7 +125,10 @@ def test_every_database_publishes_with_its_own_worker_brokers_and_ring():
                       "'x', 1) FROM generate_series(1, 10) i")
         publish(c, "beta", [f"beta/ok/{i:02}" for i in range(20)])
         assert received(sub0, "beta/ok/", 20) == [f"beta/ok/{i:02}" for i in range(20)]
-        assert received(sub0, "alpha/ok/", 9) == [f"alpha/ok/{i:02}" for i in range(1, 11) if i != 5]
+        # mosquitto closes the connection after refusing the poison message: a QoS 1 message in
+        # flight then may arrive twice (at least once), so the set is exact, not the count
+        want = {f"alpha/ok/{i:02}" for i in range(1, 11) if i != 5}
+        wait_until(lambda: {m.topic for m in sub0.matching("alpha/ok/")} == want, 30, "alpha's other nine messages")
         wait_until(lambda: count(c, "alpha", "SELECT count(*) FROM mqtt_pub.dead_letters") == 1, 30, "the poison dead-lettered")
         assert c.sql("SELECT topic FROM mqtt_pub.dead_letters", dbname="alpha") == [("alpha/poison/x",)]
         assert count(c, "beta", "SELECT count(*) FROM mqtt_pub.dead_letters") == 0
